@@ -1,0 +1,209 @@
+"""The `ltscale` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ltscale.errors import LtscaleError
+
+
+def _recipe(args):
+    from ltscale.config import load_recipe
+
+    overrides = list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.source.path={args.data}")
+    return load_recipe(args.recipe, overrides)
+
+
+def _tracker(recipe, enabled: bool = True):
+    from ltscale.track import MlflowTracker, NullTracker
+
+    return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment) if enabled else NullTracker()
+
+
+def cmd_data_build(args):
+    from ltscale.data.shards import build_shards
+    from ltscale.data.sources import open_source
+
+    index = build_shards(open_source(args.kind, args.path), args.out, source_kind=args.kind,
+                         source_path=args.path, shard_bytes=args.shard_bytes,
+                         overwrite=args.overwrite, progress=True)
+    print(f"wrote {len(index)} samples in {len(index.shards)} shards to {args.out} "
+          f"(index {index.content_hash()})")
+
+
+def cmd_manifest_make(args):
+    from ltscale.data.index import ShardIndex
+    from ltscale.data.manifest import ImbalanceSpec, ManifestSpec, NoiseSpec, build_manifest
+
+    spec = ManifestSpec(split=args.split, imbalance=ImbalanceSpec.parse(args.imbalance),
+                        noise=NoiseSpec.parse(args.noise), seed=args.seed,
+                        max_per_class=args.max_per_class)
+    m = build_manifest(ShardIndex.load(args.shards), spec)
+    m.save(args.out)
+    print(f"manifest {m.hash}: {len(m)} samples, noise rate {m.header['noise_rate']:.4f} -> {args.out}")
+
+
+def cmd_manifest_stats(args):
+    from ltscale.data.manifest import Manifest, manifest_stats
+
+    stats = manifest_stats(Manifest.load(args.manifest))
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return
+    print(f"manifest {stats['hash']} (index {stats['index_hash']})")
+    print(f"samples {stats['samples']}, classes {stats['num_classes']}, imbalance ratio "
+          f"{stats['imbalance_ratio']:.1f}, noise rate {stats['noise_rate']:.4f}")
+    print("class  observed  clean  noisy")
+    for c, (o, k, n) in enumerate(zip(stats["class_counts_observed"], stats["class_counts_clean"],
+                                      stats["noise_rate_per_class"])):
+        print(f"{c:5d} {o:9d} {k:6d} {n:6.3f}")
+
+
+def cmd_pretrain(args):
+    from ltscale.stages.context import make_context
+    from ltscale.stages.pretrain import run_pretrain
+
+    recipe = _recipe(args)
+    tracker = _tracker(recipe, not args.no_track)
+    with tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
+        ctx = make_context(recipe, tracker)
+        tracker.set_tags(ctx.tags("pretrain"))
+        result = run_pretrain(ctx)
+    print(f"encoder written to {result['encoder']}")
+
+
+def cmd_finetune(args):
+    from ltscale.resolve import resolve_artifact
+    from ltscale.stages.context import make_context
+    from ltscale.stages.finetune import run_finetune
+    from ltscale.stages.pretrain import load_encoder
+
+    recipe = _recipe(args)
+    encoder_path = resolve_artifact(args.source, "encoder", recipe.tracking.uri)
+    tracker = _tracker(recipe, not args.no_track)
+    with tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
+        ctx = make_context(recipe, tracker)
+        tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)})
+        result = run_finetune(ctx, load_encoder(encoder_path), "finetune", encoder_path)
+    print(f"head written to {result['head']}")
+
+
+def cmd_eval(args):
+    import torch
+
+    from ltscale.engine.checkpoint import load_checkpoint
+    from ltscale.errors import CheckpointError
+    from ltscale.eval.report import write_report
+    from ltscale.resolve import resolve_artifact
+    from ltscale.stages.context import make_context
+    from ltscale.stages.evaluate import evaluate_logits
+    from ltscale.stages.finetune import head_from_file
+    from ltscale.stages.loaders import eval_loader
+    from ltscale.stages.pretrain import load_encoder
+    from ltscale.engine.features import encode
+
+    recipe = _recipe(args)
+    head_path = resolve_artifact(args.source, "head", recipe.tracking.uri)
+    encoder_ref = load_checkpoint(head_path).get("encoder")
+    if not encoder_ref:
+        raise CheckpointError(f"{head_path} does not name the encoder it was trained on")
+    tracker = _tracker(recipe, not args.no_track)
+    with tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
+        ctx = make_context(recipe, tracker)
+        tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)})
+        encoder = load_encoder(encoder_ref).to(ctx.device)
+        feats, targets = encode(encoder, eval_loader(ctx, recipe.eval.split), ctx.device)
+        with torch.no_grad():
+            logits = head_from_file(head_path)(feats)
+        metrics = evaluate_logits(ctx, logits, targets)
+        paths = write_report(ctx.out / "eval_report", f"ltscale eval: {recipe.name}",
+                             {str(head_path): metrics}, ctx.index.classes,
+                             ctx.manifest.class_counts("clean").tolist(), {"head": str(head_path)})
+        for p in paths.values():
+            tracker.log_artifact(p, "report")
+    print(paths["md"].read_text())
+
+
+def cmd_run(args):
+    from ltscale.pipeline import run_pipeline
+    from ltscale.track import default_tracking_uri
+
+    recipe = _recipe(args)
+    tracker = _tracker(recipe, not args.no_track)
+    summary = run_pipeline(recipe, tracker)
+    uri = recipe.tracking.uri or default_tracking_uri()
+    print()
+    print(summary["table"])
+    print()
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items()))
+    print(f"report: {summary['report']}")
+    if not args.no_track:
+        print(f"MLflow parent run {summary['parent_run_id']} in {uri}")
+        print(f"browse it with: mlflow ui --backend-store-uri {uri}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ltscale", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build WebDataset shards from a raw dataset")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    b = dsub.add_parser("build", help="raw dataset → shards + index + dataset card")
+    b.add_argument("kind", help="source kind, e.g. idx")
+    b.add_argument("path")
+    b.add_argument("--out", required=True)
+    b.add_argument("--shard-bytes", type=int, default=1 << 30)
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=cmd_data_build)
+
+    man = sub.add_parser("manifest", help="make and inspect manifests")
+    msub = man.add_subparsers(dest="manifest_command", required=True)
+    mk = msub.add_parser("make", help="imbalance + noise over a shard index")
+    mk.add_argument("shards")
+    mk.add_argument("--imbalance", default="none", help="none | exp:GAMMA | step:GAMMA")
+    mk.add_argument("--noise", default="none", help="none | sym:RATE")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--split", default="train")
+    mk.add_argument("--max-per-class", type=int, default=None)
+    mk.add_argument("--out", required=True)
+    mk.set_defaults(func=cmd_manifest_make)
+    st = msub.add_parser("stats", help="class counts and noise of a manifest")
+    st.add_argument("manifest")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_manifest_stats)
+
+    for name, func, needs_from in (("pretrain", cmd_pretrain, False),
+                                   ("finetune", cmd_finetune, True), ("eval", cmd_eval, True),
+                                   ("run", cmd_run, False)):
+        s = sub.add_parser(name, help=f"{name} stage from a recipe" if name != "run"
+                           else "the whole pipeline from a recipe")
+        s.add_argument("recipe")
+        s.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
+        if needs_from:
+            s.add_argument("--from", dest="source", required=True, metavar="RUN_ID|PATH")
+        s.add_argument("--data", help="folder of the raw dataset (sets data.source.path)")
+        s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        s.set_defaults(func=func)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LtscaleError as exc:
+        print(f"ltscale: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ltscale: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

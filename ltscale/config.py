@@ -1,0 +1,240 @@
+"""Typed recipe schema, YAML loading, dotted overrides and validation.
+
+Every section forbids unknown keys, so a typo fails before any work with the dotted key and what
+was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ltscale.data.manifest import ImbalanceSpec, NoiseSpec
+from ltscale.errors import LtscaleError, RecipeError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceCfg(Section):
+    kind: str = "idx"
+    path: str = "/usr/share/datasets/fashion-mnist"
+
+
+class DataCfg(Section):
+    source: SourceCfg = SourceCfg()
+    shards: str = "runs/data/fashion-mnist"   # built from `source` when absent
+    shard_bytes: int = Field(1 << 30, gt=0)
+    image_size: int = Field(28, gt=0)
+    channels: Literal[1, 3] = 1
+    mean: list[float] = [0.286]
+    std: list[float] = [0.353]
+
+
+def _check(parse, value):
+    try:
+        parse(value)
+    except LtscaleError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class ManifestCfg(Section):
+    split: str = "train"
+    imbalance: str = "exp:100"
+    noise: str = "sym:0.4"
+    seed: int = 0
+    max_per_class: int | None = Field(None, gt=0)
+
+    @field_validator("imbalance")
+    @classmethod
+    def _imb(cls, v):
+        return _check(ImbalanceSpec.parse, v)
+
+    @field_validator("noise")
+    @classmethod
+    def _noise(cls, v):
+        return _check(NoiseSpec.parse, v)
+
+
+class BackboneCfg(Section):
+    name: str = "cifar_resnet20"
+    cifar_stem: bool = True
+
+
+class SimSiamCfg(Section):
+    name: Literal["simsiam"] = "simsiam"
+    proj_dim: int = Field(2048, gt=0)
+    pred_dim: int = Field(512, gt=0)
+    proj_layers: int = Field(2, ge=1)
+    fix_pred_lr: bool = True
+
+
+MethodCfg = Annotated[Union[SimSiamCfg], Field(discriminator="name")]
+
+
+class OptimCfg(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.03, gt=0)               # base lr, scaled by batch_size / 256
+    scale_lr: bool = True
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(10, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class AugmentCfg(Section):
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip: bool = True
+    jitter: float = Field(0.4, ge=0)
+    blur: bool = False
+
+
+class KnnCfg(Section):
+    enabled: bool = True
+    bank_per_class: int = Field(100, gt=0)   # class-balanced labelled bank from the train split
+    queries: int = Field(2000, gt=0)         # test images scored (a fixed balanced subset)
+    k: int = Field(20, gt=0)
+    temperature: float = Field(0.07, gt=0)
+
+
+class PretrainCfg(Section):
+    method: MethodCfg = SimSiamCfg()
+    backbone: BackboneCfg = BackboneCfg()
+    epochs: int = Field(800, gt=0)
+    batch_size: int = Field(512, gt=0)
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    workers: int = Field(2, ge=0)
+    optim: OptimCfg = OptimCfg()
+    augment: AugmentCfg = AugmentCfg()
+    knn: KnnCfg = KnnCfg()
+
+
+class LossCfg(Section):
+    name: Literal["ce", "la", "sl", "la_sl"] = "la_sl"
+    tau: float = 1.0            # logit adjustment strength
+    lam: float = Field(4.0, gt=0)  # SuperLoss λ
+    tau_sl: float | None = None    # SuperLoss threshold; None = log C
+
+    def options(self) -> dict:
+        return {"ce": {}, "la": {"tau": self.tau}, "sl": {"lam": self.lam, "tau_sl": self.tau_sl},
+                "la_sl": {"tau": self.tau, "lam": self.lam, "tau_sl": self.tau_sl}}[self.name]
+
+
+class FinetuneCfg(Section):
+    loss: LossCfg = LossCfg()
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(256, gt=0)
+    lr: float = Field(0.003, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    workers: int = Field(2, ge=0)
+
+
+class ScratchCfg(Section):
+    enabled: bool = True
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(256, gt=0)
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    loss: LossCfg = LossCfg(name="ce")
+    optim: OptimCfg = OptimCfg(lr=0.1, warmup_epochs=1)
+
+
+class BaselinesCfg(Section):
+    random_encoder: bool = True   # the untrained encoder with the same head: the floor
+    ce_scratch: ScratchCfg = ScratchCfg()
+
+
+class EvalCfg(Section):
+    split: str = "test"
+    many_threshold: int = 100   # classes with > this many training images are Many-shot
+    few_threshold: int = 20     # classes with < this many are Few-shot
+
+
+class TrackingCfg(Section):
+    uri: str | None = None        # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in cwd
+    experiment: str = "ltscale"
+
+
+class Recipe(Section):
+    name: str = "quickstart"
+    seed: int = 0
+    output_dir: str = "runs/quickstart"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, gt=0)
+    data: DataCfg = DataCfg()
+    manifest: ManifestCfg = ManifestCfg()
+    pretrain: PretrainCfg = PretrainCfg()
+    finetune: FinetuneCfg = FinetuneCfg()
+    baselines: BaselinesCfg = BaselinesCfg()
+    eval: EvalCfg = EvalCfg()
+    tracking: TrackingCfg = TrackingCfg()
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"recipe {source} is invalid:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (check the spelling; see recipes/quickstart.yaml "
+                         "for the keys a recipe takes)")
+        else:
+            got = err.get("input")
+            lines.append(f"  {key}: {err['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} must look like key.sub=value")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {text!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
+    return recipe_from_dict(apply_overrides(raw, overrides or []), str(path))
+
+
+def recipe_from_dict(raw: dict, source: str = "<dict>") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(_format_errors(exc, source)) from None
+    except LtscaleError as exc:
+        raise RecipeError(f"recipe {source} is invalid: {exc}") from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,1 @@
+"""Datasets: raw sources → immutable shards + index → manifests → loaders."""

@@ -1,0 +1,1 @@
+"""The shared training machinery: loop, backend adapters, schedules, checkpoints, monitors."""

@@ -1,0 +1,50 @@
+"""Optimizers and learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def split_decay(params: list[nn.Parameter]) -> tuple[list, list]:
+    """Weights get weight decay; norm parameters and biases (1-d tensors) do not."""
+    decay = [p for p in params if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
+    return decay, no_decay
+
+
+def build_optimizer(groups: list[dict], cfg, batch_size: int) -> torch.optim.Optimizer:
+    """``groups``: dicts with ``params`` and optional flags (``fixed_lr``). Sets ``base_lr`` on each."""
+    lr = cfg.lr * batch_size / 256 if cfg.scale_lr else cfg.lr
+    param_groups = []
+    for g in groups:
+        decay, no_decay = split_decay(list(g["params"]))
+        extra = {k: v for k, v in g.items() if k != "params"}
+        param_groups.append({"params": decay, "weight_decay": cfg.weight_decay, **extra})
+        param_groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
+    param_groups = [g for g in param_groups if g["params"]]
+    for g in param_groups:
+        g["base_lr"] = lr
+    if cfg.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr)
+    return torch.optim.AdamW(param_groups, lr=lr)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Linear warm-up from 0, then cosine decay to 0 (or constant)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] if g.get("fixed_lr") else g["base_lr"] * factor
+    return optimizer.param_groups[0]["lr"]

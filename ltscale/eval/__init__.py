@@ -1,0 +1,1 @@
+"""Metrics and reports for long-tailed evaluation."""

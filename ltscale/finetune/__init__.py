@@ -1,0 +1,1 @@
+"""Fine-tuning on a frozen encoder: feature cache and head training."""

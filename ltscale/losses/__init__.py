@@ -1,0 +1,1 @@
+"""Loss maths as pure functions of tensors (no distributed calls, no devices)."""

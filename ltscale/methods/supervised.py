@@ -1,0 +1,33 @@
+"""Supervised training of encoder + linear classifier on the manifest's observed labels: the
+"from scratch" baseline of seed 000, run by the same engine as the SSL methods."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ltscale.losses.registry import classification_loss
+from ltscale.methods import register_method
+
+
+@register_method("supervised")
+class Supervised(nn.Module):
+    views = 1
+
+    def __init__(self, encoder: nn.Module, num_classes: int, class_counts: list[int],
+                 loss: str = "ce", loss_options: dict | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = nn.Linear(encoder.feat_dim, num_classes)
+        counts = torch.as_tensor(class_counts, dtype=torch.float64).clamp_min(1)
+        self.register_buffer("log_prior", torch.log(counts / counts.sum()).float())
+        self.loss_fn = classification_loss(loss, **(loss_options or {}))
+
+    def logits(self, x):
+        return self.classifier(self.encoder(x))
+
+    def forward(self, batch):
+        x, y = batch[0], batch[1]
+        logits = self.logits(x)
+        loss = self.loss_fn(logits, y, self.log_prior).mean()
+        return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}

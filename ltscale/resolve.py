@@ -1,0 +1,40 @@
+"""Resolve `--from RUN_ID|PATH` to an encoder or head file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ltscale.errors import CheckpointError
+
+
+def resolve_artifact(ref: str, kind: str, tracking_uri: str | None = None) -> Path:
+    """``kind`` is "encoder" or "head". A path to a file is used as is; a directory is searched
+    for ``encoder.pt`` / ``head.pt``; anything else is taken as an MLflow run id whose
+    ``ltscale.<kind>`` tag names the file."""
+    name = f"{kind}.pt"
+    path = Path(ref)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        hits = sorted(path.rglob(name))
+        if not hits:
+            raise CheckpointError(f"no {name} under {path}")
+        return hits[0]
+    if "/" in ref or ref.endswith(".pt"):
+        raise CheckpointError(f"{ref}: no such file or directory")
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from ltscale.track import default_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
+    try:
+        run = client.get_run(ref)
+    except MlflowException:
+        raise CheckpointError(f"{ref!r} is neither a file nor a run id in the tracking store "
+                              f"{tracking_uri or default_tracking_uri()}") from None
+    tag = run.data.tags.get(f"ltscale.{kind}")
+    if not tag:
+        raise CheckpointError(f"MLflow run {ref} has no ltscale.{kind} tag; pass the run of a "
+                              f"{'pretrain' if kind == 'encoder' else 'finetune'} stage")
+    return Path(tag)

@@ -1,0 +1,2 @@
+"""Pipeline stages: data, pretrain, finetune, evaluate. Each is callable alone (CLI) or from
+``ltscale.pipeline.run_pipeline``."""

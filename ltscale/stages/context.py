@@ -1,0 +1,77 @@
+"""What every stage needs: the recipe, device, shard index, manifest and tracker."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ltscale import __version__
+from ltscale.config import Recipe
+from ltscale.data.index import ShardIndex
+from ltscale.data.manifest import ImbalanceSpec, Manifest, ManifestSpec, NoiseSpec, build_manifest
+from ltscale.data.shards import build_shards
+from ltscale.data.sources import open_source
+from ltscale.engine.backend import LocalBackend
+from ltscale.track import NullTracker
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    index: ShardIndex
+    manifest: Manifest
+    manifest_path: Path
+    out: Path
+    backend: LocalBackend
+    tracker: object = field(default_factory=NullTracker)
+    progress: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    def tags(self, stage: str) -> dict:
+        return {"ltscale.stage": stage, "ltscale.version": __version__,
+                "ltscale.git_commit": git_commit(), "ltscale.manifest_hash": self.manifest.hash,
+                "ltscale.index_hash": self.manifest.header["index_hash"]}
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def manifest_spec(recipe: Recipe) -> ManifestSpec:
+    m = recipe.manifest
+    return ManifestSpec(split=m.split, imbalance=ImbalanceSpec.parse(m.imbalance),
+                        noise=NoiseSpec.parse(m.noise), seed=m.seed, max_per_class=m.max_per_class)
+
+
+def ensure_shards(recipe: Recipe, progress: bool = True) -> ShardIndex:
+    shards = Path(recipe.data.shards)
+    if not (shards / "index.npz").exists():
+        src = recipe.data.source
+        build_shards(open_source(src.kind, src.path), shards, source_kind=src.kind,
+                     source_path=src.path, shard_bytes=recipe.data.shard_bytes,
+                     overwrite=shards.exists(), progress=progress)
+    return ShardIndex.load(shards)
+
+
+def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context:
+    """Build shards if absent, then the recipe's manifest (saved under the output directory)."""
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    index = ensure_shards(recipe, progress)
+    manifest = build_manifest(index, manifest_spec(recipe))
+    path = out / "train.manifest.npz"
+    manifest.save(path)
+    return Context(recipe, index, manifest, path, out, LocalBackend(recipe.device),
+                   tracker or NullTracker(), progress)

@@ -1,0 +1,104 @@
+"""The pretraining stage (and the supervised from-scratch baseline, through the same loop)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ltscale.atomic import atomic_path
+from ltscale.config import flatten
+from ltscale.engine.checkpoint import load_checkpoint
+from ltscale.engine.knn import KnnMonitor
+from ltscale.engine.loop import LoopConfig, fit
+from ltscale.engine.optim import build_optimizer
+from ltscale.errors import CheckpointError
+from ltscale.methods import create_method
+from ltscale.models import create_backbone
+from ltscale.stages.context import Context
+from ltscale.stages.loaders import knn_loaders, train_loader
+
+
+def new_encoder(ctx: Context, seed: int | None = None) -> torch.nn.Module:
+    torch.manual_seed(ctx.recipe.seed if seed is None else seed)
+    b = ctx.recipe.pretrain.backbone
+    return create_backbone(b.name, in_chans=ctx.recipe.data.channels, cifar_stem=b.cifar_stem)
+
+
+def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context) -> Path:
+    """A plain state_dict of the encoder plus what is needed to rebuild it."""
+    b = ctx.recipe.pretrain.backbone
+    with atomic_path(path) as tmp:
+        torch.save({"backbone": b.name, "cifar_stem": b.cifar_stem,
+                    "in_chans": ctx.recipe.data.channels,
+                    "state_dict": {k: v.cpu() for k, v in encoder.state_dict().items()}}, tmp)
+    return path
+
+
+def load_encoder(path: str | Path) -> torch.nn.Module:
+    saved = load_checkpoint(path)
+    if "state_dict" not in saved or "backbone" not in saved:
+        raise CheckpointError(f"{path} is not an ltscale encoder file (expected the encoder.pt "
+                              "that `ltscale pretrain` writes)")
+    enc = create_backbone(saved["backbone"], in_chans=saved["in_chans"],
+                          cifar_stem=saved["cifar_stem"])
+    missing, unexpected = enc.load_state_dict(saved["state_dict"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit backbone {saved['backbone']} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return enc
+
+
+def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
+           optim_cfg, max_steps: int | None, monitor: bool) -> dict:
+    loader, sampler = train_loader(ctx, views=method.views, batch_size=batch_size,
+                                   workers=workers, seed=ctx.recipe.seed)
+    groups = method.param_groups() if hasattr(method, "param_groups") else [
+        {"params": list(method.parameters())}]
+    optimizer = build_optimizer(groups, optim_cfg, batch_size)
+    on_epoch_end = None
+    if monitor and ctx.recipe.pretrain.knn.enabled:
+        knn = ctx.recipe.pretrain.knn
+        bank, queries = knn_loaders(ctx)
+        monitor_fn = KnnMonitor(bank, queries, ctx.index.num_classes, ctx.device, knn.k,
+                                knn.temperature)
+        on_epoch_end = lambda epoch: {"knn/top1": monitor_fn(method.encoder)}  # noqa: E731
+        ctx.tracker.log_metrics({"knn/top1": monitor_fn(method.encoder.to(ctx.device))}, step=0)
+    stage_dir = ctx.out / name
+    cfg = LoopConfig(epochs=epochs, warmup_epochs=optim_cfg.warmup_epochs,
+                     schedule=optim_cfg.schedule, max_steps_per_epoch=max_steps,
+                     progress=ctx.progress, desc=name)
+    t0 = time.perf_counter()
+    state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
+                checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end)
+    encoder_path = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx)
+    return {"encoder": encoder_path, "checkpoint": stage_dir / "checkpoint.pt",
+            "history": state.history, "seconds": time.perf_counter() - t0, "method": method}
+
+
+def run_pretrain(ctx: Context) -> dict:
+    p = ctx.recipe.pretrain
+    opts = p.method.model_dump(exclude={"name"})
+    method = create_method(p.method.name, new_encoder(ctx), **opts)
+    ctx.tracker.log_params(flatten({"pretrain": p.model_dump(), "manifest":
+                                    ctx.recipe.manifest.model_dump()}))
+    result = _train(ctx, method, name="pretrain", epochs=p.epochs, batch_size=p.batch_size,
+                    workers=p.workers, optim_cfg=p.optim, max_steps=p.max_steps_per_epoch,
+                    monitor=True)
+    ctx.tracker.set_tags({"ltscale.encoder": str(result["encoder"].resolve()),
+                          "ltscale.checkpoint": str(result["checkpoint"].resolve())})
+    ctx.tracker.log_metrics({"pretrain/seconds": result["seconds"]})
+    return result
+
+
+def run_scratch(ctx: Context) -> dict:
+    """Encoder + linear classifier trained end to end on the observed labels."""
+    s = ctx.recipe.baselines.ce_scratch
+    method = create_method("supervised", new_encoder(ctx), num_classes=ctx.index.num_classes,
+                           class_counts=ctx.manifest.class_counts().tolist(), loss=s.loss.name,
+                           loss_options=s.loss.options())
+    ctx.tracker.log_params(flatten({"ce_scratch": s.model_dump()}))
+    return _train(ctx, method, name="ce_scratch", epochs=s.epochs, batch_size=s.batch_size,
+                  workers=ctx.recipe.pretrain.workers, optim_cfg=s.optim,
+                  max_steps=s.max_steps_per_epoch, monitor=False)
