@@ -43,7 +43,7 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, c
             batch_loss.backward()
             opt.step()
             sched.step()
-            total += float(batch_loss) * len(idx)
+            total += float(batch_loss.detach()) * len(idx)
         history.append({"epoch": epoch + 1, "loss": total / len(x)})
         if tracker is not None:
             tracker.log_metrics({"head/loss": total / len(x)}, step=epoch + 1)
