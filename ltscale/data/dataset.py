@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, UnidentifiedImageError
 
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest
@@ -17,7 +19,7 @@ class ManifestDataset(torch.utils.data.Dataset):
                  channels: int = 3):
         self.reader = IndexedReader(index)
         self.rows, self.labels, self.transform = rows, labels, transform
-        self.mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+        self.mode = "L" if channels == 1 else "RGB"
 
     @classmethod
     def from_manifest(cls, index: ShardIndex, manifest: Manifest, transform, channels: int = 3):
@@ -36,11 +38,15 @@ class ManifestDataset(torch.utils.data.Dataset):
         row = int(self.rows[pos])
         data = self.reader.read(row)
         try:
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=self.mode)
-        except RuntimeError as exc:
+            with Image.open(io.BytesIO(data)) as img:
+                pixels = np.array(img.convert(self.mode))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"sample {self.reader.index.key[row]} in shard "
                             f"{self.reader.index.shards[self.reader.index.shard[row]]}: "
                             f"cannot decode image ({exc})") from None
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def __getitem__(self, pos: int):
         return self.transform(self.decode(pos)), int(self.labels[pos]), pos

@@ -43,7 +43,7 @@ def test_report_has_every_model_and_sane_numbers(quickstart):
     assert results["random encoder + la_sl"]["top1"] > 0.3
     assert results["simsiam + la_sl"]["top1"] > 0.3
     # γ = 100 over n_max = 600: counts 600 … 6; Many > 100, Medium 20-100, Few < 20
-    assert report["train_counts"] == [600, 359, 215, 129, 77, 46, 27, 16, 9, 6]
+    assert report["train_counts"] == [600, 359, 215, 129, 77, 46, 27, 16, 10, 6]
     groups = results["scratch + ce"]["groups"]
     assert groups == {"many": [0, 1, 2, 3], "medium": [4, 5, 6], "few": [7, 8, 9]}
     md = (work / "run" / "report" / "report.md").read_text()
@@ -74,7 +74,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage(quickstart):
         report["results"]["simsiam + la_sl"]["top1"])
     assert math.isfinite(children["pretrain"].data.metrics["epoch/loss"])
     assert "knn/top1" in children["pretrain"].data.metrics
-    assert children["data"].data.metrics["manifest/samples"] == 1484
+    assert children["data"].data.metrics["manifest/samples"] == 1485
 
 
 def test_stages_run_alone_from_the_pipeline_outputs(quickstart, capsys):
@@ -116,7 +116,7 @@ def test_data_build_and_manifest_commands(tmp_path, capsys):
     capsys.readouterr()
     assert main(["manifest", "stats", str(tmp_path / "m.npz"), "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["class_counts_clean"] == [6000, 3597, 2156, 1292, 774, 464, 278, 166, 100, 60]
+    assert stats["class_counts_clean"] == [6000, 3596, 2156, 1292, 774, 464, 278, 166, 100, 60]
     assert abs(stats["noise_rate"] - 0.36) < 0.01
     card = json.loads((out / "card.json").read_text())
     assert card["splits"]["train"]["class_counts"] == [6000] * 10
