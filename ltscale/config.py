@@ -44,6 +44,7 @@ def _check(parse, value):
 
 
 class ManifestCfg(Section):
+    file: str | None = None   # a manifest made by `ltscale manifest make`; replaces the spec below
     split: str = "train"
     imbalance: str = "exp:100"
     noise: str = "sym:0.4"

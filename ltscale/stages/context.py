@@ -70,7 +70,11 @@ def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     index = ensure_shards(recipe, progress)
-    manifest = build_manifest(index, manifest_spec(recipe))
+    if recipe.manifest.file:
+        manifest = Manifest.load(recipe.manifest.file)
+        manifest.check_index(index)
+    else:
+        manifest = build_manifest(index, manifest_spec(recipe))
     path = out / "train.manifest.npz"
     manifest.save(path)
     return Context(recipe, index, manifest, path, out, LocalBackend(recipe.device),
