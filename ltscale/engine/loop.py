@@ -34,8 +34,9 @@ class LoopState:
 
 def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, backend, tracker,
         checkpoint: Path | None = None, on_epoch_end: Callable[[int], dict] | None = None,
-        extra_state: Callable[[], dict] | None = None) -> LoopState:
-    """Train ``method`` for ``cfg.epochs``; resume from ``checkpoint`` if it exists.
+        fingerprint: str = "", log=print) -> LoopState:
+    """Train ``method`` for ``cfg.epochs``; resume from ``checkpoint`` if it exists and was
+    written by the same experiment (same ``fingerprint``: data, method and optimisation settings).
 
     After each epoch: ``on_epoch_end(epoch)`` may add monitor metrics (e.g. kNN accuracy), then the
     checkpoint (model, optimizer, loop and sampler state) is written atomically.
@@ -44,10 +45,16 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     model = backend.wrap(method)
     if checkpoint is not None and Path(checkpoint).exists():
         saved = load_checkpoint(checkpoint)
-        backend.unwrap(model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        sampler.load_state_dict(saved["sampler"])
-        state = LoopState(saved["epoch"], saved["step"], saved["history"])
+        if saved.get("fingerprint") == fingerprint:
+            backend.unwrap(model).load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            sampler.load_state_dict(saved["sampler"])
+            state = LoopState(saved["epoch"], saved["step"], saved["history"])
+            if backend.is_main:
+                log(f"{cfg.desc}: resuming from {checkpoint} after epoch {state.epoch}")
+        elif backend.is_main:
+            log(f"{cfg.desc}: {checkpoint} belongs to another experiment; starting afresh "
+                "(it is replaced at the end of the first epoch)")
     steps_per_epoch = sampler.batches_per_epoch()
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -102,5 +109,5 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
             save_checkpoint(checkpoint, {
                 "model": backend.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "sampler": sampler.state_dict(), "epoch": state.epoch, "step": state.step,
-                "history": state.history, **(extra_state() if extra_state else {})})
+                "history": state.history, "fingerprint": fingerprint})
     return state

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -51,7 +53,7 @@ def load_encoder(path: str | Path) -> torch.nn.Module:
 
 
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
-           optim_cfg, max_steps: int | None, monitor: bool) -> dict:
+           optim_cfg, max_steps: int | None, monitor: bool, settings: dict) -> dict:
     loader, sampler = train_loader(ctx, views=method.views, batch_size=batch_size,
                                    workers=workers, seed=ctx.recipe.seed)
     groups = method.param_groups() if hasattr(method, "param_groups") else [
@@ -71,10 +73,20 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
                      progress=ctx.progress, desc=name)
     t0 = time.perf_counter()
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
-                checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end)
+                checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end,
+                fingerprint=_fingerprint(ctx, settings))
     encoder_path = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx)
     return {"encoder": encoder_path, "checkpoint": stage_dir / "checkpoint.pt",
             "history": state.history, "seconds": time.perf_counter() - t0, "method": method}
+
+
+def _fingerprint(ctx: Context, settings: dict) -> str:
+    """What a checkpoint must share with this run to be resumed: manifest, seed, settings
+    (the epoch count may grow: a finished run can be extended)."""
+    settings = {k: v for k, v in settings.items() if k != "epochs"}
+    blob = json.dumps([ctx.manifest.hash, ctx.recipe.seed, ctx.recipe.data.model_dump(), settings],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_pretrain(ctx: Context) -> dict:
@@ -85,7 +97,7 @@ def run_pretrain(ctx: Context) -> dict:
                                     ctx.recipe.manifest.model_dump()}))
     result = _train(ctx, method, name="pretrain", epochs=p.epochs, batch_size=p.batch_size,
                     workers=p.workers, optim_cfg=p.optim, max_steps=p.max_steps_per_epoch,
-                    monitor=True)
+                    monitor=True, settings=p.model_dump())
     ctx.tracker.set_tags({"ltscale.encoder": str(result["encoder"].resolve()),
                           "ltscale.checkpoint": str(result["checkpoint"].resolve())})
     ctx.tracker.log_metrics({"pretrain/seconds": result["seconds"]})
@@ -101,4 +113,4 @@ def run_scratch(ctx: Context) -> dict:
     ctx.tracker.log_params(flatten({"ce_scratch": s.model_dump()}))
     return _train(ctx, method, name="ce_scratch", epochs=s.epochs, batch_size=s.batch_size,
                   workers=ctx.recipe.pretrain.workers, optim_cfg=s.optim,
-                  max_steps=s.max_steps_per_epoch, monitor=False)
+                  max_steps=s.max_steps_per_epoch, monitor=False, settings=s.model_dump())
