@@ -12,6 +12,7 @@ from ltscale.progress import bar as progress_bar
 
 from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
 from ltscale.engine.optim import lr_factor, set_lr
+from ltscale.errors import DataError
 
 
 @dataclass
@@ -58,13 +59,16 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     steps_per_epoch = sampler.batches_per_epoch()
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise DataError(f"{cfg.desc}: {sampler.n} samples make no full batch of "
+                         f"{sampler.batch_size} per rank; lower the batch size")
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     model.train()
     for epoch in range(state.epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
-        seen, t0 = 0, time.perf_counter()
+        seen, steps, t0 = 0, 0, time.perf_counter()
         bar = progress_bar(total=steps_per_epoch, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
                            enabled=cfg.progress and backend.is_main, unit="step")
         for i, batch in enumerate(loader):
@@ -84,6 +88,7 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
             if hook is not None:
                 hook(state.step, total)
             state.step += 1
+            steps += 1
             seen += len(batch[1])
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -94,7 +99,7 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
             bar.update()
         bar.close()
         seconds = time.perf_counter() - t0
-        n = max(1, min(i + 1, steps_per_epoch))
+        n = max(1, steps)
         record = {f"epoch/{k}": v / n for k, v in sums.items()}
         record |= {"epoch/images_per_s": seen * backend.world_size / seconds,
                    "epoch/seconds": seconds}

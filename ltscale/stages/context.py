@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Context:
                 "ltscale.index_hash": self.manifest.header["index_hash"]}
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
