@@ -25,15 +25,48 @@ def _tracker(recipe, enabled: bool = True):
     return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment) if enabled else NullTracker()
 
 
+def _options(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise LtscaleError(f"--option {pair!r}: use NAME=VALUE (e.g. --option images=/data/x)")
+        out[name.replace("-", "_")] = value
+    return out
+
+
 def cmd_data_build(args):
-    from ltscale.data.shards import build_shards
+    import os
+
+    from ltscale.data.shards import build_shards, parse_size
     from ltscale.data.sources import open_source
 
-    index = build_shards(open_source(args.kind, args.path), args.out, source_kind=args.kind,
-                         source_path=args.path, shard_bytes=args.shard_bytes,
+    source = open_source(args.kind, args.path, **_options(args.option))
+    index = build_shards(source, args.out, source_kind=args.kind, source_path=args.path,
+                         shard_bytes=parse_size(args.shard_size),
+                         workers=args.workers or min(8, os.cpu_count() or 1),
                          overwrite=args.overwrite, progress=True)
-    print(f"wrote {len(index)} samples in {len(index.shards)} shards to {args.out} "
+    counts = ", ".join(f"{s} {len(index.split_ids(s))}" for s in index.splits)
+    print(f"wrote {len(index)} samples ({counts}) in {len(index.shards)} shards to {args.out} "
           f"(index {index.content_hash()})")
+
+
+def cmd_data_verify(args):
+    from ltscale.data.verify import verify_dataset
+
+    report = verify_dataset(args.dir, deep=args.deep)
+    for problem in report.problems[:args.max_problems]:
+        print(problem)
+    if len(report.problems) > args.max_problems:
+        print(f"... and {len(report.problems) - args.max_problems} more problems")
+    what = f"{report.samples} samples in {report.shards} shards"
+    if args.deep:
+        what += f", {report.decoded} images decoded"
+    if report.ok:
+        print(f"ok: {what}")
+        return 0
+    print(f"FAILED: {len(report.problems)} problems in {what}")
+    return 1
 
 
 def cmd_manifest_make(args):
@@ -154,12 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build WebDataset shards from a raw dataset")
     dsub = data.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="raw dataset → shards + index + dataset card")
-    b.add_argument("kind", help="source kind, e.g. idx")
+    b.add_argument("kind", help="source kind: idx, cifar10, cifar100, imagefolder, imagenet_lt, "
+                   "places_lt, inat2017, inat2018, inat2019, clothing1m, webdataset")
     b.add_argument("path")
     b.add_argument("--out", required=True)
-    b.add_argument("--shard-bytes", type=int, default=1 << 30)
+    b.add_argument("--shard-size", default="1GB", help="target bytes per shard (e.g. 1GB, 64MB)")
+    b.add_argument("--workers", type=int, default=0, help="parallel shard writers "
+                   "(default: CPU count, at most 8)")
+    b.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="source option, e.g. images=/data/imagenet (repeatable)")
     b.add_argument("--overwrite", action="store_true")
     b.set_defaults(func=cmd_data_build)
+    v = dsub.add_parser("verify", help="check shard checksums and every index entry")
+    v.add_argument("dir")
+    v.add_argument("--deep", action="store_true", help="also decode every image")
+    v.add_argument("--max-problems", type=int, default=50)
+    v.set_defaults(func=cmd_data_verify)
 
     man = sub.add_parser("manifest", help="make and inspect manifests")
     msub = man.add_subparsers(dest="manifest_command", required=True)
@@ -201,14 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
     try:
-        args.func(args)
+        return int(args.func(args) or 0)
     except LtscaleError as exc:
         print(f"ltscale: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ltscale: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,64 +1,259 @@
 """Write a source into WebDataset tar shards plus an index and a dataset card.
 
-Each sample is two tar members, ``<key>.<ext>`` (the encoded image) and ``<key>.cls`` (the label
-as text), the layout the ``webdataset`` library reads. The whole dataset is built in a temporary
-directory and renamed into place at the end, so a failed build never leaves a half-written
-dataset where a good one was expected.
+Each sample is a group of tar members: ``<key>.<ext>`` (the encoded image, as the source gives
+it), ``<key>.cls`` (the label as text, when known) and ``<key>.<name>.cls`` for further labels
+(``noisy_label``, ``coarse_label``) — the layout the ``webdataset`` library reads.
+
+The build is planned first (which samples go into which shard, from the byte sizes the source
+reports), then the shards are written by parallel worker processes. Each shard is written to a
+``.partial`` name and renamed when complete, inside a work directory ``.<out>.building`` next to
+the output; an interrupted build keeps its finished shards and resumes with the rest when run
+again with the same input. Only when every shard, the index and the card exist is the work
+directory renamed to the output, so a failed build never leaves a half-written dataset where a
+good one was expected. The same input gives byte-identical shards and index.
+
+A source that already is a set of WebDataset shards (``in_place``) is indexed where it lies; only
+the index and card are written.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+import json
+import multiprocessing
 import os
 import shutil
-import tarfile
-import tempfile
-import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ltscale.progress import bar as progress_bar
 
 from ltscale import __version__
 from ltscale.atomic import write_json_atomic
 from ltscale.data.index import CARD_FILE, ShardIndex
-from ltscale.data.sources.base import Source
+from ltscale.data.sources.base import NO_LABEL, SampleRef, Source, check_key
+from ltscale.data.tarfmt import BLOCK, TarWriter, padded
 from ltscale.errors import DataError
+from ltscale.progress import bar as progress_bar
 
 DEFAULT_SHARD_BYTES = 1 << 30
+_SIZE_PROBE = 64          # samples encoded to estimate sizes when a source cannot stat them
+_MEMBER_OVERHEAD = 3 * BLOCK  # image header + label header + label data block
 
 
-class _ShardWriter:
-    def __init__(self, directory: Path, prefix: str, max_bytes: int):
-        self.directory, self.prefix, self.max_bytes = directory, prefix, max_bytes
-        self.names: list[str] = []
-        self.tar: tarfile.TarFile | None = None
+@dataclass
+class _Job:
+    name: str
+    split: int
+    refs: list[SampleRef]
 
-    def _open_next(self) -> None:
-        self.close()
-        name = f"{self.prefix}-{len(self.names):06d}.tar"
-        self.names.append(name)
-        self.tar = tarfile.open(self.directory / name, "w", format=tarfile.USTAR_FORMAT)
 
-    def _add(self, name: str, data: bytes, mtime: float) -> int:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), mtime, 0o444
-        self.tar.addfile(info, io.BytesIO(data))
-        # after addfile the stream sits at the end of the 512-byte padded data block
-        return self.tar.offset - (-(-len(data) // 512) * 512)
+def parse_size(text: str | int) -> int:
+    """``1GB``, ``256MB``, ``64k`` or a plain byte count."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20,
+             "G": 1 << 30, "GB": 1 << 30}
+    t = str(text).strip().upper()
+    num = t.rstrip("KMGB")
+    try:
+        value = int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError):
+        raise DataError(f"shard size {text!r} not understood; use e.g. 1GB, 256MB or 65536") from None
+    if value <= 0:
+        raise DataError(f"shard size must be positive, got {text!r}")
+    return value
 
-    def write(self, key: str, ext: str, data: bytes, label: int, mtime: float) -> tuple[int, int]:
-        if self.tar is None or self.tar.offset >= self.max_bytes:
-            self._open_next()
-        offset = self._add(f"{key}.{ext}", data, mtime)
-        self._add(f"{key}.cls", str(label).encode(), mtime)
-        return len(self.names) - 1, offset
 
-    def close(self) -> None:
-        if self.tar is not None:
-            self.tar.close()
-            self.tar = None
+def build_shards(source: Source, out: str | Path, *, source_kind: str, source_path: str,
+                 shard_bytes: int = DEFAULT_SHARD_BYTES, workers: int = 1,
+                 overwrite: bool = False, progress: bool = True) -> ShardIndex:
+    """Write every split of ``source`` into shards under ``out``; return the index."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite to replace it (the old dataset "
+                        "stays in place until the new one is complete)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.with_name(f".{out.name}.building")
+    splits = source.splits()
+    refs = {s: source.refs(s) for s in splits}
+    _validate(source, refs)
+    if getattr(source, "in_place", False):
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        index = _index_in_place(source, refs)
+        shard_info = [_shard_entry(Path(n), n) for n in index.shards]
+    else:
+        jobs = _plan(source, refs, shard_bytes)
+        _prepare_work_dir(work, jobs, source_kind, source_path, shard_bytes)
+        results = _run_jobs(source, jobs, work, workers, progress)
+        index = _assemble(source, jobs, results)
+        shard_info = [_shard_entry(work / j.name, j.name, results[i][2])
+                      for i, j in enumerate(jobs)]
+    index.save(work)
+    write_json_atomic(work / CARD_FILE, _card(source, index, shard_info, source_kind, source_path))
+    (work / _PLAN_FILE).unlink(missing_ok=True)
+    if out.exists():
+        trash = out.with_name(f".{out.name}.replaced-{os.getpid()}")
+        os.replace(out, trash)
+        os.replace(work, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(work, out)
+    return ShardIndex.load(out)
+
+
+# --- planning ----------------------------------------------------------------------------------
+def _validate(source: Source, refs: dict[str, list[SampleRef]]) -> None:
+    n_classes = len(source.classes)
+    extra_n = {k: len(v) if v else n_classes for k, v in source.extra_labels.items()}
+    seen: dict[str, str] = {}
+    for split, rows in refs.items():
+        for ref in rows:
+            where = f"sample {ref.key} ({ref.path or split})"
+            check_key(ref.key, where)
+            if ref.key in seen:
+                raise DataError(f"duplicate key {ref.key!r}: {ref.path or split} and "
+                                f"{seen[ref.key]} map to the same key; keys must be unique")
+            seen[ref.key] = ref.path or split
+            if not NO_LABEL <= ref.label < n_classes:
+                raise DataError(f"{where}: label {ref.label} is outside the {n_classes} classes "
+                                "of the source")
+            for name, value in ref.extra:
+                if name not in extra_n or not NO_LABEL <= value < extra_n[name]:
+                    raise DataError(f"{where}: {name}={value} is not a valid label "
+                                    f"(columns {sorted(extra_n)})")
+
+
+def _plan(source: Source, refs: dict[str, list[SampleRef]], shard_bytes: int) -> list[_Job]:
+    jobs: list[_Job] = []
+    for split_no, split in enumerate(refs):
+        rows = refs[split]
+        if not rows:
+            continue
+        probe = [r for r in rows[:_SIZE_PROBE] if r.size is None]
+        guess = int(np.mean([len(source.read(r)) for r in probe])) if probe else 0
+        chunk: list[SampleRef] = []
+        used, count = 0, 0
+        for ref in rows:
+            cost = padded(ref.size if ref.size is not None else guess) + _MEMBER_OVERHEAD
+            if chunk and used + cost > shard_bytes:
+                jobs.append(_Job(f"{split}-{count:06d}.tar", split_no, chunk))
+                chunk, used, count = [], 0, count + 1
+            chunk.append(ref)
+            used += cost
+        jobs.append(_Job(f"{split}-{count:06d}.tar", split_no, chunk))
+    return jobs
+
+
+_PLAN_FILE = "build-plan.json"
+
+
+def _plan_digest(jobs: list[_Job], kind: str, path: str, shard_bytes: int) -> str:
+    h = hashlib.sha256(json.dumps([kind, str(path), shard_bytes]).encode())
+    for job in jobs:
+        h.update(job.name.encode())
+        for r in job.refs:
+            h.update(f"{r.key}\0{r.ext}\0{r.label}\0{r.extra}\0{r.size}\n".encode())
+    return h.hexdigest()
+
+
+def _prepare_work_dir(work: Path, jobs: list[_Job], kind: str, path: str, shard_bytes: int) -> None:
+    """Reuse the finished shards of an interrupted build of the same plan; else start afresh."""
+    digest = _plan_digest(jobs, kind, path, shard_bytes)
+    plan_file = work / _PLAN_FILE
+    if work.exists():
+        try:
+            same = json.loads(plan_file.read_text())["digest"] == digest
+        except (OSError, ValueError, KeyError):
+            same = False
+        if not same:
+            shutil.rmtree(work)
+    work.mkdir(exist_ok=True)
+    for stale in work.glob("*.partial"):
+        stale.unlink()
+    write_json_atomic(plan_file, {"digest": digest, "shards": len(jobs)})
+
+
+# --- writing -----------------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _member_names(ref: SampleRef) -> list[str]:
+    names = [f"{ref.key}.{ref.ext}"]
+    if ref.label != NO_LABEL:
+        names.append(f"{ref.key}.cls")
+    names += [f"{ref.key}.{k}.cls" for k, v in ref.extra if v != NO_LABEL]
+    return names
+
+
+def _write_job(i: int) -> tuple[int, list[tuple[int, int]], str]:
+    source, job, work = _WORKER["source"], _WORKER["jobs"][i], _WORKER["work"]
+    final = work / job.name
+    if final.exists():  # finished by an earlier, interrupted run of the same plan
+        spans = _reuse(final, job)
+        if spans is not None:
+            return i, spans, _sha256(final)
+        final.unlink()
+    tmp = work / (job.name + ".partial")
+    writer = TarWriter(tmp)
+    spans = []
+    try:
+        for ref in job.refs:
+            data = source.read(ref)
+            spans.append((writer.add(f"{ref.key}.{ref.ext}", data), len(data)))
+            if ref.label != NO_LABEL:
+                writer.add(f"{ref.key}.cls", str(ref.label).encode())
+            for name, value in ref.extra:
+                if value != NO_LABEL:
+                    writer.add(f"{ref.key}.{name}.cls", str(value).encode())
+        writer.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return i, spans, _sha256(final)
+
+
+def _reuse(path: Path, job: _Job) -> list[tuple[int, int]] | None:
+    """Offsets of a finished shard if it holds exactly the planned members, else None."""
+    import tarfile
+
+    expected = [n for ref in job.refs for n in _member_names(ref)]
+    images = {f"{ref.key}.{ref.ext}" for ref in job.refs}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, OSError):
+        return None
+    if [m.name for m in members] != expected:
+        return None
+    return [(m.offset_data, m.size) for m in members if m.name in images]
+
+
+def _run_jobs(source: Source, jobs: list[_Job], work: Path, workers: int, progress: bool):
+    _WORKER.update(source=source, jobs=jobs, work=work)
+    results: dict[int, tuple] = {}
+    total = sum(len(j.refs) for j in jobs)
+    with progress_bar(total=total, enabled=progress, desc="shards", unit="img") as pbar:
+        try:
+            if workers <= 1 or len(jobs) == 1:
+                for i in range(len(jobs)):
+                    results[i] = _write_job(i)[1:]
+                    pbar.update(len(jobs[i].refs))
+            else:
+                ctx = multiprocessing.get_context("fork")
+                with ctx.Pool(min(workers, len(jobs))) as pool:
+                    for i, spans, sha in pool.imap_unordered(_write_job, range(len(jobs))):
+                        results[i] = (spans, sha)
+                        pbar.update(len(jobs[i].refs))
+        finally:
+            _WORKER.clear()
+    return [(jobs[i].name, *results[i]) for i in range(len(jobs))]
 
 
 def _sha256(path: Path) -> str:
@@ -69,80 +264,79 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_shards(source: Source, out: str | Path, *, source_kind: str, source_path: str,
-                 shard_bytes: int = DEFAULT_SHARD_BYTES, overwrite: bool = False,
-                 progress: bool = True) -> ShardIndex:
-    """Write every split of ``source`` into shards under ``out``; return the index."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out} already exists; pass --overwrite to replace it (the old dataset "
-                        "stays in place until the new one is complete)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
-    try:
-        index = _write(source, work, shard_bytes, progress)
-        card = _card(source, index, work, source_kind, source_path)
-        index.save(work)
-        write_json_atomic(work / CARD_FILE, card)
-        if out.exists():
-            trash = out.with_name(f".{out.name}.replaced-{os.getpid()}")
-            os.replace(out, trash)
-            os.replace(work, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    index.root = out
-    return index
+def _shard_entry(path: Path, name: str, sha: str | None = None) -> dict:
+    if not path.exists():
+        raise DataError(f"shard {path} does not exist")
+    return {"name": name, "bytes": path.stat().st_size, "sha256": sha or _sha256(path)}
 
 
-def _write(source: Source, work: Path, shard_bytes: int, progress: bool) -> ShardIndex:
-    cols: dict[str, list] = {c: [] for c in ("key", "shard", "offset", "size", "label", "split")}
+# --- index and card ----------------------------------------------------------------------------
+def _columns(source: Source, refs_in_order, spans, shard_of) -> tuple[dict, dict]:
+    cols = {"key": [], "split": [], "shard": [], "offset": [], "size": [], "ext": [],
+            "label": [], "path": []}
+    extra = {k: [] for k in source.extra_labels}
     splits = source.splits()
-    mtime = time.time()
-    writers = {s: _ShardWriter(work, s, shard_bytes) for s in splits}
-    all_names: list[str] = []
-    for split_no, split in enumerate(splits):
-        writer = writers[split]
-        for sample in progress_bar(source.samples(split), total=source.count(split),
-                                   enabled=progress, desc=f"shards [{split}]", unit="img"):
-            if not 0 <= sample.label < len(source.classes):
-                raise DataError(f"sample {sample.key} has label {sample.label}, outside the "
-                                f"{len(source.classes)} classes of the source")
-            shard, offset = writer.write(sample.key, sample.ext, sample.data, sample.label, mtime)
-            cols["key"].append(sample.key)
-            cols["shard"].append(len(all_names) + shard)
-            cols["offset"].append(offset)
-            cols["size"].append(len(sample.data))
-            cols["label"].append(sample.label)
-            cols["split"].append(split_no)
-        writer.close()
-        all_names.extend(writer.names)
-    return ShardIndex(
-        key=np.array(cols["key"]), shard=np.array(cols["shard"], dtype=np.int32),
-        offset=np.array(cols["offset"], dtype=np.int64), size=np.array(cols["size"], dtype=np.int64),
-        label=np.array(cols["label"], dtype=np.int64), split=np.array(cols["split"], dtype=np.int8),
-        shards=all_names, splits=splits, classes=list(source.classes))
+    for ref, (offset, size), shard in zip(refs_in_order, spans, shard_of):
+        cols["key"].append(ref.key)
+        cols["split"].append(splits.index(ref.split))
+        cols["shard"].append(shard)
+        cols["offset"].append(offset)
+        cols["size"].append(size)
+        cols["ext"].append(ref.ext)
+        cols["label"].append(ref.label)
+        cols["path"].append(ref.path)
+        given = dict(ref.extra)
+        for k in extra:
+            extra[k].append(given.get(k, NO_LABEL))
+    cols["key"] = np.array(cols["key"], dtype=str)
+    cols["ext"] = np.array(cols["ext"], dtype=str)
+    cols["path"] = np.array(cols["path"], dtype=str)
+    return cols, extra
 
 
-def _card(source: Source, index: ShardIndex, work: Path, kind: str, path: str) -> dict:
+def _assemble(source: Source, jobs: list[_Job], results) -> ShardIndex:
+    refs = [r for j in jobs for r in j.refs]
+    spans = [s for _, job_spans, _ in results for s in job_spans]
+    shard_of = [i for i, j in enumerate(jobs) for _ in j.refs]
+    cols, extra = _columns(source, refs, spans, shard_of)
+    return ShardIndex(shards=[j.name for j in jobs], splits=source.splits(),
+                      classes=source.classes, columns=cols, extra=extra,
+                      extra_classes=source.extra_labels)
+
+
+def _index_in_place(source: Source, refs: dict[str, list[SampleRef]]) -> ShardIndex:
+    rows = [r for split in source.splits() for r in refs[split]]
+    spans = [(r.locator[1], r.locator[2]) for r in rows]
+    cols, extra = _columns(source, rows, spans, [r.locator[0] for r in rows])
+    return ShardIndex(shards=[str(p) for p in source.in_place], splits=source.splits(),
+                      classes=source.classes, columns=cols, extra=extra,
+                      extra_classes=source.extra_labels)
+
+
+def _card(source: Source, index: ShardIndex, shard_info: list[dict], kind: str, path: str) -> dict:
     per_split = {}
     for split in index.splits:
         ids = index.split_ids(split)
-        counts = np.bincount(index.label[ids], minlength=index.num_classes)
-        per_split[split] = {"samples": int(len(ids)), "class_counts": counts.tolist()}
+        labels = index.label[ids]
+        entry = {"samples": int(len(ids)),
+                 "class_counts": np.bincount(labels[labels >= 0],
+                                             minlength=index.num_classes).tolist(),
+                 "unlabeled": int((labels < 0).sum())}
+        for name in index.extra_classes:
+            col = index.extra(name)[ids]
+            entry[f"{name}_known"] = int((col >= 0).sum())
+        per_split[split] = entry
     return {
-        "name": getattr(source, "name", work.name),
+        "name": getattr(source, "name", Path(path).name),
         "source": {"kind": kind, "path": str(path)},
         "classes": index.classes,
+        "extra_labels": index.extra_classes,
         "splits": per_split,
         "image_bytes": int(index.size.sum()),
-        "shards": [{"name": n, "bytes": (work / n).stat().st_size, "sha256": _sha256(work / n)}
-                   for n in index.shards],
+        "image_formats": dict(Counter(index.ext.tolist())),
+        "shards": shard_info,
+        "in_place": bool(getattr(source, "in_place", False)),
         "index_hash": index.content_hash(),
-        "encoding": "png (lossless)",
-        "format": "webdataset tar: <key>.<ext> image, <key>.cls label",
+        "format": "webdataset tar: <key>.<ext> image, <key>.cls label, <key>.<name>.cls extra labels",
         "ltscale_version": __version__,
     }

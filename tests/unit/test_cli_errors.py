@@ -7,7 +7,7 @@ def test_manifest_from_other_shards_is_refused(tiny_idx, tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     assert main(["data", "build", "idx", str(tiny_idx), "--out", str(a)]) == 0
     assert main(["data", "build", "idx", str(tiny_idx), "--out", str(b),
-                 "--shard-bytes", "10000"]) == 0
+                 "--shard-size", "10000"]) == 0
     assert main(["manifest", "make", str(a), "--noise", "sym:0.2", "--out",
                  str(tmp_path / "m.npz")]) == 0
     capsys.readouterr()
@@ -37,4 +37,4 @@ def test_from_a_missing_path(tmp_path, capsys):
 
 def test_unknown_source_kind(tmp_path, capsys):
     rc = main(["data", "build", "cifar99", str(tmp_path), "--out", str(tmp_path / "o")])
-    assert rc == 2 and "unknown source kind 'cifar99'; known kinds: idx" in capsys.readouterr().err
+    assert rc == 2 and "unknown source kind 'cifar99'; known kinds: cifar10, cifar100" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltscale.data.sources import open_source
+from ltscale.data.sources import iter_samples, open_source
 from ltscale.data.sources.idx import read_idx
 from ltscale.errors import DataError
 from tests.conftest import write_idx
@@ -13,9 +13,9 @@ from tests.conftest import write_idx
 def test_reads_splits_and_encodes_png_losslessly(tiny_idx):
     src = open_source("idx", tiny_idx)
     assert src.splits() == ["train", "test"]
-    assert src.count("train") == 60 and src.count("test") == 12
+    assert len(src.refs("train")) == 60 and len(src.refs("test")) == 12
     assert src.classes == ["0", "1", "2"]
-    samples = list(src.samples("train"))
+    samples = list(iter_samples(src, "train"))
     raw = read_idx(tiny_idx / "train-images-idx3-ubyte.gz")
     decoded = np.array(Image.open(io.BytesIO(samples[5].data)))
     np.testing.assert_array_equal(decoded, raw[5])

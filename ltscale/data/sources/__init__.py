@@ -1,13 +1,27 @@
-"""Source adapters behind one factory: ``open_source(kind, path)``."""
+"""Source adapters behind one factory: ``open_source(kind, path, **options)``.
+
+Each adapter is one module; it is imported only when its kind is opened.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Callable
 
-from ltscale.data.sources.base import RawSample, Source
+from ltscale.data.sources.base import NO_LABEL, RawSample, SampleRef, Source, iter_samples
 from ltscale.errors import DataError
 
+# kind -> module that registers it
+_MODULES = {
+    "idx": "idx",
+    "cifar10": "cifar", "cifar100": "cifar",
+    "imagefolder": "imagefolder",
+    "imagenet_lt": "lt_splits", "places_lt": "lt_splits",
+    "inat2017": "inat", "inat2018": "inat", "inat2019": "inat",
+    "clothing1m": "clothing1m",
+    "webdataset": "webdataset",
+}
 _SOURCES: dict[str, Callable[..., Source]] = {}
 
 
@@ -20,16 +34,19 @@ def register_source(kind: str):
 
 
 def source_kinds() -> list[str]:
-    return sorted(_SOURCES)
+    return sorted(_MODULES)
 
 
 def open_source(kind: str, path: str | Path, **options) -> Source:
-    if kind not in _SOURCES:
+    if kind not in _MODULES:
         raise DataError(f"unknown source kind {kind!r}; known kinds: {', '.join(source_kinds())}")
-    return _SOURCES[kind](Path(path), **options)
+    if kind not in _SOURCES:
+        importlib.import_module(f"ltscale.data.sources.{_MODULES[kind]}")
+    try:
+        return _SOURCES[kind](Path(path), **options)
+    except TypeError as exc:
+        raise DataError(f"source {kind!r}: bad options {sorted(options)} ({exc})") from None
 
 
-# adapters register themselves on import
-from ltscale.data.sources import idx as _idx  # noqa: E402,F401
-
-__all__ = ["RawSample", "Source", "open_source", "register_source", "source_kinds"]
+__all__ = ["NO_LABEL", "RawSample", "SampleRef", "Source", "iter_samples", "open_source",
+           "register_source", "source_kinds"]

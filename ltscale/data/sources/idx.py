@@ -11,13 +11,11 @@ import io
 import struct
 import zlib
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 from PIL import Image
 
 from ltscale.data.sources import register_source
-from ltscale.data.sources.base import RawSample
+from ltscale.data.sources.base import SampleRef
 from ltscale.errors import DataError
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -115,6 +113,7 @@ class IdxSource:
         # EMNIST stores images transposed relative to MNIST
         self.transpose = emnist if transpose is None else transpose
         self.name = root.name
+        self.extra_labels: dict[str, list[str] | None] = {}
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if classes is None:
             labels = np.concatenate([self._arrays(s)[1] for s in self._files])
@@ -139,15 +138,15 @@ class IdxSource:
             self._cache[split] = (images, labels.astype(np.int64))
         return self._cache[split]
 
-    def count(self, split: str) -> int:
-        return len(self._arrays(split)[1])
+    def refs(self, split: str) -> list[SampleRef]:
+        labels = self._arrays(split)[1]
+        return [SampleRef(key=f"{split}-{i:06d}", split=split, label=int(labels[i]), ext="png",
+                          path=f"{self._files[split][0].name}[{i}]", locator=i)
+                for i in range(len(labels))]
 
-    def samples(self, split: str) -> Iterator[RawSample]:
-        images, labels = self._arrays(split)
-        for i in range(len(labels)):
-            px = images[i].T if self.transpose else images[i]
-            yield RawSample(key=f"{split}-{i:06d}", data=encode_png(np.ascontiguousarray(px)),
-                            ext="png", label=int(labels[i]), split=split, meta={"source_index": i})
+    def read(self, ref: SampleRef) -> bytes:
+        px = self._arrays(ref.split)[0][ref.locator]
+        return encode_png(np.ascontiguousarray(px.T if self.transpose else px))
 
 
 @register_source("idx")

@@ -1,0 +1,129 @@
+"""`ltscale data verify`: is a shard set still what its card and index say it is?
+
+Checks, in order: the index loads and its recomputed hash equals the stored one and the card's;
+every shard exists with the recorded size and SHA-256; every index entry points at a tar header
+naming its member with the recorded size; with ``deep``, every image decodes. Each problem is
+reported with the shard and sample key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ltscale.data.index import CARD_FILE, ShardIndex
+from ltscale.data.tarfmt import header_before, safe_member_name
+from ltscale.errors import DataError
+from ltscale.progress import bar as progress_bar
+
+
+@dataclass
+class Problem:
+    shard: str
+    key: str | None
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.shard}: " + (f"sample {self.key}: " if self.key else "") + self.what
+
+
+@dataclass
+class VerifyReport:
+    samples: int = 0
+    shards: int = 0
+    decoded: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_dataset(directory: str | Path, deep: bool = False, progress: bool = True) -> VerifyReport:
+    directory = Path(directory)
+    index = ShardIndex.load(directory).load_all()
+    report = VerifyReport(samples=len(index), shards=len(index.shards))
+    card_path = directory / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{card_path}: missing or unreadable dataset card ({exc})") from None
+    found = index.compute_hash()
+    if found != index.content_hash() or found != card.get("index_hash"):
+        report.problems.append(Problem(
+            "index.npz", None, f"index hash {found} differs from the recorded "
+            f"{index.content_hash()} (card: {card.get('index_hash')}); the index was modified"))
+    recorded = {s["name"]: s for s in card.get("shards", [])}
+    bad_shards: set[int] = set()
+    for s, name in enumerate(index.shards):
+        path = directory / name
+        entry = recorded.get(name)
+        if not path.exists():
+            report.problems.append(Problem(name, None, "shard file is missing"))
+            bad_shards.add(s)
+        elif entry is None:
+            report.problems.append(Problem(name, None, "shard is not listed in card.json"))
+        elif path.stat().st_size != entry["bytes"]:
+            report.problems.append(Problem(name, None, f"size {path.stat().st_size} bytes, card "
+                                           f"records {entry['bytes']} (truncated or changed)"))
+        elif _sha256(path) != entry["sha256"]:
+            report.problems.append(Problem(name, None, "SHA-256 differs from the card (the "
+                                           "shard changed after it was indexed)"))
+    rows = np.argsort(index.shard, kind="stable")
+    fds: dict[int, int] = {}
+    try:
+        for row in progress_bar(rows, enabled=progress, desc="verify", unit="img"):
+            s = int(index.shard[row])
+            if s in bad_shards:
+                continue
+            if s not in fds:
+                fds[s] = os.open(directory / index.shards[s], os.O_RDONLY)
+            problem = _check_entry(index, int(row), fds[s], deep)
+            if problem:
+                report.problems.append(Problem(index.shards[s], str(index.key[row]), problem))
+            elif deep:
+                report.decoded += 1
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return report
+
+
+def _check_entry(index: ShardIndex, row: int, fd: int, deep: bool) -> str | None:
+    member, offset, size = index.member(row), int(index.offset[row]), int(index.size[row])
+    try:
+        safe_member_name(member, "index")
+        info = header_before(fd, offset, "index")
+    except DataError as exc:
+        return str(exc).removeprefix("index: ")
+    # a long name lives in a PAX record before this header; the header keeps a truncated form
+    if info.name != member and not (len(member) > 99 and member.startswith(info.name[:90])):
+        return f"index points at member {info.name!r}, expected {member!r}"
+    if info.size != size:
+        return f"member has {info.size} bytes, index records {size}"
+    if deep:
+        from PIL import Image
+
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            return f"shard ends after {len(data)} of {size} bytes"
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+        except Exception as exc:  # PIL raises many types for broken images
+            return f"image does not decode ({type(exc).__name__}: {exc})"
+    return None
