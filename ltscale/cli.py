@@ -71,30 +71,38 @@ def cmd_data_verify(args):
 
 def cmd_manifest_make(args):
     from ltscale.data.index import ShardIndex
-    from ltscale.data.manifest import ImbalanceSpec, ManifestSpec, NoiseSpec, build_manifest
+    from ltscale.data.manifest import build_manifest
+    from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSpec,
+                                            NoiseSpec, UnlabeledSpec)
 
-    spec = ManifestSpec(split=args.split, imbalance=ImbalanceSpec.parse(args.imbalance),
-                        noise=NoiseSpec.parse(args.noise), seed=args.seed,
-                        max_per_class=args.max_per_class)
+    spec = ManifestSpec(
+        split=args.split, imbalance=ImbalanceSpec.parse(args.imbalance, order=args.class_order),
+        noise=NoiseSpec.parse(args.noise), seed=args.seed, max_per_class=args.max_per_class,
+        few_labels=args.few_labels,
+        unlabeled=UnlabeledSpec(multiple=args.unlabeled_multiple, ratio=args.unlabeled_ratio,
+                                relevance=args.relevance, ood_split=args.ood_split,
+                                split=args.unlabeled_split),
+        val=EvalSelection.parse(args.val), test=EvalSelection.parse(args.test))
     m = build_manifest(ShardIndex.load(args.shards), spec)
     m.save(args.out)
-    print(f"manifest {m.hash}: {len(m)} samples, noise rate {m.header['noise_rate']:.4f} -> {args.out}")
+    roles = ", ".join(f"{r} {n}" for r, n in m.header["role_counts"].items() if n)
+    print(f"manifest {m.hash}: {roles}; noise rate {m.header['noise_rate']:.4f} -> {args.out}")
 
 
 def cmd_manifest_stats(args):
-    from ltscale.data.manifest import Manifest, manifest_stats
+    from ltscale.data.manifest import Manifest
+    from ltscale.data.manifest_stats import format_stats, manifest_stats
 
     stats = manifest_stats(Manifest.load(args.manifest))
-    if args.json:
-        print(json.dumps(stats, indent=2))
-        return
-    print(f"manifest {stats['hash']} (index {stats['index_hash']})")
-    print(f"samples {stats['samples']}, classes {stats['num_classes']}, imbalance ratio "
-          f"{stats['imbalance_ratio']:.1f}, noise rate {stats['noise_rate']:.4f}")
-    print("class  observed  clean  noisy")
-    for c, (o, k, n) in enumerate(zip(stats["class_counts_observed"], stats["class_counts_clean"],
-                                      stats["noise_rate_per_class"])):
-        print(f"{c:5d} {o:9d} {k:6d} {n:6.3f}")
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+
+
+def cmd_manifest_diff(args):
+    from ltscale.data.manifest import Manifest
+    from ltscale.data.manifest_stats import format_diff, manifest_diff
+
+    diff = manifest_diff(Manifest.load(args.a), Manifest.load(args.b))
+    print(json.dumps(diff, indent=2) if args.json else format_diff(diff))
 
 
 def cmd_pretrain(args):
@@ -156,7 +164,7 @@ def cmd_eval(args):
         metrics = evaluate_logits(ctx, logits, targets)
         paths = write_report(ctx.out / "eval_report", f"ltscale eval: {recipe.name}",
                              {str(head_path): metrics}, ctx.index.classes,
-                             ctx.manifest.class_counts("clean").tolist(), {"head": str(head_path)})
+                             ctx.manifest.reference_counts().tolist(), {"head": str(head_path)})
         for p in paths.values():
             tracker.log_artifact(p, "report")
     print(paths["md"].read_text())
@@ -206,19 +214,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     man = sub.add_parser("manifest", help="make and inspect manifests")
     msub = man.add_subparsers(dest="manifest_command", required=True)
-    mk = msub.add_parser("make", help="imbalance + noise over a shard index")
+    mk = msub.add_parser("make", help="imbalance, noise, roles over a shard index")
     mk.add_argument("shards")
-    mk.add_argument("--imbalance", default="none", help="none | exp:GAMMA | step:GAMMA")
-    mk.add_argument("--noise", default="none", help="none | sym:RATE")
+    mk.add_argument("--split", default="train", help="split the labeled set comes from")
+    mk.add_argument("--imbalance", default="none",
+                    help="none | natural | exp:GAMMA | step:GAMMA[:MU] | pareto:GAMMA[:ALPHA]")
+    mk.add_argument("--class-order", default="index", choices=["index", "perm"],
+                    help="head classes by class index or a seeded permutation")
+    mk.add_argument("--noise", default="none", help="none | sym:RATE[:all|others] | "
+                    "asym:RATE:cifar10|cifar100|MAP.json | real")
     mk.add_argument("--seed", type=int, default=0)
-    mk.add_argument("--split", default="train")
-    mk.add_argument("--max-per-class", type=int, default=None)
+    mk.add_argument("--max-per-class", type=int, default=None, help="n_max (default: the "
+                    "smallest class of the split)")
+    mk.add_argument("--few-labels", type=float, default=None, metavar="FRACTION",
+                    help="keep this fraction of labels per class (at least one); the rest "
+                    "become unlabeled")
+    mk.add_argument("--unlabeled-multiple", type=float, default=0.0, metavar="M",
+                    help="add an unlabeled pool of M x the labeled set")
+    mk.add_argument("--unlabeled-ratio", type=float, default=1.0, metavar="RHO_U",
+                    help="imbalance ratio of the unlabeled pool (exp profile)")
+    mk.add_argument("--relevance", type=float, default=1.0,
+                    help="share of the pool from in-distribution classes")
+    mk.add_argument("--ood-split", default=None, help="split that supplies out-of-distribution "
+                    "pool images")
+    mk.add_argument("--unlabeled-split", default=None, help="split the in-distribution pool "
+                    "comes from (default: --split, never reusing labeled samples)")
+    mk.add_argument("--val", default=None, metavar="SPLIT[:PER_CLASS]",
+                    help="balanced validation selection")
+    mk.add_argument("--test", default=None, metavar="SPLIT[:PER_CLASS]",
+                    help="balanced test selection")
     mk.add_argument("--out", required=True)
     mk.set_defaults(func=cmd_manifest_make)
-    st = msub.add_parser("stats", help="class counts and noise of a manifest")
+    st = msub.add_parser("stats", help="class counts, shot groups and noise of a manifest")
     st.add_argument("manifest")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_manifest_stats)
+    df = msub.add_parser("diff", help="how manifest B differs from A")
+    df.add_argument("a")
+    df.add_argument("b")
+    df.add_argument("--json", action="store_true")
+    df.set_defaults(func=cmd_manifest_diff)
 
     for name, func, needs_from in (("pretrain", cmd_pretrain, False),
                                    ("finetune", cmd_finetune, True), ("eval", cmd_eval, True),

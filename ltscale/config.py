@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ltscale.data.manifest import ImbalanceSpec, NoiseSpec
+from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
 from ltscale.errors import LtscaleError, RecipeError
 
 
@@ -43,13 +43,31 @@ def _check(parse, value):
     return value
 
 
+class UnlabeledCfg(Section):
+    multiple: float = Field(0.0, ge=0)      # |D_U| as a multiple of the labeled set; 0: none
+    ratio: float = Field(1.0, ge=1)         # ρ_U
+    relevance: float = Field(1.0, ge=0, le=1)
+    ood_split: str | None = None
+    split: str | None = None
+
+
 class ManifestCfg(Section):
     file: str | None = None   # a manifest made by `ltscale manifest make`; replaces the spec below
     split: str = "train"
     imbalance: str = "exp:100"
+    class_order: Literal["index", "perm"] = "index"
     noise: str = "sym:0.4"
     seed: int = 0
     max_per_class: int | None = Field(None, gt=0)
+    few_labels: float | None = Field(None, gt=0, le=1)
+    unlabeled: UnlabeledCfg = UnlabeledCfg()
+    val: str | None = None    # SPLIT[:PER_CLASS] balanced selection
+    test: str | None = None
+
+    @field_validator("val", "test")
+    @classmethod
+    def _selection(cls, v):
+        return _check(EvalSelection.parse, v)
 
     @field_validator("imbalance")
     @classmethod

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ltscale.config import Recipe, flatten
-from ltscale.data.manifest import manifest_stats
+from ltscale.data.manifest_stats import manifest_stats
 from ltscale.eval.report import SUMMARY_HEADER, markdown_table, summary_rows, write_report
 from ltscale.stages.context import Context, make_context
 from ltscale.stages.evaluate import evaluate_logits
@@ -82,7 +82,7 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print) -> d
                    "pretrain kNN top-1 (balanced bank)": knn,
                    "stage seconds": {k: round(v, 1) for k, v in timings.items()}}
         paths = write_report(ctx.out / "report", f"ltscale report: {recipe.name}", results,
-                             ctx.index.classes, ctx.manifest.class_counts("clean").tolist(), context)
+                             ctx.index.classes, ctx.manifest.reference_counts().tolist(), context)
         for p in paths.values():
             tracker.log_artifact(p, "report")
         tracker.log_metrics({f"time/{k}_seconds": v for k, v in timings.items()})

@@ -22,8 +22,10 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.mode = "L" if channels == 1 else "RGB"
 
     @classmethod
-    def from_manifest(cls, index: ShardIndex, manifest: Manifest, transform, channels: int = 3):
-        return cls(index, manifest.ids, manifest.observed, transform, channels)
+    def from_manifest(cls, index: ShardIndex, manifest: Manifest, transform, channels: int = 3,
+                      roles: tuple[str, ...] = ("labeled",)):
+        ids, observed = manifest.rows(*roles)
+        return cls(index, ids, observed, transform, channels)
 
     @classmethod
     def from_split(cls, index: ShardIndex, split: str, transform, channels: int = 3,

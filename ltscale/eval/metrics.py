@@ -11,12 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def shot_groups(train_counts, many: int = 100, few: int = 20) -> dict[str, list[int]]:
-    counts = np.asarray(train_counts)
-    return {"many": np.flatnonzero(counts > many).tolist(),
-            "medium": np.flatnonzero((counts >= few) & (counts <= many)).tolist(),
-            "few": np.flatnonzero(counts < few).tolist()}
+from ltscale.eval.shots import shot_groups
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, train_counts,

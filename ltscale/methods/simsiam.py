@@ -13,6 +13,7 @@ from ltscale.models.heads import mlp
 @register_method("simsiam")
 class SimSiam(nn.Module):
     views = 2
+    uses_labels = False  # trains on labeled and unlabeled images alike
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 2048, pred_dim: int = 512,
                  proj_layers: int = 2, fix_pred_lr: bool = True):

@@ -13,6 +13,7 @@ from ltscale.methods import register_method
 @register_method("supervised")
 class Supervised(nn.Module):
     views = 1
+    uses_labels = True  # trains on the labeled role only
 
     def __init__(self, encoder: nn.Module, num_classes: int, class_counts: list[int],
                  loss: str = "ce", loss_options: dict | None = None):

@@ -12,7 +12,9 @@ import torch
 from ltscale import __version__
 from ltscale.config import Recipe
 from ltscale.data.index import ShardIndex
-from ltscale.data.manifest import ImbalanceSpec, Manifest, ManifestSpec, NoiseSpec, build_manifest
+from ltscale.data.manifest import Manifest, build_manifest
+from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSpec, NoiseSpec,
+                                        UnlabeledSpec)
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
 from ltscale.engine.backend import LocalBackend
@@ -51,8 +53,10 @@ def git_commit() -> str:
 
 def manifest_spec(recipe: Recipe) -> ManifestSpec:
     m = recipe.manifest
-    return ManifestSpec(split=m.split, imbalance=ImbalanceSpec.parse(m.imbalance),
-                        noise=NoiseSpec.parse(m.noise), seed=m.seed, max_per_class=m.max_per_class)
+    return ManifestSpec(split=m.split, imbalance=ImbalanceSpec.parse(m.imbalance, m.class_order),
+                        noise=NoiseSpec.parse(m.noise), seed=m.seed, max_per_class=m.max_per_class,
+                        few_labels=m.few_labels, unlabeled=UnlabeledSpec(**m.unlabeled.model_dump()),
+                        val=EvalSelection.parse(m.val), test=EvalSelection.parse(m.test))
 
 
 def ensure_shards(recipe: Recipe, progress: bool = True) -> ShardIndex:

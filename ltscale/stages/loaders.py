@@ -14,10 +14,12 @@ def view_spec(ctx: Context) -> ViewSpec:
                     crop_scale=tuple(a.crop_scale), flip=a.flip, jitter=a.jitter, blur=a.blur)
 
 
-def train_loader(ctx: Context, *, views: int, batch_size: int, workers: int, seed: int):
+def train_loader(ctx: Context, *, views: int, batch_size: int, workers: int, seed: int,
+                 roles: tuple[str, ...] = ("labeled",)):
     spec = view_spec(ctx)
     transform = TwoViews(ssl_view(spec)) if views == 2 else ssl_view(spec)
-    ds = ManifestDataset.from_manifest(ctx.index, ctx.manifest, transform, ctx.recipe.data.channels)
+    ds = ManifestDataset.from_manifest(ctx.index, ctx.manifest, transform, ctx.recipe.data.channels,
+                                       roles=roles)
     sampler = EpochSampler(len(ds), batch_size=batch_size, seed=seed, drop_last=True,
                            rank=ctx.backend.rank, world_size=ctx.backend.world_size)
     return make_loader(ds, batch_size=batch_size, workers=workers, sampler=sampler), sampler
@@ -35,8 +37,9 @@ def eval_loader(ctx: Context, split: str, rows=None, *, labels=None, batch_size:
 
 def manifest_eval_loader(ctx: Context, batch_size: int = 512, workers: int = 0):
     """The training manifest's samples with their observed labels, without augmentation."""
-    return eval_loader(ctx, ctx.manifest.header["spec"]["split"], ctx.manifest.ids,
-                       labels=ctx.manifest.observed, batch_size=batch_size, workers=workers)
+    ids, observed = ctx.manifest.rows("labeled")
+    return eval_loader(ctx, ctx.manifest.header["spec"]["split"], ids,
+                       labels=observed, batch_size=batch_size, workers=workers)
 
 
 def knn_loaders(ctx: Context):

@@ -54,8 +54,9 @@ def load_encoder(path: str | Path) -> torch.nn.Module:
 
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
            optim_cfg, max_steps: int | None, monitor: bool, settings: dict) -> dict:
+    roles = ("labeled",) if method.uses_labels else ("labeled", "unlabeled")
     loader, sampler = train_loader(ctx, views=method.views, batch_size=batch_size,
-                                   workers=workers, seed=ctx.recipe.seed)
+                                   workers=workers, seed=ctx.recipe.seed, roles=roles)
     groups = method.param_groups() if hasattr(method, "param_groups") else [
         {"params": list(method.parameters())}]
     optimizer = build_optimizer(groups, optim_cfg, batch_size)

@@ -1,0 +1,126 @@
+"""Summaries of a manifest (`ltscale manifest stats`) and of how two differ (`manifest diff`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ltscale.data.manifest import ROLES, Manifest
+from ltscale.eval.shots import FEW, MANY, shot_groups
+
+DENSE_TRANSITION_MAX_CLASSES = 20
+
+
+def manifest_stats(m: Manifest) -> dict:
+    lab = m.mask("labeled")
+    clean, observed = m.clean[lab], m.observed[lab]
+    known = clean >= 0
+    noisy = observed[known] != clean[known]
+    per_class_noise = [float(noisy[clean[known] == c].mean()) if (clean[known] == c).any()
+                       else 0.0 for c in range(m.num_classes)]
+    ref = m.reference_counts()
+    groups = shot_groups(ref)
+    out = {
+        "hash": m.hash,
+        "index_hash": m.header["index_hash"],
+        "spec": m.header["spec"],
+        "roles": {r: int((m.role == i).sum()) for i, r in enumerate(ROLES)},
+        "samples": int(lab.sum()),
+        "num_classes": m.num_classes,
+        "class_counts_observed": m.class_counts("observed").tolist(),
+        "class_counts_clean": m.class_counts("clean").tolist(),
+        "clean_known": int(known.sum()),
+        "imbalance_ratio": m.header["imbalance_ratio"],
+        "shot_groups": {k: len(v) for k, v in groups.items()},
+        "shot_counts_from": "clean" if known.all() else "observed",
+        "shot_bounds": {"many": f"> {MANY}", "medium": f"{FEW}-{MANY}", "few": f"< {FEW}"},
+        "noise_rate": float(noisy.mean()) if len(noisy) else 0.0,
+        "noise_convention": m.header.get("noise_convention", ""),
+        "noise_rate_per_class": per_class_noise,
+        "unlabeled_pool": m.header.get("unlabeled_pool", {}),
+    }
+    if m.num_classes <= DENSE_TRANSITION_MAX_CLASSES:
+        out["transition_matrix"] = np.round(m.transition_matrix(), 4).tolist()
+    return out
+
+
+def format_stats(stats: dict) -> str:
+    lines = [f"manifest {stats['hash']} (index {stats['index_hash']})",
+             "roles: " + ", ".join(f"{r} {n}" for r, n in stats["roles"].items() if n),
+             f"labeled {stats['samples']} over {stats['num_classes']} classes, imbalance ratio "
+             f"{stats['imbalance_ratio']:.1f}; many/medium/few classes "
+             f"{stats['shot_groups']['many']}/{stats['shot_groups']['medium']}/"
+             f"{stats['shot_groups']['few']} (by {stats['shot_counts_from']} labels)",
+             f"noise rate {stats['noise_rate']:.4f} ({stats['noise_convention']})"]
+    pool = stats["unlabeled_pool"]
+    if pool and any(pool.values()):
+        lines.append(f"unlabeled pool: {pool['in_distribution']} in-distribution, "
+                     f"{pool['out_of_distribution']} out-of-distribution")
+    lines.append("class  observed  clean  noisy")
+    for c, (o, k, n) in enumerate(zip(stats["class_counts_observed"],
+                                      stats["class_counts_clean"],
+                                      stats["noise_rate_per_class"])):
+        lines.append(f"{c:5d} {o:9d} {k:6d} {n:6.3f}")
+    if "transition_matrix" in stats:
+        lines.append("transition matrix T[clean, observed]:")
+        lines += ["  " + " ".join(f"{v:5.3f}" for v in row) for row in stats["transition_matrix"]]
+    return "\n".join(lines)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def manifest_diff(a: Manifest, b: Manifest) -> dict:
+    """What changes from manifest ``a`` to ``b``: spec keys, samples per role, labels."""
+    fa, fb = _flatten(a.header["spec"]), _flatten(b.header["spec"])
+    spec = {k: [fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
+    roles = {}
+    for r in ROLES:
+        ia, ib = a.ids[a.mask(r)], b.ids[b.mask(r)]
+        if len(ia) or len(ib):
+            roles[r] = {"a": int(len(ia)), "b": int(len(ib)), "shared": int(len(np.intersect1d(ia, ib))),
+                        "only_a": int(len(np.setdiff1d(ia, ib))),
+                        "only_b": int(len(np.setdiff1d(ib, ia)))}
+    la, lb = a.mask("labeled"), b.mask("labeled")
+    shared, pa, pb = np.intersect1d(a.ids[la], b.ids[lb], return_indices=True)
+    relabeled = int((a.observed[la][pa] != b.observed[lb][pb]).sum())
+    ca, cb = a.class_counts(), b.class_counts()
+    delta = (cb - ca) if len(ca) == len(cb) else None
+    return {
+        "a": a.hash, "b": b.hash,
+        "same_index": a.header["index_hash"] == b.header["index_hash"],
+        "spec": spec,
+        "roles": roles,
+        "labeled_shared": int(len(shared)),
+        "labeled_relabeled": relabeled,
+        "noise_rate": [a.header["noise_rate"], b.header["noise_rate"]],
+        "class_count_delta": delta.tolist() if delta is not None else None,
+    }
+
+
+def format_diff(d: dict) -> str:
+    lines = [f"manifest {d['a']} -> {d['b']}"
+             + ("" if d["same_index"] else " (built from DIFFERENT indexes)")]
+    if d["spec"]:
+        lines.append("spec:")
+        lines += [f"  {k}: {va!r} -> {vb!r}" for k, (va, vb) in d["spec"].items()]
+    else:
+        lines.append("spec: identical")
+    for r, c in d["roles"].items():
+        lines.append(f"{r}: {c['a']} -> {c['b']} ({c['shared']} shared, {c['only_a']} only in a, "
+                     f"{c['only_b']} only in b)")
+    lines.append(f"labeled samples in both with a different observed label: "
+                 f"{d['labeled_relabeled']} of {d['labeled_shared']}")
+    lines.append(f"noise rate {d['noise_rate'][0]:.4f} -> {d['noise_rate'][1]:.4f}")
+    if d["class_count_delta"] is not None and any(d["class_count_delta"]):
+        changed = [(c, v) for c, v in enumerate(d["class_count_delta"]) if v]
+        shown = ", ".join(f"{c}:{v:+d}" for c, v in changed[:20])
+        lines.append(f"labeled count change per class: {shown}"
+                     f"{' ...' if len(changed) > 20 else ''}")
+    return "\n".join(lines)
