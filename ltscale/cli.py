@@ -105,6 +105,20 @@ def cmd_manifest_diff(args):
     print(json.dumps(diff, indent=2) if args.json else format_diff(diff))
 
 
+def cmd_bench(args):
+    if args.bench_command == "manifest":
+        from ltscale.bench.manifest import bench_manifest
+
+        result = bench_manifest(args.samples, args.classes, args.imbalance, args.noise, args.repeats)
+    else:
+        from ltscale.bench.build import bench_build
+
+        result = bench_build(args.images, args.classes, args.size, args.workers,
+                             args.shard_size << 20, args.repeats)
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
 def cmd_pretrain(args):
     from ltscale.stages.context import make_context
     from ltscale.stages.pretrain import run_pretrain
@@ -254,6 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("b")
     df.add_argument("--json", action="store_true")
     df.set_defaults(func=cmd_manifest_diff)
+
+    bench = sub.add_parser("bench", help="throughput and memory benchmarks")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    bm = bsub.add_parser("manifest", help="manifest make on a large synthetic index")
+    bm.add_argument("--samples", type=int, default=1_000_000)
+    bm.add_argument("--classes", type=int, default=1000)
+    bm.add_argument("--imbalance", default="exp:100")
+    bm.add_argument("--noise", default="sym:0.4")
+    bm.add_argument("--repeats", type=int, default=3)
+    bb = bsub.add_parser("build", help="data build vs a plain tarfile copy of the same JPEGs")
+    bb.add_argument("--images", type=int, default=4000)
+    bb.add_argument("--classes", type=int, default=40)
+    bb.add_argument("--size", type=int, default=256, help="image side in pixels")
+    bb.add_argument("--workers", type=int, default=0)
+    bb.add_argument("--shard-size", type=int, default=16, help="MB per shard")
+    bb.add_argument("--repeats", type=int, default=3)
+    for b_ in (bm, bb):
+        b_.add_argument("--json", action="store_true")
+        b_.set_defaults(func=cmd_bench)
 
     for name, func, needs_from in (("pretrain", cmd_pretrain, False),
                                    ("finetune", cmd_finetune, True), ("eval", cmd_eval, True),

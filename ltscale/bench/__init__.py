@@ -1,0 +1,1 @@
+"""Benchmarks behind `ltscale bench ...`: each prints its figures and returns them as a dict."""
