@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from ltscale.errors import LtscaleError
 
@@ -158,7 +157,7 @@ def cmd_eval(args):
     from ltscale.stages.context import make_context
     from ltscale.stages.evaluate import evaluate_logits
     from ltscale.stages.finetune import head_from_file
-    from ltscale.stages.loaders import eval_loader
+    from ltscale.stages.loaders import test_loader
     from ltscale.stages.pretrain import load_encoder
     from ltscale.engine.features import encode
 
@@ -172,7 +171,7 @@ def cmd_eval(args):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)})
         encoder = load_encoder(encoder_ref).to(ctx.device)
-        feats, targets = encode(encoder, eval_loader(ctx, recipe.eval.split), ctx.device)
+        feats, targets = encode(encoder, test_loader(ctx), ctx.device)
         with torch.no_grad():
             logits = head_from_file(head_path)(feats)
         metrics = evaluate_logits(ctx, logits, targets)

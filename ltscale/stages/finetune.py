@@ -12,7 +12,7 @@ from ltscale.config import flatten
 from ltscale.finetune.cache import build_cache, load_cache
 from ltscale.finetune.head import train_head
 from ltscale.stages.context import Context
-from ltscale.stages.loaders import eval_loader, manifest_eval_loader
+from ltscale.stages.loaders import manifest_eval_loader, test_loader
 
 
 def run_finetune(ctx: Context, encoder: torch.nn.Module, name: str = "finetune",
@@ -24,7 +24,7 @@ def run_finetune(ctx: Context, encoder: torch.nn.Module, name: str = "finetune",
     train_cache = build_cache(encoder, manifest_eval_loader(ctx, workers=f.workers), ctx.device,
                               stage_dir / "features" / "train", f"{name}: encode train",
                               ctx.progress)
-    test_cache = build_cache(encoder, eval_loader(ctx, ctx.recipe.eval.split, workers=f.workers),
+    test_cache = build_cache(encoder, test_loader(ctx, workers=f.workers),
                              ctx.device, stage_dir / "features" / ctx.recipe.eval.split,
                              f"{name}: encode {ctx.recipe.eval.split}", ctx.progress)
     encode_s = time.perf_counter() - t0
@@ -56,7 +56,7 @@ def predict_images(ctx: Context, model) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of an end-to-end classifier (the scratch baseline) on the evaluation split."""
     model.eval()
     outs, ys = [], []
-    for x, y, _ in eval_loader(ctx, ctx.recipe.eval.split, workers=ctx.recipe.finetune.workers):
+    for x, y, _ in test_loader(ctx, workers=ctx.recipe.finetune.workers):
         outs.append(model.logits(x.to(ctx.device)).float().cpu())
         ys.append(y)
     return torch.cat(outs), torch.cat(ys)

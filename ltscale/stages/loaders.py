@@ -35,6 +35,15 @@ def eval_loader(ctx: Context, split: str, rows=None, *, labels=None, batch_size:
     return make_loader(ds, batch_size=batch_size, workers=workers)
 
 
+def test_loader(ctx: Context, batch_size: int = 512, workers: int = 0):
+    """The balanced test set: the manifest's test role when it has one, else recipe.eval.split."""
+    ids, labels = ctx.manifest.rows("test")
+    if len(ids):
+        return eval_loader(ctx, ctx.manifest.spec.test.split, ids, labels=labels,
+                           batch_size=batch_size, workers=workers)
+    return eval_loader(ctx, ctx.recipe.eval.split, batch_size=batch_size, workers=workers)
+
+
 def manifest_eval_loader(ctx: Context, batch_size: int = 512, workers: int = 0):
     """The training manifest's samples with their observed labels, without augmentation."""
     ids, observed = ctx.manifest.rows("labeled")
