@@ -21,8 +21,9 @@ class Section(BaseModel):
 
 
 class SourceCfg(Section):
-    kind: str = "idx"
+    kind: str = "idx"        # any `ltscale data build` KIND
     path: str = "/usr/share/datasets/fashion-mnist"
+    options: dict[str, str] = {}  # source options, as `--option NAME=VALUE`
 
 
 class DataCfg(Section):

@@ -63,7 +63,7 @@ def ensure_shards(recipe: Recipe, progress: bool = True) -> ShardIndex:
     shards = Path(recipe.data.shards)
     if not (shards / "index.npz").exists():
         src = recipe.data.source
-        build_shards(open_source(src.kind, src.path), shards, source_kind=src.kind,
+        build_shards(open_source(src.kind, src.path, **src.options), shards, source_kind=src.kind,
                      source_path=src.path, shard_bytes=recipe.data.shard_bytes,
                      overwrite=shards.exists(), progress=progress)
     return ShardIndex.load(shards)
