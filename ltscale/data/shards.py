@@ -209,14 +209,12 @@ def _write_job(i: int) -> tuple[int, list[tuple[int, int]], str]:
             for name, value in ref.extra:
                 if value != NO_LABEL:
                     writer.add(f"{ref.key}.{name}.cls", str(value).encode())
-        writer.close()
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        writer.close()  # fsyncs
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return i, spans, _sha256(final)
+    return i, spans, writer.sha256
 
 
 def _reuse(path: Path, job: _Job) -> list[tuple[int, int]] | None:

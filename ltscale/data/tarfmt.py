@@ -7,6 +7,7 @@ members that are links or devices.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -46,11 +47,34 @@ def member_info(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+class _HashingFile:
+    """A write-only file that hashes what passes through it (no second read for checksums)."""
+
+    def __init__(self, path):
+        self.fh = open(path, "wb")
+        self.sha = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.fh.write(data)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def close(self) -> None:
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+
 class TarWriter:
-    """Appends members to a new tar file and reports where each member's data starts."""
+    """Appends members to a new tar file and reports where each member's data starts; the
+    SHA-256 of the finished file is ``sha256`` after ``close``."""
 
     def __init__(self, path: str | os.PathLike):
-        self.tar = tarfile.open(path, "w", format=tarfile.PAX_FORMAT)
+        self._file = _HashingFile(path)
+        self.tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+        self.sha256: str | None = None
 
     def add(self, name: str, data: bytes) -> int:
         self.tar.addfile(member_info(name, len(data)), io.BytesIO(data))
@@ -58,7 +82,9 @@ class TarWriter:
         return self.tar.offset - padded(len(data))
 
     def close(self) -> None:
-        self.tar.close()
+        self.tar.close()  # writes the end-of-archive blocks through the hashing file
+        self._file.close()
+        self.sha256 = self._file.sha.hexdigest()
 
 
 def header_before(fd: int, offset: int, where: str) -> tarfile.TarInfo:
