@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSp
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
 from ltscale.engine.backend import LocalBackend
+from ltscale.errors import DataError
 from ltscale.track import NullTracker
 
 
@@ -59,9 +62,29 @@ def manifest_spec(recipe: Recipe) -> ManifestSpec:
                         val=EvalSelection.parse(m.val), test=EvalSelection.parse(m.test))
 
 
+def _usable(shards: Path, recipe: Recipe) -> bool:
+    """Whether ``shards`` holds an index this version reads. Shards an older release built from
+    the recipe's own source are rebuilt; anything else is left alone and reported."""
+    if not (shards / "index.npz").exists():
+        return False
+    try:
+        ShardIndex.load(shards)
+        return True
+    except DataError as exc:
+        try:
+            card = json.loads((shards / "card.json").read_text())["source"]
+        except (OSError, ValueError, KeyError):
+            card = {}
+        src = recipe.data.source
+        if card.get("kind") == src.kind and str(card.get("path")) == str(src.path):
+            print(f"ltscale: rebuilding {shards} from {src.path} ({exc})", file=sys.stderr)
+            return False
+        raise
+
+
 def ensure_shards(recipe: Recipe, progress: bool = True) -> ShardIndex:
     shards = Path(recipe.data.shards)
-    if not (shards / "index.npz").exists():
+    if not _usable(shards, recipe):
         src = recipe.data.source
         build_shards(open_source(src.kind, src.path, **src.options), shards, source_kind=src.kind,
                      source_path=src.path, shard_bytes=recipe.data.shard_bytes,
