@@ -26,14 +26,27 @@ class SourceCfg(Section):
     options: dict[str, str] = {}  # source options, as `--option NAME=VALUE`
 
 
+class LoaderCfg(Section):
+    backend: Literal["torch", "dali"] = "torch"   # dali needs `pip install nvidia-dali-cuda130`
+    prefetch: int = Field(4, gt=0)             # batches queued ahead per worker
+    pin_memory: bool | None = None             # None: when training on CUDA
+    on_error: Literal["fail", "skip"] = "fail"  # a corrupt/truncated sample: stop, or skip + report
+    check: Literal["size", "checksum", "none"] = "size"  # shard check before training
+    shuffle: Literal["global", "block"] = "global"  # block: shard-local blocks (page-cache friendly)
+    block_size: int = Field(64, gt=0)          # samples per on-disk block (block shuffle)
+    window: int = Field(16, gt=0)              # blocks mixed together (block shuffle)
+
+
 class DataCfg(Section):
     source: SourceCfg = SourceCfg()
+    loader: LoaderCfg = LoaderCfg()
     shards: str = "runs/data/fashion-mnist"   # built from `source` when absent
     shard_bytes: int = Field(1 << 30, gt=0)
     image_size: int = Field(28, gt=0)
     channels: Literal[1, 3] = 1
     mean: list[float] = [0.286]
     std: list[float] = [0.353]
+    eval_crop_fraction: float | None = Field(None, gt=0, le=1)  # None: 0.875 from 96 px, else 1
 
 
 def _check(parse, value):
@@ -108,10 +121,26 @@ class OptimCfg(Section):
 
 
 class AugmentCfg(Section):
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    flip: bool = True
-    jitter: float = Field(0.4, ge=0)
-    blur: bool = False
+    preset: str = "cifar"     # simclr | mocov2 | byol | cifar | rotation | supervised | …
+    views: int | None = Field(None, gt=0)     # None: the preset's count (multi-view when larger)
+    # None keeps the preset's value; a value replaces it in every view
+    crop_scale: tuple[float, float] | None = None
+    flip: bool | None = None
+    jitter: float | None = Field(None, ge=0)  # strength s: brightness/contrast/saturation s, hue s/4
+    grayscale: float | None = Field(None, ge=0, le=1)
+    blur: float | None = Field(None, ge=0, le=1)  # probability
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v):
+        from ltscale.data.augment import preset_names
+
+        if v not in preset_names():
+            raise ValueError(f"unknown preset; known: {', '.join(preset_names())}")
+        return v
+
+    def options(self) -> dict:
+        return self.model_dump(exclude={"preset"})
 
 
 class KnnCfg(Section):
@@ -131,6 +160,7 @@ class PretrainCfg(Section):
     workers: int = Field(2, ge=0)
     optim: OptimCfg = OptimCfg()
     augment: AugmentCfg = AugmentCfg()
+    balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"
     knn: KnnCfg = KnnCfg()
 
 
@@ -161,6 +191,8 @@ class ScratchCfg(Section):
     max_steps_per_epoch: int | None = Field(None, gt=0)
     loss: LossCfg = LossCfg(name="ce")
     optim: OptimCfg = OptimCfg(lr=0.1, warmup_epochs=1)
+    augment: AugmentCfg = AugmentCfg(preset="supervised_cifar")
+    balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"
 
 
 class BaselinesCfg(Section):

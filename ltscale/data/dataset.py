@@ -1,57 +1,99 @@
-"""A map-style dataset over a manifest: position → (image tensor or views, observed label, position)."""
+"""A map-style dataset over a manifest that produces whole batches.
+
+``__getitems__(Batch)`` reads the batch's bytes in one coalesced pass (``IndexedReader.read_many``),
+decodes and augments each sample with its own seeded generator, and returns the collated batch:
+``(images uint8, labels, positions, info)``. ``info`` carries the bytes/reads counters of this
+batch and the samples skipped under the ``skip`` error policy, so the loader can sum them over
+worker processes.
+
+Error policy (``on_error``): ``fail`` stops at the first unreadable sample with a ``DataError``
+naming its key and shard; ``skip`` leaves the sample out of its batch (the batch is shorter),
+counts it and reports its key and reason — never silently. A batch whose every sample is bad stops
+the run either way.
+"""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest
 from ltscale.data.reader import IndexedReader
+from ltscale.data.sampling import Batch
 from ltscale.errors import DataError
+
+ON_ERROR = ("fail", "skip")
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
 
 
 class ManifestDataset(torch.utils.data.Dataset):
-    def __init__(self, index: ShardIndex, rows: np.ndarray, labels: np.ndarray, transform,
-                 channels: int = 3):
+    def __init__(self, index: ShardIndex, rows: np.ndarray, labels: np.ndarray, views,
+                 on_error: str = "fail"):
+        if on_error not in ON_ERROR:
+            raise DataError(f"unknown on_error policy {on_error!r}; choose one of {ON_ERROR}")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(index)):
+            bad = int(rows[(rows < 0) | (rows >= len(index))][0])
+            raise DataError(f"manifest row {bad} is not in the shard index at {index.root} "
+                            f"({len(index)} samples); the manifest belongs to other shards")
+        index.load_all()  # before workers fork: every column once, shared copy-on-write
         self.reader = IndexedReader(index)
-        self.rows, self.labels, self.transform = rows, labels, transform
-        self.mode = "L" if channels == 1 else "RGB"
+        self.rows, self.labels, self.views = rows, np.asarray(labels, dtype=np.int64), views
+        self.on_error = on_error
 
     @classmethod
-    def from_manifest(cls, index: ShardIndex, manifest: Manifest, transform, channels: int = 3,
-                      roles: tuple[str, ...] = ("labeled",)):
+    def from_manifest(cls, index: ShardIndex, manifest: Manifest, views,
+                      roles: tuple[str, ...] = ("labeled",), on_error: str = "fail"):
         ids, observed = manifest.rows(*roles)
-        return cls(index, ids, observed, transform, channels)
+        return cls(index, ids, observed, views, on_error)
 
     @classmethod
-    def from_split(cls, index: ShardIndex, split: str, transform, channels: int = 3,
-                   rows: np.ndarray | None = None):
+    def from_split(cls, index: ShardIndex, split: str, views, rows: np.ndarray | None = None,
+                   on_error: str = "fail"):
         rows = index.split_ids(split) if rows is None else rows
-        return cls(index, rows, index.label[rows], transform, channels)
+        return cls(index, rows, index.label[rows], views, on_error)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def decode(self, pos: int) -> torch.Tensor:
+    def _make(self, pos: int, data, seed) -> torch.Tensor:
         row = int(self.rows[pos])
-        data = self.reader.read(row)
+        if isinstance(data, Exception):
+            raise data
         try:
-            with Image.open(io.BytesIO(data)) as img:
-                pixels = np.array(img.convert(self.mode))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(f"sample {self.reader.index.key[row]} in shard "
-                            f"{self.reader.index.shards[self.reader.index.shard[row]]}: "
-                            f"cannot decode image ({exc})") from None
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+            return self.views(data, np.random.default_rng(seed))
+        except _DECODE_ERRORS as exc:
+            raise DataError(f"{self.reader.where(row)}: cannot decode image ({exc})") from None
+
+    def __getitems__(self, batch: Batch):
+        before = self.reader.counters()
+        raw = self.reader.read_many(self.rows[batch.positions])
+        images, keep, skipped = [], [], []
+        for i, (pos, data) in enumerate(zip(batch.positions.tolist(), raw)):
+            try:
+                images.append(self._make(pos, data, int(batch.seeds[i])))
+                keep.append(i)
+            except DataError as exc:
+                if self.on_error == "fail":
+                    raise
+                skipped.append((str(self.reader.index.key[self.rows[pos]]), str(exc)))
+        if not images:
+            raise DataError(f"every sample of a batch of {len(batch)} failed to load; first: "
+                            f"{skipped[0][1]}")
+        after = self.reader.counters()
+        info = {k: after[k] - before[k] for k in after} | {"skipped": skipped}
+        positions = batch.positions[keep]
+        x = torch.stack(images)
+        if x.dim() == 5 and x.shape[1] == 1:  # one view: (B, C, H, W)
+            x = x[:, 0]
+        return (x, torch.from_numpy(self.labels[positions]), torch.from_numpy(positions), info)
 
     def __getitem__(self, pos: int):
-        return self.transform(self.decode(pos)), int(self.labels[pos]), pos
+        """One sample (views, label, position), augmented with seed ``pos`` (for inspection)."""
+        x, y, p, _ = self.__getitems__(Batch(np.array([pos]), np.array([pos]), 0))
+        return x[0], int(y[0]), int(p[0])
 
 
 def balanced_rows(index: ShardIndex, split: str, per_class: int, seed: int) -> np.ndarray:
@@ -63,11 +105,3 @@ def balanced_rows(index: ShardIndex, split: str, per_class: int, seed: int) -> n
         members = ids[index.label[ids] == c]
         out.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
     return np.sort(np.concatenate(out))
-
-
-def make_loader(dataset, *, batch_size: int, workers: int, sampler=None, shuffle: bool = False,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle if sampler is None else False,
-        num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if workers > 0 else None, drop_last=drop_last)

@@ -127,3 +127,43 @@ def _check_entry(index: ShardIndex, row: int, fd: int, deep: bool) -> str | None
         except Exception as exc:  # PIL raises many types for broken images
             return f"image does not decode ({type(exc).__name__}: {exc})"
     return None
+
+
+CHECKS = ("size", "checksum", "none")
+
+
+def check_shards(index: ShardIndex, rows: np.ndarray | None = None, mode: str = "size") -> int:
+    """Before training: every shard ``rows`` touch exists and still has the size (``size``) or
+    SHA-256 (``checksum``) its card recorded. Raises ``DataError`` naming the first bad shard;
+    returns the number of shards checked. ``size`` costs one ``stat`` per shard; ``checksum``
+    reads the shards once (use it for small or untrusted datasets; ``data verify`` for audits)."""
+    if mode not in CHECKS:
+        raise DataError(f"unknown shard check {mode!r}; choose one of {', '.join(CHECKS)}")
+    if mode == "none":
+        return 0
+    directory = Path(index.root)
+    try:
+        card = json.loads((directory / CARD_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{directory / CARD_FILE}: missing or unreadable dataset card ({exc}); "
+                        "rebuild the dataset with `ltscale data build`") from None
+    recorded = {s["name"]: s for s in card.get("shards", [])}
+    used = np.unique(index.shard if rows is None else index.shard[np.asarray(rows)])
+    for s in used.tolist():
+        name = index.shards[s]
+        path = directory / name
+        entry = recorded.get(name)
+        if entry is None:
+            raise DataError(f"shard {path} is not listed in {directory / CARD_FILE}")
+        if not path.exists():
+            raise DataError(f"shard {path} is missing; rebuild the dataset with "
+                            "`ltscale data build` or restore the file")
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise DataError(f"shard {path} has {size} bytes but was indexed with "
+                            f"{entry['bytes']}: it was truncated or changed after indexing; "
+                            "refusing to train on it (`ltscale data verify` lists every problem)")
+        if mode == "checksum" and _sha256(path) != entry["sha256"]:
+            raise DataError(f"shard {path}: SHA-256 differs from the one recorded when it was "
+                            "indexed (it changed since); refusing to train on it")
+    return len(used)

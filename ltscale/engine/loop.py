@@ -87,6 +87,7 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
             hook = getattr(backend.unwrap(model), "after_step", None)
             if hook is not None:
                 hook(state.step, total)
+            sampler.advance()
             state.step += 1
             steps += 1
             seen += len(batch[1])
@@ -103,6 +104,9 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
         record = {f"epoch/{k}": v / n for k, v in sums.items()}
         record |= {"epoch/images_per_s": seen * backend.world_size / seconds,
                    "epoch/seconds": seconds}
+        stats = getattr(loader, "stats", None)
+        if stats is not None:
+            record["data/skipped"] = float(len(stats.skipped))
         if on_epoch_end is not None:
             record |= on_epoch_end(epoch)
         state.epoch = epoch + 1

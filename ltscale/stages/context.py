@@ -39,6 +39,11 @@ class Context:
     def device(self) -> torch.device:
         return self.backend.device
 
+    def log(self, message: str) -> None:
+        """A concise line on stderr, from rank 0 only."""
+        if self.backend.is_main:
+            print(f"ltscale: {message}", file=sys.stderr)
+
     def tags(self, stage: str) -> dict:
         return {"ltscale.stage": stage, "ltscale.version": __version__,
                 "ltscale.git_commit": git_commit(), "ltscale.manifest_hash": self.manifest.hash,

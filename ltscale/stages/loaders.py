@@ -1,38 +1,59 @@
-"""Loaders the stages share, built from the recipe."""
+"""Loaders the stages share, built from the recipe: one sampler, one backend, one preset."""
 
 from __future__ import annotations
 
-from ltscale.data.augment import TwoViews, ViewSpec, eval_view, ssl_view
-from ltscale.data.dataset import ManifestDataset, balanced_rows, make_loader
+import numpy as np
+
+from ltscale.data.augment import eval_spec, make_preset
+from ltscale.data.augment_torch import EvalView, TrainViews
+from ltscale.data.dataset import ManifestDataset, balanced_rows
+from ltscale.data.loader import LoaderSettings, build_loader
 from ltscale.data.sampling import EpochSampler
+from ltscale.data.verify import check_shards
 from ltscale.stages.context import Context
 
 
-def view_spec(ctx: Context) -> ViewSpec:
-    d, a = ctx.recipe.data, ctx.recipe.pretrain.augment
-    return ViewSpec(size=d.image_size, mean=tuple(d.mean), std=tuple(d.std),
-                    crop_scale=tuple(a.crop_scale), flip=a.flip, jitter=a.jitter, blur=a.blur)
+def settings(ctx: Context, workers: int) -> LoaderSettings:
+    c = ctx.recipe.data.loader
+    return LoaderSettings(backend=c.backend, workers=workers, prefetch=c.prefetch,
+                          pin_memory=c.pin_memory, on_error=c.on_error)
 
 
-def train_loader(ctx: Context, *, views: int, batch_size: int, workers: int, seed: int,
-                 roles: tuple[str, ...] = ("labeled",)):
-    spec = view_spec(ctx)
-    transform = TwoViews(ssl_view(spec)) if views == 2 else ssl_view(spec)
-    ds = ManifestDataset.from_manifest(ctx.index, ctx.manifest, transform, ctx.recipe.data.channels,
-                                       roles=roles)
-    sampler = EpochSampler(len(ds), batch_size=batch_size, seed=seed, drop_last=True,
-                           rank=ctx.backend.rank, world_size=ctx.backend.world_size)
-    return make_loader(ds, batch_size=batch_size, workers=workers, sampler=sampler), sampler
+def _loader(ctx: Context, dataset, sampler, workers: int, preset=None, evaluation=None):
+    d = ctx.recipe.data
+    check_shards(ctx.index, dataset.rows, d.loader.check)
+    return build_loader(dataset, sampler, settings(ctx, workers), device=ctx.device,
+                        mean=d.mean, std=d.std, preset=preset, eval_spec=evaluation,
+                        channels=d.channels, log=ctx.log)
+
+
+def train_loader(ctx: Context, *, augment, batch_size: int, workers: int, seed: int,
+                 epochs: int, balance: str = "instance", roles: tuple[str, ...] = ("labeled",)):
+    """Augmented batches of the manifest's ``roles``; returns (loader, sampler)."""
+    d = ctx.recipe.data
+    preset = make_preset(augment.preset, d.image_size, d.channels, **augment.options())
+    ds = ManifestDataset.from_manifest(ctx.index, ctx.manifest, TrainViews(preset, d.channels),
+                                       roles=roles, on_error=d.loader.on_error)
+    sampler = EpochSampler(len(ds), batch_size=batch_size, seed=seed, tail="drop",
+                           rank=ctx.backend.rank, world_size=ctx.backend.world_size,
+                           balance=balance, labels=ds.labels, epochs=epochs, rows=ds.rows,
+                           shuffle=d.loader.shuffle, block_size=d.loader.block_size,
+                           window=d.loader.window)
+    return _loader(ctx, ds, sampler, workers, preset=preset), sampler
 
 
 def eval_loader(ctx: Context, split: str, rows=None, *, labels=None, batch_size: int = 512,
                 workers: int = 0):
-    """Deterministic views of ``rows`` of ``split`` (all of it by default)."""
-    ds = ManifestDataset.from_split(ctx.index, split, eval_view(view_spec(ctx)),
-                                    ctx.recipe.data.channels, rows=rows)
+    """Deterministic views of ``rows`` of ``split`` (all of it by default), each once, in order."""
+    d = ctx.recipe.data
+    spec = eval_spec(d.image_size, d.eval_crop_fraction)
+    ds = ManifestDataset.from_split(ctx.index, split, EvalView(spec, d.channels), rows=rows,
+                                    on_error=d.loader.on_error)
     if labels is not None:
-        ds.labels = labels
-    return make_loader(ds, batch_size=batch_size, workers=workers)
+        ds.labels = np.asarray(labels, dtype=np.int64)
+    sampler = EpochSampler(len(ds), batch_size=batch_size, shuffle="none", tail="keep",
+                           rows=ds.rows)
+    return _loader(ctx, ds, sampler, workers, evaluation=spec)
 
 
 def test_loader(ctx: Context, batch_size: int = 512, workers: int = 0):

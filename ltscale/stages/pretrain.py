@@ -15,7 +15,7 @@ from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.knn import KnnMonitor
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
-from ltscale.errors import CheckpointError
+from ltscale.errors import CheckpointError, RecipeError
 from ltscale.methods import create_method
 from ltscale.models import create_backbone
 from ltscale.stages.context import Context
@@ -53,10 +53,17 @@ def load_encoder(path: str | Path) -> torch.nn.Module:
 
 
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
-           optim_cfg, max_steps: int | None, monitor: bool, settings: dict) -> dict:
+           optim_cfg, augment, balance: str, max_steps: int | None, monitor: bool,
+           settings: dict) -> dict:
     roles = ("labeled",) if method.uses_labels else ("labeled", "unlabeled")
-    loader, sampler = train_loader(ctx, views=method.views, batch_size=batch_size,
-                                   workers=workers, seed=ctx.recipe.seed, roles=roles)
+    loader, sampler = train_loader(ctx, augment=augment, batch_size=batch_size, workers=workers,
+                                   seed=ctx.recipe.seed, epochs=epochs, balance=balance,
+                                   roles=roles)
+    outputs = getattr(getattr(loader, "preset", None), "outputs", None)
+    if outputs is not None and outputs != method.views:
+        raise RecipeError(f"{name}: augmentation preset {augment.preset!r} gives {outputs} "
+                          f"view(s) per image but method {type(method).__name__} takes "
+                          f"{method.views}; set {name}.augment.preset or .views")
     groups = method.param_groups() if hasattr(method, "param_groups") else [
         {"params": list(method.parameters())}]
     optimizer = build_optimizer(groups, optim_cfg, batch_size)
@@ -97,7 +104,8 @@ def run_pretrain(ctx: Context) -> dict:
     ctx.tracker.log_params(flatten({"pretrain": p.model_dump(), "manifest":
                                     ctx.recipe.manifest.model_dump()}))
     result = _train(ctx, method, name="pretrain", epochs=p.epochs, batch_size=p.batch_size,
-                    workers=p.workers, optim_cfg=p.optim, max_steps=p.max_steps_per_epoch,
+                    workers=p.workers, optim_cfg=p.optim, augment=p.augment, balance=p.balance,
+                    max_steps=p.max_steps_per_epoch,
                     monitor=True, settings=p.model_dump())
     ctx.tracker.set_tags({"ltscale.encoder": str(result["encoder"].resolve()),
                           "ltscale.checkpoint": str(result["checkpoint"].resolve())})
@@ -113,5 +121,6 @@ def run_scratch(ctx: Context) -> dict:
                            loss_options=s.loss.options())
     ctx.tracker.log_params(flatten({"ce_scratch": s.model_dump()}))
     return _train(ctx, method, name="ce_scratch", epochs=s.epochs, batch_size=s.batch_size,
-                  workers=ctx.recipe.pretrain.workers, optim_cfg=s.optim,
+                  workers=ctx.recipe.pretrain.workers, optim_cfg=s.optim, augment=s.augment,
+                  balance=s.balance,
                   max_steps=s.max_steps_per_epoch, monitor=False, settings=s.model_dump())

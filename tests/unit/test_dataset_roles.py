@@ -1,5 +1,7 @@
 import numpy as np
 
+from ltscale.data.augment import eval_spec
+from ltscale.data.augment_torch import EvalView
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.manifest import build_manifest
 from ltscale.data.manifest_spec import EvalSelection, ManifestSpec
@@ -11,8 +13,9 @@ def test_roles_pick_what_each_stage_reads(tiny_idx, tmp_path):
     index = build_shards(open_source("idx", tiny_idx), tmp_path / "ds", source_kind="idx",
                          source_path=str(tiny_idx), progress=False)
     m = build_manifest(index, ManifestSpec(few_labels=0.25, test=EvalSelection("test", 2)))
-    labeled = ManifestDataset.from_manifest(index, m, lambda x: x, channels=1)
-    both = ManifestDataset.from_manifest(index, m, lambda x: x, channels=1,
+    views = EvalView(eval_spec(8), channels=1)
+    labeled = ManifestDataset.from_manifest(index, m, views)
+    both = ManifestDataset.from_manifest(index, m, views,
                                          roles=("labeled", "unlabeled"))
     # 20 train images per class: 5 keep their label, 15 become unlabeled images
     assert len(labeled) == 15 and len(both) == 60

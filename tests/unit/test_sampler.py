@@ -15,7 +15,7 @@ def test_ranks_get_equal_disjoint_shares_and_epochs_differ():
 
 
 def test_padding_instead_of_dropping_keeps_every_sample():
-    s = [EpochSampler(10, batch_size=4, drop_last=False, rank=r, world_size=2) for r in range(2)]
+    s = [EpochSampler(10, batch_size=4, tail="pad", rank=r, world_size=2) for r in range(2)]
     shares = [list(x) for x in s]
     assert len(shares[0]) == len(shares[1]) == 8
     assert set(shares[0]) | set(shares[1]) == set(range(10))
@@ -26,7 +26,7 @@ def test_resume_continues_with_the_next_position():
     a.set_epoch(2)
     full = list(a)
     b = EpochSampler(50, batch_size=5, seed=0)
-    a.consumed = 15
+    a.advance(3)
     b.load_state_dict(a.state_dict())
     assert list(b) == full[15:]
     np.testing.assert_array_equal(sorted(full), np.arange(50))

@@ -99,7 +99,7 @@ def test_truncated_shard_read_names_sample_and_shard(shards):
     last = int(np.flatnonzero(index.shard == 0).max())
     path = shards.root / index.shards[0]
     path.write_bytes(path.read_bytes()[: int(index.offset[last]) + 3])
-    with pytest.raises(DataError, match=rf"sample {index.key[last]}: shard {index.shards[0]}"):
+    with pytest.raises(DataError, match=rf"sample {index.key[last]} in shard {index.shards[0]}"):
         IndexedReader(index).read(last)
 
 

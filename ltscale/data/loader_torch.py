@@ -1,0 +1,55 @@
+"""The torch backend: DataLoader workers produce whole uint8 batches; normalisation on device.
+
+The sampler's ``Batch`` requests are the DataLoader's batch sampler, so each worker reads one
+batch's bytes in one coalesced pass (``ManifestDataset.__getitems__``). Workers are persistent,
+prefetch ``settings.prefetch`` batches each, and batches are pinned when the device is CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ltscale.data.loader import EpochStats, LoaderSettings, Normalizer, report_skipped
+from ltscale.data.sampling import EpochSampler
+
+
+class _Requests(torch.utils.data.Sampler):
+    """The sampler's remaining batches of the current epoch, as DataLoader batch indices."""
+
+    def __init__(self, sampler: EpochSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        return self.sampler.batches()
+
+    def __len__(self) -> int:
+        return self.sampler.remaining_batches()
+
+
+def _collated(batch):
+    return batch  # the dataset returns whole batches
+
+
+class TorchLoader:
+    def __init__(self, dataset, sampler: EpochSampler, settings: LoaderSettings, *,
+                 device: torch.device, mean, std, log=print):
+        self.dataset, self.sampler, self.device, self.log = dataset, sampler, device, log
+        pin = device.type == "cuda" if settings.pin_memory is None else settings.pin_memory
+        workers = settings.workers
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=_Requests(sampler), collate_fn=_collated,
+            num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
+            prefetch_factor=settings.prefetch if workers > 0 else None)
+        self.normalize = Normalizer(mean, std)
+        self.stats = EpochStats()
+
+    def __len__(self) -> int:
+        return self.sampler.remaining_batches()
+
+    def __iter__(self):
+        self.stats = EpochStats()
+        for x, y, pos, info in self.loader:
+            self.stats.add(len(y), info)
+            x = self.normalize(x.to(self.device, non_blocking=True))
+            yield x, y, pos
+        report_skipped(self.stats, self.log, f"epoch {self.sampler.epoch}")
