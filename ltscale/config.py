@@ -27,7 +27,11 @@ class SourceCfg(Section):
 
 
 class LoaderCfg(Section):
-    backend: Literal["torch", "dali"] = "torch"   # dali needs `pip install nvidia-dali-cuda130`
+    # torch: DataLoader workers; dali: needs `pip install nvidia-dali-cuda130`; stream: webdataset
+    # pipeline for shards that can only be streamed (see ltscale/data/streaming.py)
+    backend: Literal["torch", "dali", "stream"] = "torch"
+    urls: str | None = None                    # stream: URL template with {shard}
+    shuffle_buffer: int = Field(5000, gt=0)    # stream: shuffle buffer (samples)
     prefetch: int = Field(4, gt=0)             # batches queued ahead per worker
     pin_memory: bool | None = None             # None: when training on CUDA
     on_error: Literal["fail", "skip"] = "fail"  # a corrupt/truncated sample: stop, or skip + report

@@ -2,9 +2,10 @@
 
 ``build_loader`` takes a dataset description (index, rows, labels), one ``EpochSampler`` and the
 view maker, and returns an iterable of ``(images, labels, positions)`` with images already on the
-training device as normalised float tensors — from the torch backend (DataLoader workers) or the
-DALI backend (``decoders.image`` on ``mixed``/``cpu``). The sampler decides the ids; both
-backends read exactly those, in that order.
+training device as normalised float tensors — from the torch backend (DataLoader workers), the
+DALI backend (``decoders.image`` on ``mixed``/``cpu``) or the streaming path (``webdataset``, for
+shards that can only be streamed; see ``streaming.py``). The sampler decides the ids; the two
+indexed backends read exactly those, in that order.
 
 Every loader keeps ``stats`` for the epoch it last ran (batches, samples, bytes read, read calls,
 skipped samples with keys and reasons) and logs the skipped keys when the epoch ends.
@@ -18,7 +19,7 @@ import torch
 
 from ltscale.errors import DataError
 
-BACKENDS = ("torch", "dali")
+BACKENDS = ("torch", "dali", "stream")
 
 
 @dataclass
@@ -28,6 +29,8 @@ class LoaderSettings:
     prefetch: int = 4             # batches per worker queued ahead
     pin_memory: bool | None = None  # None: when the device is CUDA
     on_error: str = "fail"        # fail | skip
+    urls: str | None = None       # stream: URL template with {shard}; None: the local shard files
+    shuffle_buffer: int = 5000    # stream: samples in the shuffle buffer
 
 
 @dataclass
@@ -81,6 +84,13 @@ def build_loader(dataset, sampler, settings: LoaderSettings, *, device: torch.de
 
         loader = DaliLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
                             log=log, preset=preset, eval_spec=eval_spec, channels=channels)
+    elif settings.backend == "stream":
+        from ltscale.data.streaming import StreamingLoader, shard_urls
+
+        urls = shard_urls(dataset.reader.index, dataset.rows, settings.urls)
+        loader = StreamingLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
+                                 urls=urls, shuffle_buffer=settings.shuffle_buffer,
+                                 train=sampler.tail != "keep", log=log)
     else:
         raise DataError(f"unknown loader backend {settings.backend!r}; choose one of {BACKENDS}")
     loader.preset = preset

@@ -16,12 +16,14 @@ from ltscale.stages.context import Context
 def settings(ctx: Context, workers: int) -> LoaderSettings:
     c = ctx.recipe.data.loader
     return LoaderSettings(backend=c.backend, workers=workers, prefetch=c.prefetch,
-                          pin_memory=c.pin_memory, on_error=c.on_error)
+                          pin_memory=c.pin_memory, on_error=c.on_error, urls=c.urls,
+                          shuffle_buffer=c.shuffle_buffer)
 
 
 def _loader(ctx: Context, dataset, sampler, workers: int, preset=None, evaluation=None):
     d = ctx.recipe.data
-    check_shards(ctx.index, dataset.rows, d.loader.check)
+    if not (d.loader.backend == "stream" and d.loader.urls):  # remote shards: nothing local
+        check_shards(ctx.index, dataset.rows, d.loader.check)
     return build_loader(dataset, sampler, settings(ctx, workers), device=ctx.device,
                         mean=d.mean, std=d.std, preset=preset, eval_spec=evaluation,
                         channels=d.channels, log=ctx.log)
