@@ -109,6 +109,11 @@ def cmd_bench(args):
         from ltscale.bench.manifest import bench_manifest
 
         result = bench_manifest(args.samples, args.classes, args.imbalance, args.noise, args.repeats)
+    elif args.bench_command == "loader":
+        from ltscale.bench.loader import bench_loader
+
+        result = bench_loader(args.images, args.width, args.height, args.size, args.batch,
+                              args.workers, args.repeats, dali=not args.no_dali)
     else:
         from ltscale.bench.build import bench_build
 
@@ -283,7 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("--workers", type=int, default=0)
     bb.add_argument("--shard-size", type=int, default=16, help="MB per shard")
     bb.add_argument("--repeats", type=int, default=3)
-    for b_ in (bm, bb):
+    bl = bsub.add_parser("loader", help="input pipeline: torch/DALI backends vs ImageFolder, "
+                         "bytes read, shard read speed, views, workers, shuffle quality, memory")
+    bl.add_argument("--images", type=int, default=600)
+    bl.add_argument("--width", type=int, default=500, help="JPEG width in pixels")
+    bl.add_argument("--height", type=int, default=375, help="JPEG height in pixels")
+    bl.add_argument("--size", type=int, default=224, help="view size in pixels")
+    bl.add_argument("--batch", type=int, default=32)
+    bl.add_argument("--workers", type=int, default=2)
+    bl.add_argument("--repeats", type=int, default=2)
+    bl.add_argument("--no-dali", action="store_true", help="skip the DALI CPU measurement")
+    for b_ in (bm, bb, bl):
         b_.add_argument("--json", action="store_true")
         b_.set_defaults(func=cmd_bench)
 

@@ -27,11 +27,12 @@ def synthetic_index(samples: int, classes: int, seed: int = 0) -> ShardIndex:
 
 
 def write_jpeg_folder(root: Path, images: int, classes: int, size: int = 256,
-                      quality: int = 90, seed: int = 0) -> int:
+                      quality: int = 90, seed: int = 0, height: int | None = None) -> int:
     """An ImageFolder tree of real JPEGs (smooth gradients plus noise, about the size of a
-    resized photo); returns the total bytes written."""
+    resized photo; ``size`` wide, ``height`` high, square by default); returns the total bytes
+    written."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    yy, xx = np.mgrid[0:height or size, 0:size].astype(np.float32) / size
     total = 0
     for i in range(images):
         c = i % classes

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageFilter, ImageOps, ImageStat
 
 from ltscale.data.augment import AugmentPreset, EvalSpec, ViewSpec
 
@@ -68,35 +68,68 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     return img if img.mode == mode else img.convert(mode)
 
 
-def _jitter(img: Image.Image, spec: ViewSpec, rng: np.random.Generator) -> Image.Image:
-    b, c, s, hue = spec.jitter
-    factors = [(0, b), (1, c), (2, s), (3, hue)]
-    for k in rng.permutation(4):  # torchvision's ColorJitter applies its four ops in random order
-        op, strength = factors[k]
-        if strength <= 0:
-            continue
-        if op == 3:
-            shift = rng.uniform(-strength, strength)
-            if img.mode == "RGB":
-                hsv = np.array(img.convert("HSV"))
-                hsv[..., 0] += np.uint8(round(shift * 255) % 256)  # wraps around the hue circle
-                img = Image.fromarray(hsv, "HSV").convert("RGB")
-            continue
-        f = rng.uniform(max(0.0, 1 - strength), 1 + strength)
-        if op == 2 and img.mode != "RGB":
-            continue
-        enhancer = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[op]
-        img = enhancer(img).enhance(f)
-    return img
+_LUMA = np.array([0.299, 0.587, 0.114])
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INV = np.linalg.inv(_YIQ)
+
+
+def _hue_matrix(turns: float) -> np.ndarray:
+    """Rotate the chroma (I, Q) plane of YIQ by ``turns`` of a full circle (as DALI's hue)."""
+    c, s = math.cos(2 * math.pi * turns), math.sin(2 * math.pi * turns)
+    return _YIQ_INV @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]]) @ _YIQ
+
+
+def _colour(img: Image.Image, spec: ViewSpec, rng: np.random.Generator, jitter: bool,
+            gray: bool) -> Image.Image:
+    """Colour jitter (brightness, contrast, saturation, hue in a random order, as torchvision's
+    ColorJitter) and grayscale, composed into one affine colour map applied in a single pass.
+
+    Each op is affine in RGB — brightness scales, contrast blends with the mean grey, saturation
+    blends with the pixel's luma, hue rotates the YIQ chroma plane — so their composition is one
+    3×4 matrix (``Image.convert(matrix=…)`` in C, instead of four image passes and an HSV round
+    trip). Differences to applying the ops one by one: no clipping between ops, and hue is a YIQ
+    rotation rather than an HSV shift (the same definition DALI's ``hsv``/``color_twist`` use).
+    """
+    A, t = np.eye(3), np.zeros(3)
+    if jitter:
+        mean = None
+        for k in rng.permutation(4):
+            strength = spec.jitter[k]
+            if strength <= 0 or (k >= 2 and img.mode != "RGB"):
+                continue
+            if k == 3:
+                H = _hue_matrix(rng.uniform(-strength, strength))
+                A, t = H @ A, H @ t
+                continue
+            f = rng.uniform(max(0.0, 1 - strength), 1 + strength)
+            if k == 0:
+                A, t = f * A, f * t
+            elif k == 1:
+                if mean is None:
+                    mean = np.array(ImageStat.Stat(img).mean[:3] if img.mode == "RGB"
+                                    else ImageStat.Stat(img).mean * 3)
+                grey = float(_LUMA @ (A @ mean + t))
+                A, t = f * A, f * t + (1 - f) * grey
+            else:
+                S = f * np.eye(3) + (1 - f) * np.outer(np.ones(3), _LUMA)
+                A, t = S @ A, S @ t
+    if gray:
+        G = np.outer(np.ones(3), _LUMA)
+        A, t = G @ A, G @ t
+    if img.mode == "L":  # one channel: brightness and contrast only, as a lookup table
+        a, b = float(A[0].sum()), float(t[0])
+        return img.point([min(255, max(0, round(a * v + b))) for v in range(256)])
+    matrix = tuple(float(x) for row in np.hstack([A, t[:, None]]) for x in row)
+    return img.convert("RGB", matrix)
 
 
 def _finish(img: Image.Image, spec: ViewSpec, rng: np.random.Generator) -> Image.Image:
     if spec.flip and rng.random() < spec.flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if spec.jitter_p and rng.random() < spec.jitter_p:
-        img = _jitter(img, spec, rng)
-    if spec.grayscale_p and rng.random() < spec.grayscale_p and img.mode == "RGB":
-        img = img.convert("L").convert("RGB")
+    jitter = bool(spec.jitter_p) and rng.random() < spec.jitter_p
+    gray = bool(spec.grayscale_p) and rng.random() < spec.grayscale_p and img.mode == "RGB"
+    if jitter or gray:
+        img = _colour(img, spec, rng, jitter, gray)
     if spec.blur_p and rng.random() < spec.blur_p:
         img = img.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*spec.blur_sigma)))
     if spec.solarize_p and rng.random() < spec.solarize_p:

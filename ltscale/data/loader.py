@@ -58,6 +58,10 @@ class Normalizer:
         self._on: dict = {}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-3] != len(self.mean):
+            raise DataError(f"images have {x.shape[-3]} channel(s) but data.mean/data.std give "
+                            f"{len(self.mean)} value(s); set data.channels, data.mean and "
+                            "data.std to match the dataset")
         if x.device not in self._on:
             self._on[x.device] = (self.mean.to(x.device), self.std.to(x.device))
         mean, std = self._on[x.device]

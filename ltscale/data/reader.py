@@ -5,6 +5,10 @@ together in one shard into a single ``pread``. Two members are merged only when 
 them (tar headers, label members, padding) are at most ``max_gap`` and at most ``overhead`` of the
 merged data, so coalescing never makes the bytes read exceed the selected bytes by more than
 ``overhead`` (10 % by default) while neighbouring samples cost one system call instead of many.
+A merged read stays below ``max_span`` (1 MiB): measured on page-cached 65 KB JPEGs, 17 MB spans
+read at a third of ``cat``'s speed (fresh buffers fault in page by page and every member is copied
+out once more), while spans up to ~2 MB match it; small members (PNG digits of a few hundred
+bytes) gain the most from merging.
 
 Counters (per process; loaders sum them over workers): ``bytes_read``, ``reads`` (system calls)
 and ``samples``.
@@ -28,12 +32,13 @@ class IndexedReader:
     workers.
     """
 
-    def __init__(self, index: ShardIndex, max_gap: int = 8192, overhead: float = 0.1):
+    def __init__(self, index: ShardIndex, max_gap: int = 8192, overhead: float = 0.1,
+                 max_span: int = 1 << 20):
         if index.root is None:
             raise DataError("the index has no directory; load it with ShardIndex.load(DIR)")
         self.index = index
         self.root = Path(index.root)
-        self.max_gap, self.overhead = max_gap, overhead
+        self.max_gap, self.overhead, self.max_span = max_gap, overhead, max_span
         self.bytes_read = self.reads = self.samples = 0
         self._fds: dict[int, int] = {}
         self._pid = os.getpid()
@@ -86,7 +91,8 @@ class IndexedReader:
                     run[4].append(i)
                     continue
                 gap = o - end
-                if 0 <= gap <= self.max_gap and gap <= self.overhead * (run[3] + n):
+                if (0 <= gap <= self.max_gap and gap <= self.overhead * (run[3] + n)
+                        and o + n - run[1] <= self.max_span):
                     run[2], run[3] = o + n - run[1], run[3] + n
                     run[4].append(i)
                     continue

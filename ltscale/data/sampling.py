@@ -206,11 +206,13 @@ class EpochSampler:
     def batches(self):
         """This rank's remaining batches of the epoch, as ``Batch`` requests."""
         order, slots = self.global_order(), self.rank_slots()
-        base = np.uint64(self.seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(self.epoch << 32)
+        # a per-sample seed from (seed, epoch, slot); the arithmetic wraps modulo 2^64 on purpose
+        base = np.uint64((self.seed * 0x9E3779B97F4A7C15 + (self.epoch << 32)) % (1 << 64))
         for i in range(0, len(slots), self.batch_size):
             s = slots[i:i + self.batch_size]
-            seeds = (base + s.astype(np.uint64)) & np.uint64(0x7FFFFFFFFFFFFFFF)
-            yield Batch(order[s], seeds, self.epoch)
+            with np.errstate(over="ignore"):
+                seeds = (base + s.astype(np.uint64)) & np.uint64(0x7FFFFFFFFFFFFFFF)
+            yield Batch(order[s], seeds.astype(np.int64), self.epoch)
 
     # --- position bookkeeping (the training loop calls ``advance`` after each step) -------------
     def advance(self, batches: int = 1) -> None:

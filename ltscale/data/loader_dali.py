@@ -1,0 +1,289 @@
+"""The DALI backend: ``fn.decoders.image`` on ``mixed`` (CUDA) or ``cpu``, the presets as DALI ops.
+
+The sampler decides the ids, exactly as for the torch backend: every step takes the next ``Batch``
+of ``sampler.batches()``, reads its bytes with the dataset's ``IndexedReader`` (one coalesced
+pass), feeds the encoded bytes to the pipeline's ``external_source`` with ``feed_input`` and runs
+the pipeline once. The pipeline is neither pipelined nor asynchronous and its queue depth is 1, so
+DALI never asks for a batch ahead: the sampler is consumed one batch per yielded batch, in order,
+and a batch may be shorter than the pipeline's batch size (skipped samples, the short last batch
+of an evaluation epoch). On CUDA the decode (nvJPEG) and the augmentations run on the GPU, which is
+where this backend earns its keep; on CPU it is a correctness-equivalent fallback.
+
+Each sample is decoded once; every view is cut from that decode:
+
+============================  ==========================================================
+preset / ViewSpec field       DALI op
+============================  ==========================================================
+``crop="rrc"``                ``fn.random_resized_crop`` (random_area = crop_scale,
+                              random_aspect_ratio = crop_ratio, 10 attempts, linear)
+``crop="pad"``                ``fn.resize`` to size × size, then ``fn.slice`` of size × size
+                              at a random integer start in [−padding, padding]² with
+                              ``out_of_bounds_policy="pad"`` (zero fill) — the same as
+                              padding by ``padding`` and a random crop
+``flip``                      ``fn.flip(horizontal=coin_flip(flip))``
+``jitter``/``jitter_p``       ``fn.color_twist`` (RGB) / ``fn.brightness_contrast`` (gray);
+                              factors blended with a coin: f = 1 + coin·(u − 1), hue in
+                              degrees = coin·u·360 with u ∈ [−h, h]
+``grayscale_p``               the same ``color_twist``: saturation × (1 − coin)
+``blur_p``/``blur_sigma``     ``fn.gaussian_blur`` with σ = coin·u (+1e-3: σ≈0 is identity)
+``solarize_p``                arithmetic: x + m·(255 − 2x), m = coin·(x ≥ 128)
+``rotations``                 ``torch.rot90`` of each view on the device (0/90/180/270°)
+eval                          ``fn.resize(resize_shorter=…)`` + centre ``fn.crop``
+============================  ==========================================================
+
+Differences from the Pillow backend (same recipe, not the same pixels): DALI's colour twist applies
+brightness, contrast, saturation and hue in one fixed order (torchvision draws a random order) and
+contrast pivots on mid-grey rather than the image's mean grey; the random streams are DALI's,
+seeded from (sampler seed, epoch, global slots consumed), so runs are reproducible on this backend
+but do not draw the same views as the torch backend.
+
+Bad input: under ``on_error="skip"`` a sample whose read failed, or whose bytes are not a
+structurally plausible image (JPEG: SOI marker and EOI ``FF D9`` at the end; PNG: signature and an
+``IEND`` chunk; BMP/TIFF/WebP: their signatures), is left out of its batch and recorded in
+``stats.skipped`` with its key and reason. Corruption *inside* a JPEG's entropy-coded data cannot be
+detected before DALI's decoder, which then fails the whole batch: that raises a ``DataError`` naming
+the batch's keys, under either policy. Under ``"fail"`` the first bad sample raises a ``DataError``
+naming its key and shard.
+
+Images leave the pipeline as uint8 HWC; they are laid out as (B, [V,] C, H, W) and normalised with
+the loader's ``Normalizer`` on the device, so the values equal the torch backend's on the same
+pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ltscale.data.loader import EpochStats, LoaderSettings, Normalizer, report_skipped
+from ltscale.data.sampling import EpochSampler
+from ltscale.errors import DataError
+
+_INSTALL = ("the DALI loader backend needs NVIDIA DALI, which is not installed: "
+            "pip install nvidia-dali-cuda130 (or the wheel matching your CUDA version; see "
+            "https://docs.nvidia.com/deeplearning/dali/). data.loader.backend=torch works "
+            "without it.")
+
+
+def _dali():
+    try:
+        import nvidia.dali  # noqa: F401
+        from nvidia.dali import fn, pipeline_def, types
+    except ImportError as exc:  # also a broken install (missing shared libraries)
+        raise DataError(f"{_INSTALL} ({exc})") from None
+    return fn, pipeline_def, types
+
+
+# --- structural checks before the decoder ------------------------------------------------------
+_TRAILING = b"\x00\r\n\t "
+
+
+def check_image_bytes(data: bytes) -> str | None:
+    """Why ``data`` cannot be a whole image (None when it is plausible). Only the container is
+    checked: damage inside a JPEG's entropy-coded data passes and fails in the decoder."""
+    if len(data) < 8:
+        return f"{len(data)} bytes is too short for an image"
+    if data[:3] == b"\xff\xd8\xff":
+        if not data.rstrip(_TRAILING).endswith(b"\xff\xd9"):
+            return "JPEG without its end-of-image marker (FF D9): the file is truncated"
+        return None
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in data[-64:]:
+            return "PNG without its IEND chunk: the file is truncated"
+        return None
+    if data[:2] == b"BM" or data[:4] in (b"II*\x00", b"MM\x00*") or (
+            data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        return None
+    return f"not a JPEG, PNG, BMP, TIFF or WebP image (starts with {data[:8].hex(' ')})"
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class DaliLoader:
+    def __init__(self, dataset, sampler: EpochSampler, settings: LoaderSettings, *,
+                 device: torch.device, mean, std, log=print, preset=None, eval_spec=None,
+                 channels: int = 3):
+        self.fn, self.pipeline_def, self.types = _dali()
+        if preset is None and eval_spec is None:
+            raise DataError("the DALI loader needs an augmentation preset (training) or an "
+                            "evaluation view (eval_spec)")
+        if channels not in (1, 3):
+            raise DataError(f"the DALI loader decodes 1 or 3 channels, not {channels}")
+        self.dataset, self.sampler, self.settings = dataset, sampler, settings
+        self.device, self.log = torch.device(device), log
+        self.preset, self.eval_spec, self.channels = preset, eval_spec, channels
+        self.gpu = self.device.type == "cuda"
+        if self.gpu:
+            self.device_id = (self.device.index if self.device.index is not None
+                              else torch.cuda.current_device())
+        else:
+            self.device_id = None
+        self.num_threads = max(1, int(settings.workers))
+        self.normalize = Normalizer(mean, std)
+        self.stats = EpochStats()
+
+    def __len__(self) -> int:
+        return self.sampler.remaining_batches()
+
+    # --- the pipeline ---------------------------------------------------------------------------
+    def _view(self, img, spec):
+        fn, types = self.fn, self.types
+        on = (lambda node: node.gpu()) if self.gpu else (lambda node: node)
+
+        def coin(p, dtype=types.FLOAT):  # 0/1 per sample (coin_flip itself gives int32/uint8/bool)
+            return fn.cast(fn.random.coin_flip(probability=p), dtype=dtype)
+
+        s = spec.size
+        if spec.crop == "pad":
+            img = fn.resize(img, size=[s, s])
+            p = int(spec.padding)
+            if p:
+                start = fn.random.uniform(values=[float(v) for v in range(-p, p + 1)], shape=[2])
+                img = fn.slice(img, start=fn.cast(start, dtype=types.INT32), shape=[s, s],
+                               axis_names="WH", out_of_bounds_policy="pad", fill_values=0)
+        else:
+            img = fn.random_resized_crop(img, size=[s, s], random_area=list(spec.crop_scale),
+                                         random_aspect_ratio=list(spec.crop_ratio),
+                                         num_attempts=10)
+        if spec.flip:
+            img = fn.flip(img, horizontal=fn.random.coin_flip(probability=spec.flip))
+        b, c, sat, hue = spec.jitter
+        jit = (coin(spec.jitter_p)
+               if spec.jitter_p and any(spec.jitter) else None)
+        gray = (coin(spec.grayscale_p)
+                if spec.grayscale_p and self.channels == 3 else None)
+
+        def factor(strength):
+            if jit is None or strength <= 0:
+                return 1.0
+            u = fn.random.uniform(range=[max(0.0, 1 - strength), 1 + strength])
+            return 1.0 + jit * (u - 1.0)
+
+        if self.channels == 3 and (jit is not None or gray is not None):
+            saturation = factor(sat)
+            if gray is not None:
+                saturation = saturation * (1.0 - gray)
+            hue_deg = (jit * fn.random.uniform(range=[-hue * 360.0, hue * 360.0])
+                       if jit is not None and hue > 0 else 0.0)
+            img = fn.color_twist(img, brightness=factor(b), contrast=factor(c),
+                                 saturation=saturation, hue=hue_deg)
+        elif jit is not None and (b > 0 or c > 0):
+            img = fn.brightness_contrast(img, brightness=factor(b), contrast=factor(c))
+        if spec.blur_p:
+            sigma = fn.random.uniform(range=list(spec.blur_sigma))
+            img = fn.gaussian_blur(img, sigma=1e-3 + coin(spec.blur_p) * sigma)  # σ≈0: identity
+        if spec.solarize_p:
+            x = fn.cast(img, dtype=types.INT16)
+            m = fn.cast(x >= 128, dtype=types.INT16) * on(coin(spec.solarize_p, types.INT16))
+            img = fn.cast(x + m * (255 - 2 * x), dtype=types.UINT8)
+        return img
+
+    def _build(self):
+        fn, types = self.fn, self.types
+        sampler = self.sampler
+
+        @self.pipeline_def(enable_conditionals=False)
+        def pipe():
+            enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, device="cpu")
+            img = fn.decoders.image(enc, device="mixed" if self.gpu else "cpu",
+                                    output_type=types.GRAY if self.channels == 1 else types.RGB)
+            if self.preset is None:
+                e = self.eval_spec
+                img = fn.resize(img, resize_shorter=e.resize)
+                return fn.crop(img, crop=[e.size, e.size], out_of_bounds_policy="pad")
+            return tuple(self._view(img, spec) for spec in self.preset.views)
+
+        p = pipe(batch_size=sampler.batch_size, num_threads=self.num_threads,
+                 device_id=self.device_id,
+                 seed=_seed(sampler.seed, sampler.epoch, sampler.global_consumed(), sampler.rank),
+                 prefetch_queue_depth=1, exec_pipelined=False, exec_async=False)
+        p.build()
+        return p
+
+    # --- one batch --------------------------------------------------------------------------------
+    def _read(self, batch):
+        ds = self.dataset
+        rows = ds.rows[batch.positions]
+        before = ds.reader.counters()
+        raw = ds.reader.read_many(rows)
+        after = ds.reader.counters()
+        encoded, keep, skipped = [], [], []
+        for i, (row, data) in enumerate(zip(rows.tolist(), raw)):
+            if isinstance(data, Exception):
+                why = str(data)
+            else:
+                why = check_image_bytes(data)
+                if why is not None:
+                    why = f"{ds.reader.where(row)}: cannot decode image ({why})"
+            if why is not None:
+                if ds.on_error == "fail":
+                    raise DataError(why) if not isinstance(data, Exception) else data
+                skipped.append((str(ds.reader.index.key[row]), why))
+                continue
+            encoded.append(np.frombuffer(data, dtype=np.uint8))
+            keep.append(i)
+        if not encoded:
+            raise DataError(f"every sample of a batch of {len(batch)} failed to load; first: "
+                            f"{skipped[0][1]}")
+        info = {k: after[k] - before[k] for k in after} | {"skipped": skipped}
+        return encoded, batch.positions[np.asarray(keep, dtype=np.int64)], info
+
+    def _to_torch(self, out) -> torch.Tensor:
+        """One pipeline output (uint8 NHWC) → a uint8 torch tensor on the device."""
+        if self.gpu:
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            t = out.as_tensor()
+            x = torch.empty(t.shape(), dtype=torch.uint8, device=self.device)
+            feed_ndarray(t, x, cuda_stream=torch.cuda.current_stream(self.device))
+            return x
+        return torch.from_numpy(out.as_array())
+
+    def _run(self, pipe, encoded, positions):
+        pipe.feed_input("encoded", encoded)
+        try:
+            outs = pipe.run()
+        except RuntimeError as exc:
+            if "decoders.image" not in str(exc):
+                raise  # not the data's fault
+            keys = [str(self.dataset.reader.index.key[r]) for r in self.dataset.rows[positions]]
+            shown = ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+            said = str(exc).replace("Current pipeline object is no longer valid.", "")
+            said = said.split("encountered:", 1)[-1].strip().splitlines()
+            said = " ".join(line.strip() for line in said[:3] if line.strip()
+                            and not line.startswith(("C++ context", "Current pipeline")))
+            raise DataError(f"DALI could not decode a batch of {len(keys)} samples ({shown}); "
+                            "one of them is corrupt inside its image data, which the loader "
+                            "cannot detect before decoding — find it with `ltscale data verify "
+                            "--deep` or use data.loader.backend=torch. DALI's decoders.image "
+                            f"said: "
+                            f"{said}") from None
+        views = [self._to_torch(o) for o in outs]
+        x = torch.stack(views, 1) if len(views) > 1 else views[0][:, None]  # (B, V, H, W, C)
+        x = self.normalize(x.to(self.device, non_blocking=True).permute(0, 1, 4, 2, 3))
+        if self.preset is not None and self.preset.rotations:
+            x = torch.stack([torch.rot90(x[:, v], k, dims=(-2, -1))
+                             for v in range(x.shape[1]) for k in range(4)], 1)
+        return x[:, 0] if x.shape[1] == 1 else x.contiguous()
+
+    def __iter__(self):
+        self.stats = EpochStats()
+        batches = self.sampler.batches()  # the remaining batches, fixed now (as for torch)
+        first = next(batches, None)
+        if first is None:
+            return
+        pipe = self._build()
+        try:
+            batch = first
+            while batch is not None:
+                encoded, positions, info = self._read(batch)
+                x = self._run(pipe, encoded, positions)
+                self.stats.add(len(positions), info)
+                y = torch.from_numpy(self.dataset.labels[positions])
+                yield x, y, torch.from_numpy(positions)
+                batch = next(batches, None)
+        finally:
+            del pipe
+        report_skipped(self.stats, self.log, f"epoch {self.sampler.epoch}")
