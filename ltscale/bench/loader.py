@@ -87,7 +87,7 @@ def _epoch(loader, pss_at=None) -> tuple[float, int, list]:
     for i, batch in enumerate(loader):
         n += len(batch[1])
         if pss_at is not None and i in (0, total // 2, total - 1):
-            pss.append(_worker_pss_mb())
+            pss.append(_worker_pss_mb(pss_at))
     return time.perf_counter() - t, n, pss
 
 
@@ -101,9 +101,9 @@ def _children() -> list[int]:
     return pids
 
 
-def _worker_pss_mb() -> list[float]:
+def _worker_pss_mb(pids: list[int]) -> list[float]:
     out = []
-    for pid in _children():
+    for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -248,8 +248,13 @@ def bench_loader(images: int = 600, width: int = 500, height: int = 375, size: i
         result["dali_note"] = dali_note
         del base, cand, cand1, fns
         gc.collect()  # persistent workers of the loaders above exit with their iterators
-        _, _, pss = _epoch(ours(workers), pss_at=True)
-        result["worker_pss_mb"] = pss  # [start, middle, end] × workers
+        before = set(_children())
+        fresh = ours(workers)
+        _epoch(fresh)  # first epoch: the workers start and touch what they will touch
+        pids = sorted(set(_children()) - before)
+        _, _, pss = _epoch(fresh, pss_at=pids)
+        result["worker_pss_mb"] = pss  # second epoch: [start, middle, end] × workers
+        del fresh
 
         # two views vs one, in-process
         reader = IndexedReader(index)
@@ -341,5 +346,5 @@ def _print(r: dict) -> None:
           f"{r['read']['cat']['mb_s']:.0f} MB/s → {r['read_vs_cat']:.2f}x")
     q = ", ".join(f"{k} {v:.2f}" for k, v in r["shuffle_same_shard_ratio"].items())
     print(f"  same-shard pairs per batch / ideal shuffle: {q}")
-    print(f"  worker PSS (MB) at start/middle/end: "
+    print(f"  worker PSS (MB) at start/middle/end of the 2nd epoch: "
           + " | ".join(", ".join(f"{x:.0f}" for x in p) for p in r["worker_pss_mb"]))

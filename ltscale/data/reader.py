@@ -2,8 +2,8 @@
 
 ``read_many`` sorts the requested rows by (shard, offset) and merges members that lie close
 together in one shard into a single ``pread``. Two members are merged only when the bytes between
-them (tar headers, label members, padding) are at most ``max_gap`` and at most ``overhead`` of the
-merged data, so coalescing never makes the bytes read exceed the selected bytes by more than
+them (tar headers, label members, padding) are at most ``max_gap`` and all the gap bytes of the
+merged read stay within ``overhead`` of its data, so coalescing never makes the bytes read exceed the selected bytes by more than
 ``overhead`` (10 % by default) while neighbouring samples cost one system call instead of many.
 A merged read stays below ``max_span`` (1 MiB): measured on page-cached 65 KB JPEGs, 17 MB spans
 read at a third of ``cat``'s speed (fresh buffers fault in page by page and every member is copied
@@ -90,10 +90,11 @@ class IndexedReader:
                 if o + n <= end:  # the same member asked for twice
                     run[4].append(i)
                     continue
-                gap = o - end
-                if (0 <= gap <= self.max_gap and gap <= self.overhead * (run[3] + n)
-                        and o + n - run[1] <= self.max_span):
-                    run[2], run[3] = o + n - run[1], run[3] + n
+                gap, span, data = o - end, o + n - run[1], run[3] + n
+                # the run's gaps together (span − data) stay within overhead × its data
+                if (0 <= gap <= self.max_gap and span - data <= self.overhead * data
+                        and span <= self.max_span):
+                    run[2], run[3] = span, data
                     run[4].append(i)
                     continue
             runs.append([s, o, n, n, [i]])

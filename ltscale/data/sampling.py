@@ -158,17 +158,11 @@ class EpochSampler:
         return np.concatenate([rng.permutation(g) for g in groups])
 
     def global_order(self) -> np.ndarray:
-        """The epoch's ordered positions, cut or padded to whole global batches."""
-        if self._cache is not None and self._cache[0] == self.epoch:
-            return self._cache[1]
-        order = self._order(self._draw())
-        if self.tail != "keep":
-            total = self._global_batches(len(order)) * self.world_size * self.batch_size
-            if total > len(order):
-                order = np.concatenate([order, np.resize(order, total - len(order))])
-            order = order[:total]
-        self._cache = (self.epoch, order)
-        return order
+        """The epoch's ordered positions (before the tail is cut or padded: that depends on the
+        global batch of the ranks reading it, see ``_remaining_slots``)."""
+        if self._cache is None or self._cache[0] != self.epoch:
+            self._cache = (self.epoch, self._order(self._draw()))
+        return self._cache[1]
 
     def _global_batches(self, length: int) -> int:
         per_step = self.world_size * self.batch_size
@@ -184,6 +178,8 @@ class EpochSampler:
         return self._global_batches(self.epoch_length())
 
     def _remaining_slots(self) -> np.ndarray:
+        """Slots from ``start`` on, cut (drop) or padded by wrapping to the order's first
+        positions (pad) to whole global batches of the current world size."""
         order = self.global_order()
         rest = len(order) - self.start
         if self.tail == "keep":

@@ -1,0 +1,73 @@
+"""The recipe → loader wiring the stages use: every backend from the same recipe keys."""
+
+import pytest
+import torch
+
+from ltscale.config import recipe_from_dict
+from ltscale.errors import DataError, RecipeError
+from ltscale.stages.context import make_context
+from ltscale.stages.loaders import test_loader as balanced_test_loader
+from ltscale.stages.loaders import train_loader
+
+
+def _ctx(tiny_idx, tmp_path, **loader):
+    recipe = recipe_from_dict({
+        "output_dir": str(tmp_path / "out"), "device": "cpu",
+        "data": {"source": {"kind": "idx", "path": str(tiny_idx)},
+                 "shards": str(tmp_path / "shards"), "image_size": 8, "channels": 1,
+                 "mean": [0.5], "std": [0.25], "loader": loader},
+        "manifest": {"imbalance": "none", "noise": "none"},
+        "pretrain": {"augment": {"preset": "cifar"}}})
+    return make_context(recipe, progress=False)
+
+
+def _positions(loader):
+    return [p.tolist() for _, _, p in loader]
+
+
+def test_torch_and_dali_read_the_same_positions_from_one_recipe(tiny_idx, tmp_path):
+    pytest.importorskip("nvidia.dali", reason="DALI wheel not installed (pip install .[dali])")
+    seen = {}
+    for backend in ("torch", "dali"):
+        ctx = _ctx(tiny_idx, tmp_path, backend=backend)
+        loader, sampler = train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8,
+                                       workers=1, seed=5, epochs=2)
+        sampler.set_epoch(1)
+        batches = [(x, p) for x, _, p in loader]
+        assert all(x.shape == (8, 2, 1, 8, 8) and x.dtype == torch.float32 for x, _ in batches)
+        seen[backend] = [p.tolist() for _, p in batches]
+    assert seen["torch"] == seen["dali"] and len(seen["torch"]) == 60 // 8
+
+
+def test_stream_backend_from_a_recipe_covers_the_test_split(tiny_idx, tmp_path):
+    ctx = _ctx(tiny_idx, tmp_path, backend="stream")
+    got = sorted(sum(_positions(balanced_test_loader(ctx, batch_size=5)), []))
+    assert got == list(range(12))
+
+
+def test_a_changed_shard_is_refused_before_the_first_batch(tiny_idx, tmp_path):
+    ctx = _ctx(tiny_idx, tmp_path, check="checksum")
+    shard = ctx.index.root / ctx.index.shards[int(ctx.index.shard[0])]
+    raw = bytearray(shard.read_bytes())
+    raw[int(ctx.index.offset[0]) + 20] ^= 0xFF  # same size: only the checksum notices
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"{shard.name}: SHA-256 differs"):
+        train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8, workers=0, seed=0,
+                     epochs=1)
+    ctx.recipe.data.loader.check = "size"  # a size check lets the same file through
+    loader, _ = train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8, workers=0,
+                             seed=0, epochs=1)
+    assert len(loader) == 60 // 8
+
+
+def test_recipe_names_unknown_presets_and_mismatched_channels(tiny_idx, tmp_path):
+    with pytest.raises(RecipeError, match=r"pretrain.augment.preset: .*unknown preset"):
+        recipe_from_dict({"pretrain": {"augment": {"preset": "simclr2"}}})
+    with pytest.raises(RecipeError, match=r"data.loader.on_error"):
+        recipe_from_dict({"data": {"loader": {"on_error": "ignore"}}})
+    ctx = _ctx(tiny_idx, tmp_path)
+    ctx.recipe.data.mean, ctx.recipe.data.std = [0.5, 0.5, 0.5], [0.2, 0.2, 0.2]
+    loader, _ = train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8, workers=0,
+                             seed=0, epochs=1)
+    with pytest.raises(DataError, match=r"1 channel\(s\) but data.mean/data.std give 3"):
+        next(iter(loader))
