@@ -48,8 +48,23 @@ class TorchLoader:
 
     def __iter__(self):
         self.stats = EpochStats()
-        for x, y, pos, info in self.loader:
-            self.stats.add(len(y), info)
-            x = self.normalize(x.to(self.device, non_blocking=True))
-            yield x, y, pos
+        batches = iter(self.loader)
+        try:
+            for x, y, pos, info in batches:
+                self.stats.add(len(y), info)
+                x = self.normalize(x.to(self.device, non_blocking=True))
+                yield x, y, pos
+        except Exception:  # not GeneratorExit: a consumer that stops early keeps the workers
+            # a worker raised (e.g. a corrupt sample under the fail policy): stop the workers now
+            # rather than when the garbage collector finds the iterator (torch then waits 5 s
+            # per worker)
+            self.close()
+            raise
         report_skipped(self.stats, self.log, f"epoch {self.sampler.epoch}")
+
+    def close(self) -> None:
+        """Stop the persistent workers (they restart on the next iteration)."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None

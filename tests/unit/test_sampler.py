@@ -17,7 +17,7 @@ def ranks(n, world, **kw):
 
 
 def consume(sampler, k):
-    """Take k batches through ``batches()`` and ``advance`` after each, as the training loop does."""
+    """k batches through ``batches()``, with ``advance`` after each as the training loop does."""
     it, out = sampler.batches(), []
     for _ in range(k):
         out.append(next(it))
@@ -29,7 +29,7 @@ def flat(batches):
     return [p for b in batches for p in b.positions.tolist()]
 
 
-# --- rank shares and tails --------------------------------------------------------------------------
+# --- rank shares and tails ------------------------------------------------------------------------
 def test_ranks_get_equal_disjoint_shares_and_epochs_differ():
     samplers = ranks(103, 3, batch_size=8, seed=1)
     per_rank = [list(s.batches()) for s in samplers]
@@ -58,9 +58,11 @@ def test_pad_tail_gives_every_rank_the_same_number_of_full_batches():
     assert set(seen) == set(range(103))
     assert sum(seen.values()) == 128
     order = samplers[0].global_order()
+    assert sorted(order.tolist()) == list(range(103))  # the order itself is neither cut nor padded
     # the 25 padding slots repeat the order's first positions
-    np.testing.assert_array_equal(order[103:], order[:25])
     assert sorted(p for p, c in seen.items() if c == 2) == sorted(order[:25].tolist())
+    last = [bs[-1].positions for bs in per_rank]  # slots 96…127: the last 7, then order[0:25]
+    np.testing.assert_array_equal(np.stack(last, 1).ravel(), np.r_[order[96:], order[:25]])
 
 
 def test_small_pad_example_keeps_every_sample():
@@ -83,7 +85,7 @@ def test_keep_tail_reads_every_position_exactly_once_with_a_short_last_batch():
     np.testing.assert_array_equal(np.concatenate([b.positions for b in batches]), np.arange(103))
 
 
-# --- determinism ------------------------------------------------------------------------------------
+# --- determinism ----------------------------------------------------------------------------------
 def test_same_arguments_give_identical_batches_and_other_epochs_differ():
     kw = dict(batch_size=8, seed=11, rank=1, world_size=3)
     a, b = EpochSampler(103, **kw), EpochSampler(103, **kw)
@@ -98,7 +100,8 @@ def test_same_arguments_give_identical_batches_and_other_epochs_differ():
     b.set_epoch(5)
     other = list(b.batches())
     assert flat(other) != flat(ba)
-    assert not set(np.concatenate([o.seeds for o in other])) & set(np.concatenate([x.seeds for x in ba]))
+    old_seeds = set(np.concatenate([x.seeds for x in ba]).tolist())
+    assert not set(np.concatenate([o.seeds for o in other]).tolist()) & old_seeds
     c = EpochSampler(103, **(kw | {"seed": 12}))
     c.set_epoch(4)
     assert flat(c.batches()) != flat(ba)
@@ -114,12 +117,15 @@ def test_seeds_are_a_function_of_the_global_slot():
     assert len(set(one.seeds.tolist())) == 48
 
 
-@pytest.mark.xfail(strict=True, reason="sampling.py batches(): np.uint64(seed) * 0x9E37… overflows "
-                   "in numpy scalar arithmetic and emits RuntimeWarning for any seed >= 2")
-def test_batches_do_not_warn_for_ordinary_seeds():
+def test_seeds_do_not_warn_and_stay_non_negative_for_large_seeds_and_epochs():
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        next(EpochSampler(20, batch_size=4, seed=7).batches())
+        warnings.simplefilter("error")  # numpy warns on uint64 scalar overflow
+        for seed in (7, 2**31 - 1, 2**62):
+            s = EpochSampler(20, batch_size=4, seed=seed)
+            s.set_epoch(10**6)
+            seeds = np.concatenate([b.seeds for b in s.batches()])
+            assert (seeds >= 0).all() and len(set(seeds.tolist())) == 20
+            np.random.default_rng(int(seeds[0]))  # usable as a generator seed
 
 
 # --- resume ---------------------------------------------------------------------------------------
@@ -199,17 +205,26 @@ def test_world_size_change_neither_repeats_nor_skips(tail, w1, b1, w2, b2):
         assert sorted(both) == list(range(103))
 
 
-@pytest.mark.xfail(strict=True, reason="sampling.py _remaining_slots(): the tail is recomputed on "
-                   "global_order(), which is already cut (drop) or padded (pad) for the new global "
-                   "batch over the whole epoch, not on the n - global_consumed samples left; "
-                   "1x10 -> 3x10 after 10 of 100 samples reads 60 instead of 90 (drop) and "
-                   "repeats 30 samples instead of 0 (pad)")
 @pytest.mark.parametrize("tail", ["drop", "pad"])
 def test_world_size_change_to_a_larger_global_batch_recomputes_the_tail_on_the_rest(tail):
     before, after, order, _ = _world_change(100, tail, 1, 10, 1, 3, 10)
     # 90 samples are left: exactly 3 global batches of 30, so nothing to drop and nothing to pad
     assert len(before) == 10 and len(after) == 90
     assert sorted(before + after) == list(range(100))
+
+
+@pytest.mark.parametrize("tail,after_len", [("drop", 60), ("pad", 90)])
+def test_world_size_change_cuts_or_pads_what_remains(tail, after_len):
+    """100 samples, 2 global batches of 10 read, then world 3 × 10: 80 remain → drop reads 60
+    (two global batches of 30), pad reads 90 (the 10 extra repeat the order's first slots)."""
+    before, after, order, state = _world_change(100, tail, 2, 5, 2, 3, 10)
+    assert state["global_consumed"] == 20 and len(before) == 20 and len(after) == after_len
+    both = before + after
+    if tail == "drop":
+        assert len(set(both)) == len(both) and sorted(both) == sorted(order[:80].tolist())
+    else:
+        assert set(both) == set(range(100))
+        assert sorted(p for p, c in Counter(both).items() if c == 2) == sorted(order[:10].tolist())
 
 
 # --- class balancing ------------------------------------------------------------------------------
@@ -316,9 +331,11 @@ def test_block_shuffle_keeps_each_window_group_within_window_blocks():
 def test_block_shuffle_with_a_partial_last_block_is_still_a_permutation():
     s = EpochSampler(1000, batch_size=10, shuffle="block", block_size=16, window=4, tail="keep")
     assert sorted(s.global_order().tolist()) == list(range(1000))
-    d = EpochSampler(1000, batch_size=10, shuffle="block", block_size=16, window=4, world_size=3,
-                     rank=1)
-    assert len(d.global_order()) == 990 and len(set(d.global_order().tolist())) == 990
+    shares = [flat(d.batches()) for d in ranks(1000, 3, batch_size=10, shuffle="block",
+                                                block_size=16, window=4)]
+    assert [len(x) for x in shares] == [330] * 3  # 1000 // 30 global batches of 10 each
+    everything = sum(shares, [])
+    assert len(set(everything)) == 990
 
 
 def test_no_shuffle_is_position_order():
