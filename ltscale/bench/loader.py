@@ -258,7 +258,7 @@ def bench_loader(images: int = 600, width: int = 500, height: int = 375, size: i
 
         # two views vs one, in-process
         reader = IndexedReader(index)
-        blobs = [reader.read(int(r)) for r in rows[:200]]
+        blobs = [reader.read(int(r)) for r in rows[:300]]
         one = TrainViews(make_preset("simclr", size, 3, views=1), 3)
         two = TrainViews(preset, 3)
 
@@ -270,9 +270,19 @@ def bench_loader(images: int = 600, width: int = 500, height: int = 375, size: i
                 return time.perf_counter() - t0, len(blobs)
             return run
 
-        vt = _alternate({"one_view": views_run(one), "two_views": views_run(two)}, repeats + 1)
+        base_ds = _baseline_loader(tmp / "raw", size, batch, 0).dataset
+
+        def baseline_run():
+            t0 = time.perf_counter()
+            for i in range(len(blobs)):
+                base_ds[i]
+            return time.perf_counter() - t0, len(blobs)
+
+        vt = _alternate({"one_view": views_run(one), "two_views": views_run(two),
+                         "imagefolder_two_views": baseline_run}, repeats + 1)
         result["views"] = vt
         result["two_vs_one_view_time"] = vt["two_views"]["seconds"] / vt["one_view"]["seconds"]
+        result["per_sample_ms"] = {k: 1e3 * v["seconds"] / v["images"] for k, v in vt.items()}
 
         # decoders on the same bytes: Pillow full size, Pillow at half size (draft), torchvision
         result["decode"] = _alternate(_decoders(blobs), repeats + 1)
@@ -335,6 +345,10 @@ def _print(r: dict) -> None:
         print(f"  {r['dali_note']}")
     print(f"  2 workers / 1 worker              : {r['workers_2_vs_1']:.2f}x")
     print(f"  two views / one view (time)       : {r['two_vs_one_view_time']:.2f}x")
+    ps = r["per_sample_ms"]
+    print(f"  per sample, one thread (ltscale from bytes in memory, ImageFolder opening its file): ltscale two views {ps['two_views']:.2f} ms, "
+          f"one view {ps['one_view']:.2f} ms; ImageFolder transform two views "
+          f"{ps['imagefolder_two_views']:.2f} ms → {ps['imagefolder_two_views'] / ps['two_views']:.2f}x")
     print("  decode only (1 thread): " + ", ".join(f"{k} {v['img_s']:.0f} img/s"
                                                   for k, v in r["decode"].items()))
     g = r["gamma100"]

@@ -85,7 +85,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         after = self.reader.counters()
         info = {k: after[k] - before[k] for k in after} | {"skipped": skipped}
         positions = batch.positions[keep]
-        x = torch.stack(images)
+        x = _stack(images)
         if x.dim() == 5 and x.shape[1] == 1:  # one view: (B, C, H, W)
             x = x[:, 0]
         return (x, torch.from_numpy(self.labels[positions]), torch.from_numpy(positions), info)
@@ -94,6 +94,17 @@ class ManifestDataset(torch.utils.data.Dataset):
         """One sample (views, label, position), augmented with seed ``pos`` (for inspection)."""
         x, y, p, _ = self.__getitems__(Batch(np.array([pos]), np.array([pos]), 0))
         return x[0], int(y[0]), int(p[0])
+
+
+def _stack(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stack into shared memory when in a DataLoader worker, as torch's default collate does: the
+    batch then crosses to the main process without another copy."""
+    first = images[0]
+    if torch.utils.data.get_worker_info() is None or not hasattr(first, "_typed_storage"):
+        return torch.stack(images)
+    storage = first._typed_storage()._new_shared(first.numel() * len(images), device=first.device)
+    out = first.new(storage).resize_(len(images), *first.shape)
+    return torch.stack(images, out=out)
 
 
 def balanced_rows(index: ShardIndex, split: str, per_class: int, seed: int) -> np.ndarray:
