@@ -139,17 +139,33 @@ def cmd_pretrain(args):
 def cmd_finetune(args):
     from ltscale.resolve import resolve_artifact
     from ltscale.stages.context import make_context
+    from ltscale.stages.evaluate import evaluate_logits
     from ltscale.stages.finetune import run_finetune
     from ltscale.stages.pretrain import load_encoder
 
     recipe = _recipe(args)
     encoder_path = resolve_artifact(args.source, "encoder", recipe.tracking.uri)
+    # refuse an encoder made for another backbone / channel count before any data work
+    load_encoder(encoder_path, recipe.pretrain.backbone.name, recipe.data.channels)
     tracker = _tracker(recipe, not args.no_track)
     with tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)})
-        result = run_finetune(ctx, load_encoder(encoder_path), "finetune", encoder_path)
-    print(f"head written to {result['head']}")
+        result = run_finetune(ctx, encoder_path, "finetune")
+        metrics = evaluate_logits(ctx, result["logits"], result["targets"])
+    stage = recipe.finetune.classifier_stage
+    print(f"head ({recipe.finetune.mode}{'' if stage == 'none' else ' + ' + stage}) written to "
+          f"{result['head']}; test top-1 {metrics['top1']:.4f}")
+
+
+def cmd_bench_finetune(args):
+    from ltscale.bench.finetune import bench_finetune
+
+    result = bench_finetune(images=args.images, classes=args.classes, size=args.size,
+                            epochs=args.epochs, batch_size=args.batch, backbone=args.backbone,
+                            aug_copies=args.aug_copies, workers=args.workers)
+    if args.json:
+        print(json.dumps(result, indent=2))
 
 
 def cmd_eval(args):
@@ -178,7 +194,7 @@ def cmd_eval(args):
         encoder = load_encoder(encoder_ref).to(ctx.device)
         feats, targets = encode(encoder, test_loader(ctx), ctx.device)
         with torch.no_grad():
-            logits = head_from_file(head_path)(feats)
+            logits = head_from_file(head_path, ctx.index.num_classes)(feats)
         metrics = evaluate_logits(ctx, logits, targets)
         paths = write_report(ctx.out / "eval_report", f"ltscale eval: {recipe.name}",
                              {str(head_path): metrics}, ctx.index.classes,
@@ -301,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     for b_ in (bm, bb, bl):
         b_.add_argument("--json", action="store_true")
         b_.set_defaults(func=cmd_bench)
+    bf = bsub.add_parser("finetune", help="head training from the feature cache vs re-encoding "
+                         "the images every epoch (synthetic images, tiny backbone, CPU)")
+    bf.add_argument("--images", type=int, default=2000, help="training images")
+    bf.add_argument("--classes", type=int, default=10)
+    bf.add_argument("--size", type=int, default=28, help="image side in pixels")
+    bf.add_argument("--epochs", type=int, default=10, help="head training epochs")
+    bf.add_argument("--batch", type=int, default=256)
+    bf.add_argument("--backbone", default="resnet_tiny")
+    bf.add_argument("--aug-copies", type=int, default=0, help="augmented copies in the cache")
+    bf.add_argument("--workers", type=int, default=0, help="loader workers for encoding")
+    bf.add_argument("--json", action="store_true")
+    bf.set_defaults(func=cmd_bench_finetune)
 
     for name, func, needs_from in (("pretrain", cmd_pretrain, False),
                                    ("finetune", cmd_finetune, True), ("eval", cmd_eval, True),

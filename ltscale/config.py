@@ -169,22 +169,51 @@ class PretrainCfg(Section):
 
 
 class LossCfg(Section):
-    name: Literal["ce", "la", "sl", "la_sl"] = "la_sl"
-    tau: float = 1.0            # logit adjustment strength
-    lam: float = Field(4.0, gt=0)  # SuperLoss λ
-    tau_sl: float | None = None    # SuperLoss threshold; None = log C
+    # the names of ltscale.losses.registry (kept in step by tests/unit/test_losses.py)
+    name: Literal["ce", "la", "sl", "la_sl", "balanced_softmax", "focal", "cb", "cb_focal", "drw",
+                  "ldam", "ldam_drw"] = "la_sl"
+    tau: float = 1.0            # logit adjustment strength (la, la_sl)
+    lam: float = Field(4.0, gt=0)  # SuperLoss λ (sl, la_sl)
+    tau_sl: float | Literal["mean"] | None = None  # SuperLoss threshold; None = log C, "mean" = EMA
+    gamma: float = Field(1.0, ge=0)              # focal loss γ (focal, cb_focal)
+    beta: float = Field(0.9999, ge=0, lt=1)      # class-balanced β (cb, cb_focal)
+    max_margin: float = Field(0.5, gt=0)         # LDAM largest margin (ldam, ldam_drw)
+    scale: float = Field(30.0, gt=0)             # LDAM logit scale s (ldam, ldam_drw)
+    drw_start: float = Field(0.8, ge=0, le=1)    # DRW: re-weighting from this fraction of epochs
+    drw_beta: float = Field(0.9999, ge=0, lt=1)  # DRW: class-balanced β of the deferred weights
 
     def options(self) -> dict:
-        return {"ce": {}, "la": {"tau": self.tau}, "sl": {"lam": self.lam, "tau_sl": self.tau_sl},
-                "la_sl": {"tau": self.tau, "lam": self.lam, "tau_sl": self.tau_sl}}[self.name]
+        """The options that apply to the chosen loss, as keyword arguments for the registry."""
+        sl, drw, ldam = ("lam", "tau_sl"), ("drw_start", "drw_beta"), ("max_margin", "scale")
+        keys = {"ce": (), "la": ("tau",), "sl": sl, "la_sl": ("tau", *sl), "balanced_softmax": (),
+                "focal": ("gamma",), "cb": ("beta",), "cb_focal": ("beta", "gamma"), "drw": drw,
+                "ldam": ldam, "ldam_drw": (*ldam, *drw)}[self.name]
+        return {k: getattr(self, k) for k in keys}
 
 
 class FinetuneCfg(Section):
+    # linear: frozen encoder → linear classifier on cached features; proj_head: frozen encoder →
+    # the pretrained projector's first layer (trainable) → new classifier (seed 000's "2 FC
+    # layers"); last_fc: that projector layer frozen, only the classifier trained (seed 000 above
+    # 60 % noise, lr 0.01); partial: the last `trainable_stages` encoder stages + classifier end to
+    # end on images; full: the whole encoder + classifier end to end
+    mode: Literal["linear", "proj_head", "last_fc", "partial", "full"] = "linear"
     loss: LossCfg = LossCfg()
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(256, gt=0)
     lr: float = Field(0.003, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"
+    aug_copies: int = Field(0, ge=0)          # augmented copies of each sample in the cache
+    augment: AugmentCfg = AugmentCfg(preset="supervised_cifar")  # their views (and partial/full)
+    trainable_stages: int = Field(1, ge=1)    # partial: encoder stages trained, counted from the end
+    max_steps_per_epoch: int | None = Field(None, gt=0)  # partial/full: cap steps per epoch
+    # after the head: none | crt (re-train the classifier with class-balanced sampling) |
+    # tau_norm (w_c / ||w_c||^tau, bias dropped) | lws (a learned scale per class)
+    classifier_stage: Literal["none", "crt", "tau_norm", "lws"] = "none"
+    crt_epochs: int = Field(10, gt=0)         # cRT / LWS epochs
+    tau_norm: float = Field(1.0, ge=0)
     workers: int = Field(2, ge=0)
 
 
@@ -208,6 +237,15 @@ class EvalCfg(Section):
     split: str = "test"
     many_threshold: int = 100   # classes with > this many training images are Many-shot
     few_threshold: int = 20     # classes with < this many are Few-shot
+    allow_overlap: bool = False  # allow test samples that are also training (labeled/unlabeled) ones
+
+    @field_validator("few_threshold")
+    @classmethod
+    def _few_not_above_many(cls, v, info):
+        many = info.data.get("many_threshold")
+        if many is not None and v > many:
+            raise ValueError(f"few_threshold ({v}) is above many_threshold ({many})")
+        return v
 
 
 class TrackingCfg(Section):

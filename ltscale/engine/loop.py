@@ -67,6 +67,9 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     model.train()
     for epoch in range(state.epoch, cfg.epochs):
         sampler.set_epoch(epoch)
+        epoch_hook = getattr(backend.unwrap(model), "set_epoch", None)
+        if epoch_hook is not None:  # e.g. deferred re-weighting in the loss
+            epoch_hook(epoch, cfg.epochs)
         sums: dict[str, float] = {}
         seen, steps, t0 = 0, 0, time.perf_counter()
         bar = progress_bar(total=steps_per_epoch, desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",

@@ -1,36 +1,73 @@
-"""Balanced-test metrics: overall top-1/top-5, per-class accuracy, Many / Medium / Few shot.
+"""Balanced-test metrics: top-1/top-5, per-class accuracy, balanced accuracy, class groups.
 
-Shot groups count the *clean* labels of the training manifest, i.e. the imbalance profile the
-experiment designed (with symmetric noise the observed counts of tail classes are inflated by
-mislabelled head images). For a dataset whose clean labels are unknown the manifest's clean
-labels equal the observed ones. Many: > many images, Few: < few, Medium: in between.
+``classification_metrics`` returns a JSON-ready dict:
+
+* ``top1``; ``top5`` only when there are at least 5 classes;
+* ``per_class``: accuracy (recall) of every class, NaN for a class absent from the test set;
+* ``balanced_acc``: the mean per-class recall over the classes present in the test set (equal to
+  ``mean_per_class``, kept under its old name too); on a balanced test set it equals top-1;
+* ``many`` / ``medium`` / ``few``: mean per-class accuracy of the Many (> ``many`` training
+  images), Medium (``few`` … ``many`` inclusive) and Few (< ``few``) shot groups;
+* ``frequent`` / ``medium_third`` / ``rare``: the same over the frequency thirds (FASSL);
+* ``groups`` / ``thirds``: the class indices of each group; ``shot_thresholds``;
+* ``confusion``: counts, rows = true class, columns = predicted class;
+* ``test_counts``: test images per class.
+
+A group mean is None (not NaN) when the group has no class present in the test set, so the
+report says "n/a" instead of a number. Training counts are the training manifest's labeled
+samples by *clean* label when all clean labels are known, else by observed label
+(``Manifest.reference_counts``), see ``ltscale.eval.shots``.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-from ltscale.eval.shots import shot_groups
+from ltscale.eval.shots import FEW, MANY, SHOT_NAMES, THIRD_NAMES, frequency_thirds, shot_groups
+
+# the scalar entries of classification_metrics, in report order
+SCALAR_KEYS = ("top1", "top5", "balanced_acc", "mean_per_class", *SHOT_NAMES, *THIRD_NAMES)
+
+
+def group_mean(per_class, classes) -> float | None:
+    """Mean accuracy of ``classes`` ignoring classes absent from the test set (NaN); None if none."""
+    values = [per_class[c] for c in classes if not math.isnan(per_class[c])]
+    return float(np.mean(values)) if values else None
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, train_counts,
-                           many: int = 100, few: int = 20) -> dict:
+                           many: int = MANY, few: int = FEW) -> dict:
+    logits, targets = torch.as_tensor(logits), torch.as_tensor(targets).long()
     num_classes = logits.shape[1]
+    if len(train_counts) != num_classes:
+        raise ValueError(f"{len(train_counts)} training counts for {num_classes} classes")
     pred = logits.argmax(1)
     correct = (pred == targets).float()
-    per_class = [float(correct[targets == c].mean()) if (targets == c).any() else float("nan")
+    test_counts = torch.bincount(targets, minlength=num_classes)[:num_classes].tolist()
+    per_class = [float(correct[targets == c].mean()) if test_counts[c] else float("nan")
                  for c in range(num_classes)]
-    out = {"top1": float(correct.mean()), "per_class": per_class,
-           "mean_per_class": float(np.nanmean(per_class))}
+    present = [p for p in per_class if not math.isnan(p)]
+    balanced = float(np.mean(present)) if present else None
+    out = {"top1": float(correct.mean()) if len(correct) else None, "per_class": per_class,
+           "balanced_acc": balanced, "mean_per_class": balanced, "test_counts": test_counts}
     if num_classes >= 5:
         top5 = logits.topk(5, dim=1).indices.eq(targets[:, None]).any(1).float()
-        out["top5"] = float(top5.mean())
+        out["top5"] = float(top5.mean()) if len(top5) else None
     groups = shot_groups(train_counts, many, few)
-    for name, classes in groups.items():
-        # None (not NaN) when a group has no classes: the report says so instead of a number
-        out[name] = float(np.nanmean([per_class[c] for c in classes])) if classes else None
+    thirds = frequency_thirds(train_counts)
+    for name, classes in (groups | thirds).items():
+        out[name] = group_mean(per_class, classes)
     out["groups"] = groups
+    out["thirds"] = thirds
+    out["shot_thresholds"] = {"many": int(many), "few": int(few)}
     out["confusion"] = np.bincount(targets.numpy() * num_classes + pred.numpy(),
                                    minlength=num_classes ** 2).reshape(num_classes, -1).tolist()
     return out
+
+
+def scalar_metrics(m: dict) -> dict[str, float]:
+    """The scalar entries of a metrics dict that have a value (for trackers and aggregation)."""
+    return {k: m[k] for k in SCALAR_KEYS if m.get(k) is not None}

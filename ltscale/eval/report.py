@@ -1,25 +1,47 @@
-"""Markdown + JSON reports and a per-class accuracy plot."""
+"""Markdown + JSON reports and their figures.
+
+``write_report`` writes into ``out_dir``: ``report.md`` (summary table, per-class table, the
+noise-separation section when given), ``report.json`` (everything, NaN written as null) and the
+PNG figures of ``ltscale.eval.plots``. A result that carries seed aggregates under ``"seeds"``
+(``ltscale.eval.aggregate.merge_seeds``) is shown as "mean ± std".
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-from ltscale.atomic import atomic_path, write_json_atomic, write_text_atomic
+from ltscale.atomic import write_json_atomic, write_text_atomic
+from ltscale.eval.aggregate import format_mean_std
+from ltscale.eval.plots import plot_confusion, plot_groups, plot_per_class
+
+SUMMARY_KEYS = ("top1", "top5", "many", "medium", "few", "frequent", "medium_third", "rare",
+                "balanced_acc")
+SUMMARY_HEADER = ["model", "top-1", "top-5", "many", "medium", "few", "frequent ⅓", "medium ⅓",
+                  "rare ⅓", "balanced acc"]
 
 
 def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}"
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def _cell(m: dict, key: str) -> str:
+    value = m.get(key)
+    if key == "balanced_acc" and value is None:
+        value = m.get("mean_per_class")
+    seeds = m.get("seeds")
+    if seeds and value is not None:
+        return format_mean_std(value, seeds["std"].get(key))
+    return _pct(value)
 
 
 def summary_rows(results: dict[str, dict]) -> list[list[str]]:
     rows = []
     for name, m in results.items():
-        rows.append([name, _pct(m["top1"]), _pct(m.get("top5")), _pct(m["many"]),
-                     _pct(m["medium"]), _pct(m["few"]), _pct(m["mean_per_class"])])
+        seeds = m.get("seeds")
+        label = f"{name} ({seeds['n_seeds']} seeds)" if seeds else name
+        rows.append([label] + [_cell(m, k) for k in SUMMARY_KEYS])
     return rows
-
-
-SUMMARY_HEADER = ["model", "top-1", "top-5", "many", "medium", "few", "mean/class"]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -28,48 +50,113 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return _json_safe(obj.tolist())
+    return obj
+
+
+def _thresholds(results: dict[str, dict]) -> tuple[int, int]:
+    for m in results.values():
+        t = m.get("shot_thresholds")
+        if t:
+            return int(t["many"]), int(t["few"])
+    return 100, 20
+
+
+def _group_names(m: dict, c: int) -> str:
+    shot = next((g for g, cs in (m.get("groups") or {}).items() if c in cs), "")
+    third = next((g.replace("_third", "") + " ⅓" for g, cs in (m.get("thirds") or {}).items()
+                  if c in cs), "")
+    return " / ".join(x for x in (shot, third) if x)
+
+
+def _noise_section(noise: dict) -> list[str]:
+    runs = {"": noise} if "auroc" in noise else noise
+    md = ["## Noisy-vs-clean separation (training samples)", "",
+          "Confidence σ* of each training sample (higher: more likely clean) against whether its "
+          "observed label differs from its clean label; samples with an unknown clean label are "
+          "left out. AUROC: chance that a clean sample scores above a noisy one (ties ½). "
+          "Detection: flag a sample as noisy when σ* < threshold (1.0 means loss above τ), or "
+          "flag the lowest-σ* samples, as many as are noisy.", ""]
+    header = ["model", "samples", "noise rate", "AUROC", "rule", "flagged", "precision",
+              "recall", "F1"]
+    rows = []
+    for name, n in runs.items():
+        if n is None:
+            continue
+        auroc = "n/a" if n.get("auroc") is None else f"{n['auroc']:.4f}"
+        for rule, key in ((f"σ* < {n['at_threshold']['threshold']:g}", "at_threshold"),
+                          ("lowest σ* at the noise rate", "at_noise_rate")):
+            d = n[key]
+            rows.append([name or "—", str(n["samples"]), _pct(n["noise_rate"]), auroc, rule,
+                         str(d["flagged"]), _pct(d["precision"]), _pct(d["recall"]),
+                         _pct(d["f1"])])
+        if n.get("auroc_reason"):
+            md.append(f"- {name or 'AUROC'}: AUROC not computed: {n['auroc_reason']}")
+        if n.get("excluded_unknown_clean"):
+            md.append(f"- {name or 'samples'}: {n['excluded_unknown_clean']} samples with an "
+                      "unknown clean label excluded")
+    md += ["", markdown_table(header, rows), ""]
+    return md
+
+
 def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: list[str],
-                 train_counts: list[int], context: dict) -> dict[str, Path]:
-    """Write report.md, report.json and per_class.png into ``out_dir``; return their paths."""
+                 train_counts: list[int], context: dict, noise: dict | None = None
+                 ) -> dict[str, Path]:
+    """Write the report files into ``out_dir``; return their paths.
+
+    Keys: ``md``, ``json``, ``per_class``, ``shots``, ``confusion`` (absent when no result has a
+    confusion matrix); each path appears once, so callers may log ``paths.values()``. ``noise`` is one ``noise_separation`` dict
+    or a mapping model name → dict.
+    """
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    train_counts = [int(c) for c in train_counts]
+    many, few = _thresholds(results)
     md = [f"# {title}", ""]
     md += [f"- {k}: {v}" for k, v in context.items()]
-    md += ["", "Accuracy (%) on the balanced test split. Many / medium / few: classes with >100, "
-           "20–100, <20 training images (clean labels of the training manifest); n/a when no "
-           "class falls in a group.", "", markdown_table(SUMMARY_HEADER, summary_rows(results)), ""]
-    md += ["## Per-class accuracy (%)", ""]
-    header = ["class", "train images"] + list(results)
-    rows = [[classes[c], str(train_counts[c])] + [_pct(m["per_class"][c]) for m in results.values()]
-            for c in range(len(classes))]
+    md += ["", f"Accuracy (%) on the test split. Many / medium / few: classes with >{many}, "
+           f"{few}–{many} (inclusive), <{few} training images; frequent / medium / rare ⅓: the "
+           "classes ranked by training images cut into three equal thirds (remainder to the "
+           "front thirds, ties in class order). Training images are the training manifest's "
+           "labeled samples by clean label when every clean label is known, else by observed "
+           "label. Balanced acc: mean per-class recall over the classes in the test set. n/a: no "
+           "class in the group.", ""]
+    if any(m.get("seeds") for m in results.values()):
+        md += ["Results over several seeds: mean ± sample standard deviation.", ""]
+    md += [markdown_table(SUMMARY_HEADER, summary_rows(results)), ""]
+    if noise:
+        md += _noise_section(noise)
+    md += ["## Per-class accuracy (%)", "", "Classes by training images, most first.", ""]
+    first = next(iter(results.values()), {})
+    header = ["class", "train images", "test images", "group"] + list(results)
+    order = sorted(range(len(classes)), key=lambda c: -train_counts[c])
+    test_counts = first.get("test_counts")
+    rows = [[classes[c], str(train_counts[c]), str(test_counts[c]) if test_counts else "",
+             _group_names(first, c)] + [_pct(m["per_class"][c]) for m in results.values()]
+            for c in order]
     md += [markdown_table(header, rows), ""]
+
     paths = {"md": out_dir / "report.md", "json": out_dir / "report.json",
-             "plot": out_dir / "per_class.png"}
+             "per_class": out_dir / "per_class.png", "shots": out_dir / "shots.png"}
     write_text_atomic(paths["md"], "\n".join(md))
-    write_json_atomic(paths["json"], {"title": title, "context": context, "classes": classes,
-                                      "train_counts": train_counts, "results": results})
-    _plot(paths["plot"], results, classes, train_counts)
+    payload = {"title": title, "context": context, "classes": classes,
+               "train_counts": train_counts, "results": results}
+    if noise:
+        payload["noise"] = noise
+    write_json_atomic(paths["json"], _json_safe(payload))
+    plot_per_class(paths["per_class"], results, train_counts, many, few)
+    plot_groups(paths["shots"], results)
+    main = next(((name, m) for name, m in results.items() if m.get("confusion") is not None),
+                None)
+    if main is not None:
+        paths["confusion"] = plot_confusion(out_dir / "confusion.png", main[1]["confusion"],
+                                            classes, main[0])
     return paths
-
-
-def _plot(path: Path, results: dict[str, dict], classes: list[str], train_counts: list[int]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    order = np.argsort(train_counts)[::-1]
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes)), 4))
-    width = 0.8 / max(1, len(results))
-    for i, (name, m) in enumerate(results.items()):
-        ax.bar(np.arange(len(order)) + i * width, [100 * m["per_class"][c] for c in order],
-               width, label=name)
-    ax.set_xticks(np.arange(len(order)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{classes[c]}\n({train_counts[c]})" for c in order], fontsize=7)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("per-class accuracy, classes by training frequency")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

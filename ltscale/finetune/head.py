@@ -29,16 +29,16 @@ def train_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, c
         linear.weight.normal_(0, 0.01, generator=g)
         linear.bias.zero_()
     opt = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = classification_loss(loss, **loss_options)
-    prior = log_prior(class_counts)
+    loss_fn = classification_loss(loss, class_counts, **loss_options)
     history = []
     steps_per_epoch = -(-len(x) // batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
     for epoch in bar(range(epochs), desc="head", enabled=progress):
+        loss_fn.set_epoch(epoch, epochs)
         order = torch.randperm(len(x), generator=g)
         total = 0.0
         for idx in order.split(batch_size):
-            batch_loss = loss_fn(linear(x[idx]), labels[idx], prior).mean()
+            batch_loss = loss_fn(linear(x[idx]), labels[idx]).mean()
             opt.zero_grad(set_to_none=True)
             batch_loss.backward()
             opt.step()

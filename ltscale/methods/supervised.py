@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ltscale.losses.registry import classification_loss
@@ -20,9 +19,12 @@ class Supervised(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.classifier = nn.Linear(encoder.feat_dim, num_classes)
-        counts = torch.as_tensor(class_counts, dtype=torch.float64).clamp_min(1)
-        self.register_buffer("log_prior", torch.log(counts / counts.sum()).float())
-        self.loss_fn = classification_loss(loss, **(loss_options or {}))
+        # the loss holds the class counts and log prior as (non-persistent) buffers
+        self.loss_fn = classification_loss(loss, class_counts, **(loss_options or {}))
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Start of epoch ``epoch`` (0-based) of ``epochs``: lets scheduled losses (DRW) switch."""
+        self.loss_fn.set_epoch(epoch, epochs)
 
     def logits(self, x):
         return self.classifier(self.encoder(x))
@@ -30,5 +32,5 @@ class Supervised(nn.Module):
     def forward(self, batch):
         x, y = batch[0], batch[1]
         logits = self.logits(x)
-        loss = self.loss_fn(logits, y, self.log_prior).mean()
+        loss = self.loss_fn(logits, y).mean()
         return {"loss": loss, "acc": (logits.argmax(1) == y).float().mean()}

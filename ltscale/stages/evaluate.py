@@ -1,17 +1,66 @@
-"""Evaluation stage: metrics on the balanced test split and the report."""
+"""Evaluation stage: metrics on the balanced test split, noise separation, the overlap check."""
 
 from __future__ import annotations
 
-from ltscale.eval.metrics import classification_metrics
+import numpy as np
+
+from ltscale.errors import ManifestError
+from ltscale.eval.metrics import classification_metrics, scalar_metrics
+from ltscale.eval.noise import noise_separation
 from ltscale.stages.context import Context
+
+
+def check_disjoint(train_manifest_ids, eval_ids, allow: bool = False, examples: int = 5) -> int:
+    """Refuse evaluation samples that are also training samples; return how many overlap.
+
+    ``train_manifest_ids``: the index rows of the training manifest's labeled and unlabeled
+    samples; ``eval_ids``: the rows evaluated on. With ``allow`` (``eval.allow_overlap``) the
+    overlap is only counted."""
+    overlap = np.intersect1d(np.asarray(train_manifest_ids, dtype=np.int64),
+                             np.asarray(eval_ids, dtype=np.int64))
+    if len(overlap) and not allow:
+        shown = ", ".join(str(int(i)) for i in overlap[:examples])
+        raise ManifestError(
+            f"{len(overlap)} evaluation samples are also in the training manifest (labeled or "
+            f"unlabeled), e.g. sample ids {shown}{' …' if len(overlap) > examples else ''}. "
+            "Evaluate on a split the manifest does not train on (eval.split, or the manifest's "
+            "test selection), or set eval.allow_overlap: true to accept it.")
+    return int(len(overlap))
+
+
+def eval_rows(ctx: Context) -> np.ndarray:
+    """The index rows ``stages.loaders.test_loader`` evaluates: the manifest's test role when it
+    has one, else all of ``recipe.eval.split``."""
+    ids, _ = ctx.manifest.rows("test")
+    return ids if len(ids) else ctx.index.split_ids(ctx.recipe.eval.split)
+
+
+def check_eval_disjoint(ctx: Context) -> int:
+    """``check_disjoint`` for the context's training manifest and test rows."""
+    train_ids, _ = ctx.manifest.rows("labeled", "unlabeled")
+    return check_disjoint(train_ids, eval_rows(ctx), ctx.recipe.eval.allow_overlap)
 
 
 def evaluate_logits(ctx: Context, logits, targets) -> dict:
     e = ctx.recipe.eval
+    overlap = check_eval_disjoint(ctx)
     m = classification_metrics(logits, targets, ctx.manifest.reference_counts().tolist(),
                                e.many_threshold, e.few_threshold)
-    scalars = {f"test/{k}": v for k, v in m.items() if k in
-               ("top1", "top5", "many", "medium", "few", "mean_per_class") and v is not None}
-    scalars |= {f"test/class_{c}": v for c, v in enumerate(m["per_class"])}
+    scalars = {f"test/{k}": v for k, v in scalar_metrics(m).items()}
+    scalars |= {f"test/class_{c}": v for c, v in enumerate(m["per_class"]) if v == v}  # no NaN
+    scalars["test/train_overlap"] = overlap
     ctx.tracker.log_metrics(scalars)
     return m
+
+
+def evaluate_noise(ctx: Context, confidence, threshold: float = 1.0) -> dict:
+    """Noise separation of per-sample confidences (σ*) of the manifest's labeled samples, given
+    in the order of ``ctx.manifest.rows("labeled")``; logs ``noise/*`` scalars."""
+    lab = ctx.manifest.mask("labeled")
+    n = noise_separation(confidence, ctx.manifest.observed[lab], ctx.manifest.clean[lab],
+                         threshold)
+    scalars = {"noise/rate": n["noise_rate"], "noise/auroc": n["auroc"]}
+    for key in ("at_threshold", "at_noise_rate"):
+        scalars |= {f"noise/{key}_{k}": n[key][k] for k in ("precision", "recall", "f1")}
+    ctx.tracker.log_metrics({k: v for k, v in scalars.items() if v is not None})
+    return n

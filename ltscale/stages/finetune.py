@@ -1,54 +1,327 @@
-"""Fine-tuning stage: frozen encoder → feature cache → head trained with the recipe's loss."""
+"""Fine-tuning stage (``finetune.mode``):
+
+* ``linear``: frozen encoder → feature cache → standardised linear classifier;
+* ``proj_head``: frozen encoder → feature cache → the pretrained projector's first layer
+  (Linear → BN → ReLU, trainable, initialised from pretraining) → new linear classifier
+  (seed 000: "2 FC layers");
+* ``last_fc``: that projector layer frozen; the cache holds its output, only the classifier is
+  trained (seed 000 above 60 % noise);
+* ``partial`` / ``full``: the encoder's last ``trainable_stages`` stages (or all of it) and a
+  classifier trained end to end on images by the engine's loop; the fine-tuned encoder is written
+  beside the head.
+
+Then optionally ``classifier_stage`` (cRT, τ-normalisation, LWS) on the frozen features. The head
+written to ``head.pt`` maps encoder features to logits (its projector layer included) and is
+rebuilt by ``head_from_file``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
 from ltscale.atomic import atomic_path
 from ltscale.config import flatten
-from ltscale.finetune.cache import build_cache, load_cache
-from ltscale.finetune.head import train_head
+from ltscale.data.augment import eval_spec, make_preset
+from ltscale.data.augment_torch import EvalView, TrainViews
+from ltscale.data.dataset import ManifestDataset
+from ltscale.data.sampling import EpochSampler
+from ltscale.errors import CheckpointError, RecipeError
+from ltscale.finetune.cache import (FORMAT, FeatureCache, encode_share, file_sha256, is_cached,
+                                    load_cache, module_sha256)
+from ltscale.finetune.classifier import (ClassifierPart, Head, build_head, head_spec,
+                                         pretrained_projector_layer, projector_layer)
+from ltscale.finetune.endtoend import run_end_to_end
+from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
+from ltscale.finetune.two_stage import apply_classifier_stage
+from ltscale.losses.registry import classification_loss
 from ltscale.stages.context import Context
-from ltscale.stages.loaders import manifest_eval_loader, test_loader
+from ltscale.stages.loaders import _loader, test_loader
+
+HEAD_FORMAT = "ltscale-head/2"
+FROZEN_MODES = ("linear", "proj_head", "last_fc")
+END_TO_END_MODES = ("partial", "full")
+ENCODE_BATCH = 512
 
 
-def run_finetune(ctx: Context, encoder: torch.nn.Module, name: str = "finetune",
-                 encoder_path: Path | None = None) -> dict:
+# --- loaders over one rank's share of a selection ------------------------------------------------
+
+def _share_loader(ctx: Context, ids, labels, views, *, preset=None, evaluation=None,
+                  workers: int, seed: int, batch_size: int = ENCODE_BATCH):
+    """Each sample of ``ids`` once, in order, this rank's share only: (loader, positions)."""
+    d = ctx.recipe.data
+    ds = ManifestDataset(ctx.index, ids, labels, views, on_error=d.loader.on_error)
+    sampler = EpochSampler(len(ds), batch_size=batch_size, seed=seed, shuffle="none",
+                           tail="keep", rank=ctx.backend.rank, world_size=ctx.backend.world_size,
+                           rows=ds.rows)
+    return _loader(ctx, ds, sampler, workers, preset=preset, evaluation=evaluation), \
+        sampler.rank_positions()
+
+
+def _eval_key(ctx: Context) -> dict:
+    d = ctx.recipe.data
+    return {"image_size": d.image_size, "crop_fraction": d.eval_crop_fraction,
+            "channels": d.channels, "mean": d.mean, "std": d.std}
+
+
+def _ids_hash(ids, labels) -> str:
+    h = hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _test_selection(ctx: Context) -> tuple[str, np.ndarray, np.ndarray]:
+    """The rows ``test_loader`` evaluates: the manifest's test role, else ``eval.split``."""
+    ids, labels = ctx.manifest.rows("test")
+    if len(ids):
+        return ctx.manifest.spec.test.split, ids, labels
+    split = ctx.recipe.eval.split
+    ids = ctx.index.split_ids(split)
+    return split, ids, ctx.index.label[ids]
+
+
+def _barrier(ctx: Context) -> None:
+    barrier = getattr(ctx.backend, "barrier", None)
+    if barrier is not None:
+        barrier()
+
+
+def cached_features(ctx: Context, model: nn.Module, root: Path, *, encoder_hash: str,
+                    output: str, split: str = "train", aug_copies: int = 0,
+                    desc: str = "encode") -> tuple[FeatureCache, bool]:
+    """The cache of ``model``'s outputs over the training manifest's labeled samples
+    (``split="train"``, with ``aug_copies`` augmented versions) or the test selection; built
+    (this rank's share) unless a cache with the same key exists. Returns (cache, reused)."""
     f = ctx.recipe.finetune
+    d = ctx.recipe.data
+    spec = eval_spec(d.image_size, d.eval_crop_fraction)
+    if split == "train":
+        ids, labels = ctx.manifest.rows("labeled")
+        selection = {"manifest": ctx.manifest.hash, "roles": ["labeled"]}
+        split_name = ctx.manifest.header["spec"]["split"]
+    else:
+        split_name, ids, labels = _test_selection(ctx)
+        aug_copies = 0
+        selection = {"split": split_name, "rows": _ids_hash(ids, labels)}
+    key = {"format": FORMAT, "encoder": encoder_hash, "output": output, **selection,
+           "aug_copies": aug_copies, "eval_transform": _eval_key(ctx),
+           "augment": f.augment.model_dump() if aug_copies else None,
+           "seed": ctx.recipe.seed if aug_copies else None}
+    if is_cached(root, key):
+        return load_cache(root, key), True
+    loader, positions = _share_loader(ctx, ids, labels, EvalView(spec, d.channels),
+                                      evaluation=spec, workers=f.workers, seed=ctx.recipe.seed)
+    sources = [(loader, None)]
+    if aug_copies:
+        preset = make_preset(f.augment.preset, d.image_size, d.channels, **f.augment.options())
+        if preset.outputs != 1:
+            raise RecipeError(f"finetune.augment.preset {f.augment.preset!r} gives "
+                              f"{preset.outputs} views per image; augmented cache copies need a "
+                              "one-view preset (e.g. supervised_cifar)")
+        aug, _ = _share_loader(ctx, ids, labels, TrainViews(preset, d.channels), preset=preset,
+                               workers=f.workers, seed=ctx.recipe.seed)
+        sources += [(aug, copy) for copy in range(aug_copies)]
+    encode_share(model, sources, ctx.device, root, key, positions=positions,
+                 rank=ctx.backend.rank, world_size=ctx.backend.world_size, desc=desc,
+                 progress=ctx.progress)
+    _barrier(ctx)
+    return load_cache(root, key), False
+
+
+# --- the encoder and its projector ---------------------------------------------------------------
+
+def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: bool):
+    """(encoder module, projector description or None, content hash, path or None)."""
+    from ltscale.stages.pretrain import load_encoder, read_encoder_file
+
+    b = ctx.recipe.pretrain.backbone
+    if isinstance(encoder, (str, Path)):
+        encoder_path = Path(encoder)
+        encoder = load_encoder(encoder_path, b.name, ctx.recipe.data.channels)
+    projector = None
+    if encoder_path is not None:
+        saved = read_encoder_file(encoder_path)
+        projector = saved.get("projector")
+        digest = file_sha256(encoder_path)
+        if need_projector and projector is None:
+            raise CheckpointError(
+                f"{encoder_path} has no projector (it was saved without one, e.g. by an older "
+                f"ltscale or from a method without a projection head); finetune.mode="
+                f"{ctx.recipe.finetune.mode} starts from the pretrained projector's first "
+                "layer: re-run `ltscale pretrain`, or use finetune.mode=linear")
+    else:
+        digest = module_sha256(encoder)
+        if need_projector:  # an encoder without a file (the random-encoder baseline): a
+            torch.manual_seed(ctx.recipe.seed)  # freshly initialised projector layer
+            p = ctx.recipe.pretrain.method
+            layer = projector_layer(encoder.feat_dim, p.proj_dim)
+            projector = {"dims": [encoder.feat_dim, p.proj_dim],
+                         "state_dict": layer.state_dict(), "random": True}
+    return encoder, projector, digest, encoder_path
+
+
+def _new_head(ctx: Context, in_dim: int, mode: str, projector: dict | None) -> Head:
+    torch.manual_seed(ctx.recipe.seed)
+    n_cls = ctx.index.num_classes
+    if mode in ("proj_head", "last_fc"):
+        spec = head_spec(in_dim, n_cls, projector_dims=projector["dims"][:2],
+                         standardize=mode == "last_fc")
+    else:
+        spec = head_spec(in_dim, n_cls, standardize=mode == "linear")
+    head = Head(spec)
+    if head.projector is not None:
+        head.projector.load_state_dict(pretrained_projector_layer(projector).state_dict())
+    if mode != "proj_head":
+        with torch.no_grad():
+            head.classifier.weight.normal_(0, 0.01)
+            head.classifier.bias.zero_()
+    return head
+
+
+def _classifier_input(head: Head, cache: FeatureCache, cached_projected: bool, device):
+    """What the classifier sees for each cached version (the projector layer applied once)."""
+    if head.projector is None or cached_projected:
+        return cache.features
+    return transform(head.projector, cache.features, device=device)
+
+
+def _standardize_from(head: Head, z) -> None:
+    if head.standardize is not None:
+        block = z[0] if isinstance(z, torch.Tensor) else torch.from_numpy(
+            np.asarray(z[0], dtype=np.float32))
+        fitted = type(head.standardize).fit(block.float())
+        head.standardize.load_state_dict(fitted.state_dict())
+
+
+# --- the stage -----------------------------------------------------------------------------------
+
+def run_finetune(ctx: Context, encoder, name: str = "finetune",
+                 encoder_path: Path | None = None) -> dict:
+    """Fine-tune from ``encoder``: an encoder file (``encoder.pt``) or a module (then
+    ``encoder_path`` may name its file, which supplies the pretrained projector)."""
+    f = ctx.recipe.finetune
+    mode = f.mode
     stage_dir = ctx.out / name
-    encoder = encoder.to(ctx.device)
-    t0 = time.perf_counter()
-    train_cache = build_cache(encoder, manifest_eval_loader(ctx, workers=f.workers), ctx.device,
-                              stage_dir / "features" / "train", f"{name}: encode train",
-                              ctx.progress)
-    test_cache = build_cache(encoder, test_loader(ctx, workers=f.workers),
-                             ctx.device, stage_dir / "features" / ctx.recipe.eval.split,
-                             f"{name}: encode {ctx.recipe.eval.split}", ctx.progress)
-    encode_s = time.perf_counter() - t0
-    feats, labels = load_cache(train_cache)
-    t1 = time.perf_counter()
-    head, history = train_head(feats, labels, ctx.index.num_classes,
-                               ctx.manifest.class_counts().tolist(), loss=f.loss.name,
-                               loss_options=f.loss.options(), epochs=f.epochs,
-                               batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
-                               seed=ctx.recipe.seed, progress=ctx.progress, tracker=ctx.tracker)
-    head_s = time.perf_counter() - t1
+    device = ctx.device
+    encoder, projector, digest, encoder_path = _encoder_and_projector(
+        ctx, encoder, encoder_path, need_projector=mode in ("proj_head", "last_fc"))
+    encoder = encoder.to(device)
+    counts = ctx.manifest.class_counts().tolist()
+    loss_fn = classification_loss(f.loss.name, counts, **f.loss.options())
+    seed = ctx.recipe.seed
+    train_kw = dict(batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
+                    optimizer=f.optimizer, seed=seed, device=device, tracker=ctx.tracker,
+                    progress=ctx.progress)
+    timings = {"encode": 0.0, "head": 0.0, "end_to_end": 0.0}
+    metrics: dict[str, float] = {}
+    head_encoder = Path(encoder_path).resolve() if encoder_path else None
+
+    cached_projected = mode == "last_fc"
+    if mode in END_TO_END_MODES:
+        t = time.perf_counter()
+        e2e = run_end_to_end(ctx, encoder, name=name, stage_dir=stage_dir, seed=seed)
+        timings["end_to_end"] = time.perf_counter() - t
+        method = e2e["method"]
+        from ltscale.stages.pretrain import save_encoder
+
+        head_encoder = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
+        encoder, digest = method.encoder.to(device).eval(), file_sha256(head_encoder)
+        head = Head(head_spec(encoder.feat_dim, ctx.index.num_classes, standardize=False))
+        head.classifier.load_state_dict(method.classifier.state_dict())
+        metrics["finetune/trainable_parameters"] = e2e["trainable_parameters"]
+        last = e2e["history"][-1] if e2e["history"] else {}
+        history = [{"epoch": r["epoch"], "loss": r.get("epoch/loss"),
+                    "accuracy": r.get("epoch/acc")} for r in e2e["history"]]
+        if "epoch/loss" in last:
+            metrics["finetune/final_loss"] = last["epoch/loss"]
+        ctx.tracker.set_tags({"ltscale.finetuned_encoder": str(head_encoder)})
+
+    # the feature cache: encoder outputs (or the frozen projector layer's, for last_fc)
+    cache_model: nn.Module = encoder
+    if cached_projected:
+        cache_model = nn.Sequential(encoder, pretrained_projector_layer(projector).to(device))
+    output = "encoder+projector.0" if cached_projected else "encoder"
+    t = time.perf_counter()
+    train_cache, reused = cached_features(
+        ctx, cache_model, stage_dir / "features" / "train", encoder_hash=digest, output=output,
+        aug_copies=f.aug_copies if mode in FROZEN_MODES else 0, desc=f"{name}: encode train")
+    test_cache, _ = cached_features(ctx, cache_model,
+                                    stage_dir / "features" / ctx.recipe.eval.split,
+                                    encoder_hash=digest, output=output, split="test",
+                                    desc=f"{name}: encode {ctx.recipe.eval.split}")
+    timings["encode"] = time.perf_counter() - t
+    metrics["finetune/cache_reused"] = float(reused)
+
+    t = time.perf_counter()
+    if mode in FROZEN_MODES:
+        in_dim = encoder.feat_dim
+        head = _new_head(ctx, in_dim, mode, projector)
+        if cached_projected:  # only the classifier learns: train it on the cached projections
+            for p in head.projector.parameters():
+                p.requires_grad_(False)
+            _standardize_from(head, train_cache.features)
+            part, history = train_head(ClassifierPart(head), train_cache.features,
+                                       train_cache.labels, loss_fn=loss_fn, epochs=f.epochs,
+                                       balance=f.balance, desc=f"{name} head", **train_kw)
+            head = part.head
+        else:
+            _standardize_from(head, train_cache.features)
+            head, history = train_head(head, train_cache.features, train_cache.labels,
+                                       loss_fn=loss_fn, epochs=f.epochs, balance=f.balance,
+                                       desc=f"{name} head", **train_kw)
+        metrics["finetune/final_loss"] = history[-1]["loss"]
+        metrics["finetune/final_train_accuracy"] = history[-1]["accuracy"]
+        metrics["finetune/trainable_parameters"] = sum(
+            p.numel() for p in head.parameters() if p.requires_grad)
+    head.eval()
+
+    # σ* of the training samples (SuperLoss losses), aligned with the manifest's labeled rows
+    z_train = _classifier_input(head, train_cache, cached_projected, device)
+    confidence = None
+    sigma = superloss_confidence(ClassifierPart(head), z_train, train_cache.labels, loss_fn,
+                                 device=device)
+    if sigma is not None:
+        n_labeled = len(ctx.manifest.rows("labeled")[0])
+        confidence = np.full(n_labeled, np.nan, dtype=np.float32)
+        confidence[train_cache.positions] = sigma
+        if ctx.backend.is_main:
+            with atomic_path(stage_dir / "confidence.npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, confidence)
+
+    # classifier re-balancing on the frozen features
+    if f.classifier_stage != "none":
+        stage_loss = classification_loss("ce", counts)
+        head, stage_history = apply_classifier_stage(
+            f.classifier_stage, head, z_train, train_cache.labels, loss_fn=stage_loss,
+            epochs=f.crt_epochs, tau=f.tau_norm, **train_kw)
+        if stage_history:
+            metrics[f"{f.classifier_stage}/final_loss"] = stage_history[-1]["loss"]
+        history = history + [dict(r, stage=f.classifier_stage) for r in stage_history]
+    timings["head"] = time.perf_counter() - t
+
+    head = head.cpu().eval()
     head_path = stage_dir / "head.pt"
-    with atomic_path(head_path) as tmp:
-        torch.save({"state_dict": head.state_dict(), "num_classes": ctx.index.num_classes,
-                    "encoder": str(Path(encoder_path).resolve()) if encoder_path else None}, tmp)
-    ctx.tracker.set_tags({"ltscale.head": str(head_path.resolve())})
+    if ctx.backend.is_main:  # every rank trained the same head on the same (merged) cache
+        with atomic_path(head_path) as tmp:
+            torch.save({"format": HEAD_FORMAT, "spec": head.spec, "state_dict": head.state_dict(),
+                        "num_classes": ctx.index.num_classes, "mode": mode,
+                        "classifier_stage": f.classifier_stage,
+                        "encoder": str(head_encoder) if head_encoder else None}, tmp)
+    z_test = _classifier_input(head, test_cache, cached_projected, "cpu")
+    logits = predict(ClassifierPart(head), z_test)
+    ctx.tracker.set_tags({"ltscale.head": str(head_path.resolve()), "ltscale.finetune_mode": mode,
+                          "ltscale.classifier_stage": f.classifier_stage})
     ctx.tracker.log_params(flatten({"finetune": f.model_dump()}))
-    ctx.tracker.log_metrics({"finetune/encode_seconds": encode_s, "finetune/head_seconds": head_s,
-                             "finetune/final_loss": history[-1]["loss"]})
-    test_feats, test_labels = load_cache(test_cache)
-    with torch.no_grad():
-        logits = head(test_feats)
-    return {"head": head_path, "logits": logits, "targets": test_labels, "history": history,
-            "seconds": encode_s + head_s}
+    ctx.tracker.log_metrics({f"finetune/{k}_seconds": v for k, v in timings.items()} | metrics)
+    return {"head": head_path, "logits": logits, "targets": torch.from_numpy(test_cache.labels),
+            "history": history, "confidence": confidence, "mode": mode,
+            "encoder": head_encoder, "seconds": sum(timings.values()), "timings": timings}
 
 
 @torch.no_grad()
@@ -62,11 +335,25 @@ def predict_images(ctx: Context, model) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(outs), torch.cat(ys)
 
 
-def head_from_file(path: Path) -> torch.nn.Module:
+def head_from_file(path: Path, num_classes: int | None = None) -> nn.Module:
+    """Rebuild the head saved by ``run_finetune`` (any mode / classifier stage): a module mapping
+    encoder features to logits. With ``num_classes`` (the dataset's), a head for another number
+    of classes is refused."""
     from ltscale.engine.checkpoint import load_checkpoint
 
     saved = load_checkpoint(path)
-    w = saved["state_dict"]["weight"]
-    head = torch.nn.Linear(w.shape[1], w.shape[0])
-    head.load_state_dict(saved["state_dict"])
-    return head
+    if "state_dict" not in saved:
+        raise CheckpointError(f"{path} is not an ltscale head file (expected the head.pt that "
+                              "`ltscale finetune` writes)")
+    if "spec" in saved:
+        head = build_head(saved["spec"], saved["state_dict"])
+        saved_classes = int(saved["spec"]["num_classes"])
+    else:  # heads written before modes existed: a plain linear layer
+        w = saved["state_dict"]["weight"]
+        head = nn.Linear(w.shape[1], w.shape[0])
+        head.load_state_dict(saved["state_dict"])
+        saved_classes = int(w.shape[0])
+    if num_classes is not None and saved_classes != int(num_classes):
+        raise CheckpointError(f"{path} is a head for {saved_classes} classes but the dataset has "
+                              f"{num_classes} classes; fine-tune a head on this dataset")
+    return head.eval()

@@ -28,21 +28,53 @@ def new_encoder(ctx: Context, seed: int | None = None) -> torch.nn.Module:
     return create_backbone(b.name, in_chans=ctx.recipe.data.channels, cifar_stem=b.cifar_stem)
 
 
-def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context) -> Path:
-    """A plain state_dict of the encoder plus what is needed to rebuild it."""
+def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
+                 projector: torch.nn.Module | None = None) -> Path:
+    """A plain state_dict of the encoder plus what is needed to rebuild it.
+
+    ``encoder`` may also be a method (anything with ``.encoder``): its ``projector``, when it has
+    one (SimSiam), is stored too, under ``"projector"`` with its layer widths, so fine-tuning can
+    start from the pretrained projection head (``finetune.mode: proj_head | last_fc``)."""
+    if hasattr(encoder, "encoder") and isinstance(encoder.encoder, torch.nn.Module):
+        projector = projector if projector is not None else getattr(encoder, "projector", None)
+        encoder = encoder.encoder
     b = ctx.recipe.pretrain.backbone
+    saved = {"backbone": b.name, "cifar_stem": b.cifar_stem, "in_chans": ctx.recipe.data.channels,
+             "feat_dim": int(getattr(encoder, "feat_dim", 0)),
+             "state_dict": {k: v.cpu() for k, v in encoder.state_dict().items()}}
+    if projector is not None:
+        dims = [m.in_features for m in projector.modules() if isinstance(m, torch.nn.Linear)]
+        dims.append([m.out_features for m in projector.modules()
+                     if isinstance(m, torch.nn.Linear)][-1])
+        saved["projector"] = {"dims": dims,
+                              "state_dict": {k: v.cpu() for k, v in projector.state_dict().items()}}
     with atomic_path(path) as tmp:
-        torch.save({"backbone": b.name, "cifar_stem": b.cifar_stem,
-                    "in_chans": ctx.recipe.data.channels,
-                    "state_dict": {k: v.cpu() for k, v in encoder.state_dict().items()}}, tmp)
+        torch.save(saved, tmp)
     return path
 
 
-def load_encoder(path: str | Path) -> torch.nn.Module:
+def read_encoder_file(path: str | Path, expected_backbone: str | None = None,
+                      in_chans: int | None = None) -> dict:
+    """The checked contents of an encoder file (see ``save_encoder``)."""
     saved = load_checkpoint(path)
     if "state_dict" not in saved or "backbone" not in saved:
         raise CheckpointError(f"{path} is not an ltscale encoder file (expected the encoder.pt "
                               "that `ltscale pretrain` writes)")
+    if expected_backbone is not None and saved["backbone"] != expected_backbone:
+        raise CheckpointError(f"{path} holds a {saved['backbone']} encoder but the recipe's "
+                              f"pretrain.backbone.name is {expected_backbone}; set "
+                              f"pretrain.backbone.name={saved['backbone']} or pass another file")
+    if in_chans is not None and int(saved["in_chans"]) != int(in_chans):
+        raise CheckpointError(f"{path} holds an encoder for {saved['in_chans']}-channel images "
+                              f"but the recipe's data.channels is {in_chans}")
+    return saved
+
+
+def load_encoder(path: str | Path, expected_backbone: str | None = None,
+                 in_chans: int | None = None) -> torch.nn.Module:
+    """Rebuild the encoder of ``path``; with ``expected_backbone`` / ``in_chans`` (the recipe's
+    ``pretrain.backbone.name`` / ``data.channels``) a file made for another network is refused."""
+    saved = read_encoder_file(path, expected_backbone, in_chans)
     enc = create_backbone(saved["backbone"], in_chans=saved["in_chans"],
                           cifar_stem=saved["cifar_stem"])
     missing, unexpected = enc.load_state_dict(saved["state_dict"], strict=False)
@@ -83,7 +115,7 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
                 checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end,
                 fingerprint=_fingerprint(ctx, settings))
-    encoder_path = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx)
+    encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx)  # + its projector
     return {"encoder": encoder_path, "checkpoint": stage_dir / "checkpoint.pt",
             "history": state.history, "seconds": time.perf_counter() - t0, "method": method}
 

@@ -1,0 +1,135 @@
+"""Report figures (matplotlib, Agg backend), each written atomically as a PNG.
+
+* ``plot_per_class``: per-class test accuracy against training count, log x-axis, one series per
+  model, with the Few / Many thresholds marked;
+* ``plot_groups``: grouped bars per model for Many / Medium / Few and for the frequency thirds,
+  with ± std error bars when a result carries seed aggregates;
+* ``plot_confusion``: the row-normalised confusion matrix (recall per true class) of one model;
+  tick labels only up to ``MAX_TICK_CLASSES`` classes, cell values only up to ``MAX_ANNOTATED``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ltscale.atomic import atomic_path
+
+MAX_TICK_CLASSES = 50
+MAX_ANNOTATED = 12
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    plt = _plt()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _pct(v):
+    return float("nan") if v is None else 100 * v
+
+
+def plot_per_class(path: Path, results: dict[str, dict], train_counts, many: int = 100,
+                   few: int = 20) -> Path:
+    plt = _plt()
+    counts = np.asarray(train_counts, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    markers = "osD^vP*X"
+    for i, (name, m) in enumerate(results.items()):
+        acc = np.array([_pct(a) for a in m["per_class"]], dtype=np.float64)
+        ax.scatter(counts, acc, s=18, alpha=0.75, marker=markers[i % len(markers)], label=name)
+    if (counts <= 0).any():
+        ax.set_xscale("symlog", linthresh=1)  # classes without training images sit at 0
+    else:
+        ax.set_xscale("log")
+    for x, text in ((few, f"few < {few}"), (many, f"many > {many}")):
+        ax.axvline(x, color="grey", lw=0.8, ls="--")
+        ax.text(x, 1.0, text, transform=ax.get_xaxis_transform(), fontsize=7, ha="center",
+                va="bottom", color="grey")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("per-class accuracy against training frequency", pad=14)
+    ax.grid(alpha=0.3)
+    if results:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_groups(path: Path, results: dict[str, dict]) -> Path:
+    plt = _plt()
+    panels = [("many / medium / few shot", [("many", "many"), ("medium", "medium"),
+                                             ("few", "few")]),
+              ("frequency thirds", [("frequent", "frequent"), ("medium_third", "medium"),
+                                    ("rare", "rare")])]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    width = 0.8 / max(1, len(results))
+    for ax, (title, keys) in zip(axes, panels):
+        x = np.arange(len(keys))
+        for i, (name, m) in enumerate(results.items()):
+            std = (m.get("seeds") or {}).get("std", {})
+            heights = [_pct(m.get(k)) for k, _ in keys]
+            errs = [_pct(std.get(k)) if std.get(k) is not None else 0.0 for k, _ in keys]
+            bars = ax.bar(x + (i - (len(results) - 1) / 2) * width, np.nan_to_num(heights), width,
+                          yerr=errs if any(errs) else None, capsize=2, label=name)
+            for b, h, e in zip(bars, heights, errs):
+                ax.annotate("n/a" if math.isnan(h) else f"{h:.0f}",
+                            (b.get_x() + b.get_width() / 2, 0 if math.isnan(h) else h + e),
+                            xytext=(0, 1), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=6)
+        ax.set_xticks(x)
+        ax.set_xticklabels([label for _, label in keys])
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0, 110)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    if results:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_confusion(path: Path, confusion, classes: list[str], title: str = "") -> Path:
+    plt = _plt()
+    cm = np.asarray(confusion, dtype=np.float64)
+    C = len(cm)
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    side = min(12.0, max(4.5, 0.35 * C + 2)) if C <= MAX_TICK_CLASSES else 8.0
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(100 * norm, cmap="viridis", vmin=0, vmax=100, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
+    if C <= MAX_TICK_CLASSES:
+        ax.set_xticks(range(C))
+        ax.set_yticks(range(C))
+        ax.set_xticklabels(classes, rotation=90, fontsize=7)
+        ax.set_yticklabels(classes, fontsize=7)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if C <= MAX_ANNOTATED:
+        for t in range(C):
+            for p in range(C):
+                ax.text(p, t, f"{100 * norm[t, p]:.0f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[t, p] < 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion (row-normalised){': ' + title if title else ''}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
