@@ -256,6 +256,9 @@ class TrackingCfg(Section):
 class Recipe(Section):
     name: str = "quickstart"
     seed: int = 0
+    # `ltscale run` repeats the training stages for each seed (the manifest keeps manifest.seed)
+    # and reports mean ± std; None: just `seed`
+    seeds: list[int] | None = Field(None, min_length=1)
     output_dir: str = "runs/quickstart"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, gt=0)

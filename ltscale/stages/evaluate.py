@@ -57,8 +57,10 @@ def evaluate_noise(ctx: Context, confidence, threshold: float = 1.0) -> dict:
     """Noise separation of per-sample confidences (σ*) of the manifest's labeled samples, given
     in the order of ``ctx.manifest.rows("labeled")``; logs ``noise/*`` scalars."""
     lab = ctx.manifest.mask("labeled")
-    n = noise_separation(confidence, ctx.manifest.observed[lab], ctx.manifest.clean[lab],
-                         threshold)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    known = np.isfinite(confidence)  # NaN: a sample skipped as unreadable
+    n = noise_separation(confidence[known], ctx.manifest.observed[lab][known],
+                         ctx.manifest.clean[lab][known], threshold)
     scalars = {"noise/rate": n["noise_rate"], "noise/auroc": n["auroc"]}
     for key in ("at_threshold", "at_noise_rate"):
         scalars |= {f"noise/{key}_{k}": n[key][k] for k in ("precision", "recall", "f1")}
