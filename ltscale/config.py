@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
 from ltscale.errors import LtscaleError, RecipeError
@@ -215,6 +216,15 @@ class FinetuneCfg(Section):
     crt_epochs: int = Field(10, gt=0)         # cRT / LWS epochs
     tau_norm: float = Field(1.0, ge=0)
     workers: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _cosine_heads(self):
+        # LDAM heads are cosine classifiers; τ-norm and LWS rescale a linear one
+        if self.loss.name.startswith("ldam") and self.classifier_stage in ("tau_norm", "lws"):
+            raise ValueError(f"classifier_stage {self.classifier_stage} needs a linear "
+                             f"classifier, but loss {self.loss.name} trains a cosine one; use "
+                             "classifier_stage crt or none")
+        return self
 
 
 class ScratchCfg(Section):

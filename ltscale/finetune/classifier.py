@@ -10,7 +10,8 @@ spec::
     {"in_dim": D, "num_classes": C,
      "projector": None | {"dims": [D, P]},            # Linear(D, P, bias=False) → BN(P) → ReLU
      "standardize": bool,                             # (x − mean) / std before the classifier
-     "classifier": {"kind": "linear" | "tau_norm" | "lws", "bias": bool, "tau": float}}
+     "classifier": {"kind": "linear" | "cosine" | "tau_norm" | "lws", "bias": bool,
+                    "tau": float}}
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 
 from ltscale.errors import CheckpointError
 
-KINDS = ("linear", "tau_norm", "lws")
+KINDS = ("linear", "cosine", "tau_norm", "lws")
 
 
 def projector_layer(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -85,6 +86,20 @@ class TauNormLinear(nn.Module):
         return nn.functional.linear(x, self.effective_weight())
 
 
+class CosineLinear(nn.Module):
+    """Cosine classifier: logits cos(x, w_c) ∈ [−1, 1], no bias. LDAM (Cao et al. 2019) subtracts
+    its margins from such logits and multiplies by a scale s, so ``ldam``/``ldam_drw`` heads use
+    it (with raw linear logits a margin of 0.5 and s = 30 would mean something else)."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_dim).uniform_(-1, 1))
+
+    def forward(self, x):
+        return nn.functional.linear(nn.functional.normalize(x, dim=1),
+                                    nn.functional.normalize(self.weight, dim=1))
+
+
 class ScaledLinear(nn.Module):
     """Kang et al. 2020 LWS: a frozen linear classifier whose logits are multiplied by a learned
     scale f_c per class (weights and bias are buffers: only ``scales`` is a parameter)."""
@@ -123,6 +138,8 @@ class Head(nn.Module):
         kind = cls["kind"]
         if kind == "linear":
             self.classifier = nn.Linear(feat, c, bias=cls.get("bias", True))
+        elif kind == "cosine":
+            self.classifier = CosineLinear(feat, c)
         elif kind == "tau_norm":
             self.classifier = TauNormLinear(feat, c, cls.get("tau", 1.0))
         elif kind == "lws":

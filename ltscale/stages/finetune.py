@@ -168,15 +168,17 @@ def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: 
 def _new_head(ctx: Context, in_dim: int, mode: str, projector: dict | None) -> Head:
     torch.manual_seed(ctx.recipe.seed)
     n_cls = ctx.index.num_classes
+    kind = "cosine" if ctx.recipe.finetune.loss.name.startswith("ldam") else "linear"
     if mode in ("proj_head", "last_fc"):
         spec = head_spec(in_dim, n_cls, projector_dims=projector["dims"][:2],
-                         standardize=mode == "last_fc")
+                         standardize=mode == "last_fc", kind=kind, bias=kind == "linear")
     else:
-        spec = head_spec(in_dim, n_cls, standardize=mode == "linear")
+        spec = head_spec(in_dim, n_cls, standardize=mode == "linear", kind=kind,
+                         bias=kind == "linear")
     head = Head(spec)
     if head.projector is not None:
         head.projector.load_state_dict(pretrained_projector_layer(projector).state_dict())
-    if mode != "proj_head":
+    if mode != "proj_head" and kind == "linear":
         with torch.no_grad():
             head.classifier.weight.normal_(0, 0.01)
             head.classifier.bias.zero_()

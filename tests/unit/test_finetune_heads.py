@@ -137,3 +137,17 @@ def test_projector_layer_keys_match_the_pretrained_projector():
     state = {k: v for k, v in full.state_dict().items() if k.split(".")[0] in ("0", "1")}
     layer.load_state_dict(state)  # strict: same names and shapes
     assert isinstance(layer[2], nn.ReLU)
+
+
+def test_ldam_trains_a_cosine_classifier_and_refuses_weight_rescaling_stages():
+    from ltscale.config import recipe_from_dict
+    from ltscale.errors import RecipeError
+    from ltscale.finetune.classifier import CosineLinear, Head, head_spec
+
+    head = Head(head_spec(4, 3, kind="cosine", bias=False))
+    assert isinstance(head.classifier, CosineLinear)
+    logits = head(torch.randn(5, 4) * 100)
+    assert logits.abs().max() <= 1 + 1e-6  # cosines, whatever the feature scale
+    with pytest.raises(RecipeError, match="needs a linear classifier"):
+        recipe_from_dict({"finetune": {"loss": {"name": "ldam_drw"},
+                                       "classifier_stage": "tau_norm"}})
