@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.smoke, needs_fashion]
 REDUCED = [
     "manifest.max_per_class=600", "pretrain.epochs=1", "pretrain.max_steps_per_epoch=6",
     "pretrain.batch_size=64", "pretrain.workers=0", "pretrain.knn.bank_per_class=20",
-    "pretrain.knn.queries=200", "finetune.epochs=3", "finetune.workers=0",
+    "pretrain.knn.queries=200", "finetune.workers=0",
     "baselines.ce_scratch.epochs=1", "baselines.ce_scratch.max_steps_per_epoch=6",
     "baselines.ce_scratch.batch_size=64",
 ]
