@@ -112,7 +112,53 @@ class SimSiamCfg(Section):
     fix_pred_lr: bool = True
 
 
-MethodCfg = Annotated[Union[SimSiamCfg], Field(discriminator="name")]
+# Projector widths of the methods below: ``proj_dim`` is the hidden width (the first layer's, which
+# finetune.mode proj_head / last_fc starts from), ``out_dim`` the output, ``proj_layers`` the Linear
+# layers (Linear → BN → ReLU between them).
+
+class SimCLRCfg(Section):
+    name: Literal["simclr"] = "simclr"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)
+    proj_layers: int = Field(2, ge=2)
+    temperature: float = Field(0.5, gt=0)     # 0.1–0.5 for CIFAR in the SimCLR paper
+
+
+class MoCoCfg(Section):
+    name: Literal["moco"] = "moco"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)
+    proj_layers: int = Field(2, ge=2)
+    queue_size: int = Field(65536, gt=0)      # negatives kept (keys of past batches, all ranks)
+    momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
+    temperature: float = Field(0.2, gt=0)
+    shuffle_bn: bool = True                   # false: the recipe is expected to use SyncBN
+    symmetric: bool = False                   # ½(L(q1, k2) + L(q2, k1)), both keys enqueued
+
+
+class BYOLCfg(Section):
+    name: Literal["byol"] = "byol"
+    proj_dim: int = Field(4096, gt=0)
+    out_dim: int = Field(256, gt=0)
+    pred_dim: int = Field(4096, gt=0)         # predictor hidden width
+    proj_layers: int = Field(2, ge=2)
+    tau_base: float = Field(0.996, ge=0, le=1)  # target EMA, cosine-scheduled to 1
+
+
+class BarlowTwinsCfg(Section):
+    name: Literal["barlow_twins"] = "barlow_twins"
+    proj_dim: int = Field(2048, gt=0)         # seed 000: 2048 hidden and output beat 8192
+    out_dim: int = Field(2048, gt=0)
+    proj_layers: int = Field(3, ge=2)
+    lam: float = Field(0.005, ge=0)           # weight of the off-diagonal terms
+
+
+class RotationCfg(Section):
+    name: Literal["rotation"] = "rotation"    # linear head on the encoder; augment.preset rotation
+
+
+MethodCfg = Annotated[Union[SimSiamCfg, SimCLRCfg, MoCoCfg, BYOLCfg, BarlowTwinsCfg, RotationCfg],
+                      Field(discriminator="name")]
 
 
 class OptimCfg(Section):
@@ -162,6 +208,9 @@ class PretrainCfg(Section):
     epochs: int = Field(800, gt=0)
     batch_size: int = Field(512, gt=0)
     max_steps_per_epoch: int | None = Field(None, gt=0)
+    accumulate: int = Field(1, ge=1)          # micro-batches per optimizer step
+    checkpoint_every: int = Field(0, ge=0)    # optimizer steps between mid-epoch checkpoints
+    keep_checkpoints: int = Field(2, ge=1)
     workers: int = Field(2, ge=0)
     optim: OptimCfg = OptimCfg()
     augment: AugmentCfg = AugmentCfg()
@@ -258,6 +307,13 @@ class EvalCfg(Section):
         return v
 
 
+class EngineCfg(Section):
+    backend: Literal["auto", "local"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False                     # torch.compile the method's forward
+
+
 class TrackingCfg(Section):
     uri: str | None = None        # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in cwd
     experiment: str = "ltscale"
@@ -271,6 +327,7 @@ class Recipe(Section):
     seeds: list[int] | None = Field(None, min_length=1)
     output_dir: str = "runs/quickstart"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    engine: EngineCfg = EngineCfg()
     threads: int | None = Field(None, gt=0)
     data: DataCfg = DataCfg()
     manifest: ManifestCfg = ManifestCfg()

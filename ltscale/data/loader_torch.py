@@ -54,6 +54,9 @@ class TorchLoader:
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=_Requests(sampler), collate_fn=_collated,
             num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
+            # its own generator: starting an epoch must not draw from the global RNG that
+            # dropout & co. use (a resumed run would otherwise shift their stream)
+            generator=torch.Generator().manual_seed(sampler.seed),
             prefetch_factor=settings.prefetch if workers > 0 else None)
         self.stats = EpochStats()
 

@@ -1,45 +1,145 @@
-"""Backends adapt the one training loop to an execution mode. A backend knows the device, rank and
-world size, wraps the model and performs backward/step; the loop never branches on the mode."""
+"""Backends adapt the one training loop to an execution mode.
+
+A backend knows the device, rank and world size and owns everything the loop must not branch on:
+moving and wrapping the model (``setup``), mixed precision (``autocast``; fp16 loss scaling in
+``backward``/``step``), gradient-accumulation micro-steps (``no_sync``), collectives the loop
+needs (``barrier``, ``all_gather_object``) and checkpoint files (``save``/``load``).
+``LocalBackend`` is one process; ``DDPBackend`` (``engine/ddp.py``) and ``DeepSpeedBackend``
+(``engine/deepspeed_backend.py``) override what differs.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
 
-def resolve_device(name: str = "auto") -> torch.device:
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but CUDA is not available on this machine")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device: cuda was requested but CUDA is not available on this "
+                               "machine")
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
 class LocalBackend:
     """One process on one device."""
 
+    name = "local"
     rank = 0
+    local_rank = 0
     world_size = 1
-    is_main = True
 
-    def __init__(self, device: str = "auto"):
-        self.device = resolve_device(device)
+    def __init__(self, device: str = "auto", precision: str = "fp32",
+                 channels_last: bool = False, compile: bool = False):
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+        self.device = resolve_device(device, self.local_rank)
+        self.precision, self.channels_last, self.compile = precision, channels_last, compile
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # --- model --------------------------------------------------------------------------------
+    def _prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    def setup(self, model: nn.Module, optimizer):
+        """The model on the device (wrapped as the mode needs) and the optimizer to step."""
+        model = self._prepare(model)
+        if self.compile:
+            model.forward = torch.compile(model.forward)
+        return model, optimizer
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device)
+        """Move (and wrap) a model that has no optimizer (evaluation)."""
+        return self._prepare(model)
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+    # --- one optimisation step ----------------------------------------------------------------
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
+    def backward(self, loss: torch.Tensor, model: nn.Module | None = None) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer, model: nn.Module | None = None) -> None:
+        self.scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    def no_sync(self, model: nn.Module):
+        """Context for micro-batches whose gradients are only accumulated."""
+        return contextlib.nullcontext()
 
     def to_device(self, batch):
         if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
+            batch = batch.to(self.device, non_blocking=True)
+            if self.channels_last and batch.dim() == 4:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return batch
         if isinstance(batch, (list, tuple)):
             return type(batch)(self.to_device(b) for b in batch)
         return batch
+
+    # --- collectives the loop uses ------------------------------------------------------------
+    def barrier(self) -> None:
+        pass
+
+    def all_gather_object(self, obj) -> list:
+        return [obj]
+
+    def broadcast_object(self, obj):
+        return obj
+
+    # --- state and checkpoints ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    def save(self, path: Path, state: dict, model: nn.Module, optimizer) -> None:
+        """Write ``state`` plus model and optimizer state atomically (rank 0 writes)."""
+        if self.is_main:
+            save_checkpoint(path, {**state, "model": self.unwrap(model).state_dict(),
+                                   "optimizer": optimizer.state_dict(),
+                                   "backend": self.state_dict()})
+        self.barrier()
+
+    def load(self, path: Path, model: nn.Module, optimizer) -> dict:
+        """Restore model, optimizer and backend state from ``path``; returns the whole state."""
+        saved = load_checkpoint(path, map_location=self.device)
+        self.unwrap(model).load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        self.load_state_dict(saved.get("backend", {}))
+        return saved
+
+    def peek(self, path: Path) -> dict | None:
+        """The checkpoint's metadata (fingerprint, epoch, step) without restoring, or None."""
+        path = Path(path)
+        return load_checkpoint(path) if path.exists() else None
+
+    def close(self) -> None:
+        pass

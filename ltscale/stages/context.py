@@ -97,6 +97,13 @@ def ensure_shards(recipe: Recipe, progress: bool = True) -> ShardIndex:
     return ShardIndex.load(shards)
 
 
+def create_backend(recipe: Recipe) -> LocalBackend:
+    """The execution backend the recipe's ``engine`` section asks for."""
+    e = recipe.engine
+    return LocalBackend(recipe.device, precision=e.precision, channels_last=e.channels_last,
+                        compile=e.compile)
+
+
 def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context:
     """Build shards if absent, then the recipe's manifest (saved under the output directory)."""
     if recipe.threads:
@@ -111,5 +118,5 @@ def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context
         manifest = build_manifest(index, manifest_spec(recipe))
     path = out / "train.manifest.npz"
     manifest.save(path)
-    return Context(recipe, index, manifest, path, out, LocalBackend(recipe.device),
+    return Context(recipe, index, manifest, path, out, create_backend(recipe),
                    tracker or NullTracker(), progress)

@@ -13,7 +13,7 @@ from ltscale.atomic import atomic_path
 from ltscale.config import flatten
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.knn import KnnMonitor
-from ltscale.engine.loop import LoopConfig, fit
+from ltscale.engine.loop import LoopConfig, fit, latest_checkpoint
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import CheckpointError, RecipeError
 from ltscale.methods import create_method
@@ -110,20 +110,25 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
     stage_dir = ctx.out / name
     cfg = LoopConfig(epochs=epochs, warmup_epochs=optim_cfg.warmup_epochs,
                      schedule=optim_cfg.schedule, max_steps_per_epoch=max_steps,
-                     progress=ctx.progress, desc=name)
+                     accumulate=settings.get("accumulate", 1),
+                     checkpoint_every=settings.get("checkpoint_every", 0),
+                     keep=settings.get("keep_checkpoints", 2), progress=ctx.progress, desc=name)
     t0 = time.perf_counter()
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
                 checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end,
-                fingerprint=_fingerprint(ctx, settings))
+                fingerprint=_fingerprint(ctx, settings), log=ctx.log)
     encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx)  # + its projector
-    return {"encoder": encoder_path, "checkpoint": stage_dir / "checkpoint.pt",
+    return {"encoder": encoder_path, "checkpoint": latest_checkpoint(stage_dir / "checkpoint.pt"),
             "history": state.history, "seconds": time.perf_counter() - t0, "method": method}
 
 
 def _fingerprint(ctx: Context, settings: dict) -> str:
     """What a checkpoint must share with this run to be resumed: manifest, seed, settings
     (the epoch count may grow: a finished run can be extended)."""
-    settings = {k: v for k, v in settings.items() if k != "epochs"}
+    # settings that do not change the trajectory may differ: epochs (a finished run can be
+    # extended), loader workers, checkpoint cadence, the kNN monitor
+    volatile = {"epochs", "workers", "checkpoint_every", "keep_checkpoints", "knn"}
+    settings = {k: v for k, v in settings.items() if k not in volatile}
     blob = json.dumps([ctx.manifest.hash, ctx.recipe.seed, ctx.recipe.data.model_dump(), settings],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,10 +1,11 @@
+import pytest
 import torch
 from torch import nn
 
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine.backend import LocalBackend
 from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.loop import LoopConfig, fit
+from ltscale.engine.loop import LoopConfig, checkpoint_files, fit, latest_checkpoint
 from ltscale.track import NullTracker
 
 
@@ -42,7 +43,7 @@ def test_loss_decreases_and_checkpoint_is_written(tmp_path):
     model, state = _run(tmp_path, 3)
     losses = [h["epoch/loss"] for h in state.history]
     assert losses[-1] < 0.5 * losses[0]
-    saved = load_checkpoint(tmp_path / "ck.pt")
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "ck.pt"))
     assert saved["epoch"] == 3 and saved["step"] == 24 and saved["fingerprint"] == "a"
 
 
@@ -61,4 +62,114 @@ def test_extending_a_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
 def test_checkpoint_of_another_experiment_is_not_resumed(tmp_path):
     _run(tmp_path, 2, fingerprint="a")
     _, state = _run(tmp_path, 2, fingerprint="b")
-    assert len(state.history) == 2 and load_checkpoint(tmp_path / "ck.pt")["fingerprint"] == "b"
+    assert len(state.history) == 2 and load_checkpoint(latest_checkpoint(tmp_path / "ck.pt"))["fingerprint"] == "b"
+
+
+# --- mid-epoch checkpoints, exact resume, retention, NaN, accumulation ---------------------------
+class Noisy(Regress):
+    """Dropout makes the trajectory depend on the RNG stream: resume must restore it."""
+
+    def __init__(self, fail_at=None):
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+        self.calls, self.fail_at, self.losses = 0, fail_at, []
+
+    def forward(self, batch):
+        self.calls += 1
+        if self.fail_at is not None and self.calls == self.fail_at:
+            raise RuntimeError("killed")
+        x, y = batch[0], batch[1]
+        loss = ((self.lin(self.drop(x)).squeeze(1) - y) ** 2).mean()
+        self.losses.append(float(loss.detach()))
+        return {"loss": loss}
+
+
+def _run_noisy(ck, epochs=2, fail_at=None, every=3, accumulate=1, batch=8, keep=2):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    ds = torch.utils.data.TensorDataset(x, y, torch.arange(64))
+    sampler = EpochSampler(64, batch_size=batch, seed=0)
+    # a generator of its own: iter(DataLoader) must not draw from the global RNG the model uses
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler,
+                                         generator=torch.Generator().manual_seed(0))
+    model = Noisy(fail_at)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for g_ in opt.param_groups:
+        g_["base_lr"] = 0.05
+    cfg = LoopConfig(epochs=epochs, progress=False, checkpoint_every=every, keep=keep,
+                     accumulate=accumulate)
+    state = fit(model, loader, sampler, opt, cfg, LocalBackend("cpu"), NullTracker(),
+                checkpoint=ck, fingerprint="f", log=lambda *_: None)
+    return model, state
+
+
+def test_a_run_killed_mid_epoch_resumes_bit_exactly(tmp_path):
+    straight, _ = _run_noisy(tmp_path / "a" / "ck.pt")
+    try:
+        _run_noisy(tmp_path / "b" / "ck.pt", fail_at=11)  # dies in epoch 2, after step 10
+    except RuntimeError:
+        pass
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "b" / "ck.pt"))
+    assert (saved["epoch"], saved["step"], saved["epoch_step"]) == (1, 9, 1)  # mid-epoch
+    resumed, state = _run_noisy(tmp_path / "b" / "ck.pt")
+    assert resumed.losses == straight.losses[9:]  # every later step, bit for bit
+    for p, q in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(p, q)
+    assert state.step == 16
+
+
+def test_keep_last_k_and_a_cut_short_newest_checkpoint(tmp_path):
+    ck = tmp_path / "ck.pt"
+    _run_noisy(ck, every=2, keep=3)
+    files = checkpoint_files(ck)
+    assert [int(f.stem.split("-")[1]) for f in files] == [16, 14, 12]
+    files[0].write_bytes(files[0].read_bytes()[:100])  # a save killed half way
+    _, state = _run_noisy(ck, epochs=2, every=2, keep=3)
+    assert state.step == 16  # resumed from step 14 and finished the epoch again
+
+
+def test_a_nan_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path):
+    class Bad(Noisy):
+        def forward(self, batch):
+            out = super().forward(batch)
+            return {"loss": out["loss"] * float("nan") if self.calls == 5 else out["loss"]}
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    ds = torch.utils.data.TensorDataset(x, x.sum(1), torch.arange(64))
+    sampler = EpochSampler(64, batch_size=8, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)
+    model = Bad()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for g_ in opt.param_groups:
+        g_["base_lr"] = 0.05
+    with pytest.raises(FloatingPointError, match=r"step 5; .*ck-000000003\.pt"):
+        fit(model, loader, sampler, opt, LoopConfig(epochs=1, progress=False, checkpoint_every=3),
+            LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt", log=lambda *_: None)
+
+
+def test_gradient_accumulation_matches_the_larger_batch():
+    class Lin(Regress):  # no dropout: two micro-batches of 4 = one batch of 8
+        pass
+
+    results = []
+    for batch, acc in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(64, 4, generator=g)
+        ds = torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]),
+                                            torch.arange(64))
+        sampler = EpochSampler(64, batch_size=batch, seed=0)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler)
+        model = Lin()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        for g_ in opt.param_groups:
+            g_["base_lr"] = 0.05
+        state = fit(model, loader, sampler, opt,
+                    LoopConfig(epochs=1, progress=False, accumulate=acc, schedule="constant"),
+                    LocalBackend("cpu"), NullTracker(), log=lambda *_: None)
+        assert state.step == 8
+        results.append(model.lin.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
