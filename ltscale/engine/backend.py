@@ -59,8 +59,11 @@ class LocalBackend:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def setup(self, model: nn.Module, optimizer):
-        """The model on the device (wrapped as the mode needs) and the optimizer to step."""
+    def setup(self, model: nn.Module, optimizer, *, batch_size: int | None = None,
+              accumulate: int = 1):
+        """The model on the device (wrapped as the mode needs) and the optimizer to step.
+        ``batch_size`` (per rank, per micro-batch) and ``accumulate`` are for backends that
+        must know them up front (DeepSpeed's config)."""
         model = self._prepare(model)
         if self.compile:
             model.forward = torch.compile(model.forward)

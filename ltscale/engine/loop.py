@@ -156,12 +156,13 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     After each epoch: ``on_epoch_end(epoch)`` may add monitor metrics (e.g. kNN accuracy), then a
     checkpoint is written.
     """
-    model, optimizer = backend.setup(method, optimizer)
+    micro = max(1, cfg.accumulate)
+    model, optimizer = backend.setup(method, optimizer, batch_size=sampler.batch_size,
+                                     accumulate=micro)
     inner = backend.unwrap(model)
     ckpt = _Checkpoints(Path(checkpoint) if checkpoint is not None else None, cfg, backend,
                         fingerprint, log)
     state = ckpt.resume(model, optimizer, sampler) or LoopState()
-    micro = max(1, cfg.accumulate)
     steps_per_epoch = sampler.batches_per_epoch() // micro
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
