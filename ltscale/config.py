@@ -103,6 +103,15 @@ class BackboneCfg(Section):
     name: str = "cifar_resnet20"
     cifar_stem: bool = True
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from ltscale.models import backbone_names
+
+        if v not in backbone_names():
+            raise ValueError(f"unknown backbone; registered: {', '.join(backbone_names())}")
+        return v
+
 
 class SimSiamCfg(Section):
     name: Literal["simsiam"] = "simsiam"
@@ -162,8 +171,9 @@ MethodCfg = Annotated[Union[SimSiamCfg, SimCLRCfg, MoCoCfg, BYOLCfg, BarlowTwins
 
 
 class OptimCfg(Section):
-    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    name: Literal["sgd", "lars", "adam", "adamw"] = "sgd"
     lr: float = Field(0.03, gt=0)               # base lr, scaled by batch_size / 256
+    lars_eta: float = Field(0.02, gt=0)         # LARS trust coefficient
     scale_lr: bool = True
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
@@ -198,8 +208,9 @@ class KnnCfg(Section):
     enabled: bool = True
     bank_per_class: int = Field(100, gt=0)   # class-balanced labelled bank from the train split
     queries: int = Field(2000, gt=0)         # test images scored (a fixed balanced subset)
-    k: int = Field(20, gt=0)
-    temperature: float = Field(0.07, gt=0)
+    k: int = Field(200, gt=0)                 # weighted kNN as customary: k = 200, T = 0.1
+    temperature: float = Field(0.1, gt=0)
+    every: int = Field(1, gt=0)               # epochs between evaluations (and the last epoch)
 
 
 class PretrainCfg(Section):
@@ -216,6 +227,7 @@ class PretrainCfg(Section):
     augment: AugmentCfg = AugmentCfg()
     balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"
     knn: KnnCfg = KnnCfg()
+    online_probe: bool = False  # a linear classifier on detached features, trained alongside
 
 
 class LossCfg(Section):
@@ -308,7 +320,11 @@ class EvalCfg(Section):
 
 
 class EngineCfg(Section):
-    backend: Literal["auto", "local"] = "auto"
+    # auto: ddp when the launcher's environment says world size > 1 (torchrun, srun), else local
+    backend: Literal["auto", "local", "ddp"] = "auto"
+    dist_backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl on CUDA, gloo on CPU
+    sync_bn: bool = False                     # ddp: batch-norm statistics over the global batch
+    timeout_s: int = Field(600, gt=0)         # ddp: a collective waiting longer raises
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False                     # torch.compile the method's forward

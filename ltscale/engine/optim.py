@@ -29,9 +29,49 @@ def build_optimizer(groups: list[dict], cfg, batch_size: int) -> torch.optim.Opt
         g["base_lr"] = lr
     if cfg.name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum)
+    if cfg.name == "lars":
+        for g in param_groups:  # norms and biases: no decay and no layer-wise adaptation
+            g["lars_exclude"] = g["weight_decay"] == 0.0
+        return LARS(param_groups, lr=lr, momentum=cfg.momentum, eta=cfg.lars_eta)
     if cfg.name == "adam":
         return torch.optim.Adam(param_groups, lr=lr)
     return torch.optim.AdamW(param_groups, lr=lr)
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise adaptive rate scaling (You et al. 2017), as used for large-batch SSL: each
+    parameter's update (gradient + weight decay) is rescaled by η·‖w‖ / ‖update‖ before SGD
+    with momentum. Groups with ``lars_exclude`` (norms, biases) take plain SGD steps."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 eta: float = 0.02):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                                      eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] \
+                    else p.grad.clone()
+                if not group["lars_exclude"]:
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    trust = torch.where((w_norm > 0) & (d_norm > 0),
+                                        group["eta"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    d.mul_(trust)
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+        return loss
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

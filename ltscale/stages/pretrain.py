@@ -17,6 +17,7 @@ from ltscale.engine.loop import LoopConfig, fit, latest_checkpoint
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import CheckpointError, RecipeError
 from ltscale.methods import create_method
+from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import knn_loaders, train_loader
@@ -105,7 +106,13 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
         bank, queries = knn_loaders(ctx)
         monitor_fn = KnnMonitor(bank, queries, ctx.index.num_classes, ctx.device, knn.k,
                                 knn.temperature)
-        on_epoch_end = lambda epoch: {"knn/top1": monitor_fn(method.encoder)}  # noqa: E731
+        last = epochs - 1
+
+        def on_epoch_end(epoch: int) -> dict:
+            if (epoch + 1) % knn.every and epoch != last:
+                return {}
+            return {"knn/top1": monitor_fn(method.encoder)}
+
         ctx.tracker.log_metrics({"knn/top1": monitor_fn(method.encoder.to(ctx.device))}, step=0)
     stage_dir = ctx.out / name
     cfg = LoopConfig(epochs=epochs, warmup_epochs=optim_cfg.warmup_epochs,
@@ -138,6 +145,8 @@ def run_pretrain(ctx: Context) -> dict:
     p = ctx.recipe.pretrain
     opts = p.method.model_dump(exclude={"name"})
     method = create_method(p.method.name, new_encoder(ctx), **opts)
+    if p.online_probe:
+        method = OnlineProbe(method, ctx.index.num_classes)
     ctx.tracker.log_params(flatten({"pretrain": p.model_dump(), "manifest":
                                     ctx.recipe.manifest.model_dump()}))
     result = _train(ctx, method, name="pretrain", epochs=p.epochs, batch_size=p.batch_size,

@@ -173,3 +173,32 @@ def test_gradient_accumulation_matches_the_larger_batch():
         assert state.step == 8
         results.append(model.lin.weight.detach().clone())
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_online_probe_learns_without_changing_the_method_trajectory():
+    from ltscale.methods import create_method
+    from ltscale.methods.probe import OnlineProbe
+    from ltscale.models import create_backbone
+
+    g = torch.Generator().manual_seed(0)
+    views = torch.rand(16, 2, 3, 16, 16, generator=g)
+    labels = torch.arange(16) % 2
+    labels[:4] = -1  # unlabelled samples are ignored by the probe
+    views[labels == 1] += 3.0  # a class the probe can see
+    batch = (views, labels, torch.arange(16))
+    runs = []
+    for probe in (False, True):
+        torch.manual_seed(1)
+        method = create_method("simsiam", create_backbone("resnet_tiny", in_chans=3),
+                               proj_dim=16, pred_dim=8)
+        model = OnlineProbe(method, 2) if probe else method
+        opt = torch.optim.SGD([p for grp in model.param_groups() for p in grp["params"]], lr=0.05)
+        for _ in range(40):
+            out = model(batch)
+            opt.zero_grad()
+            out["loss"].backward()
+            opt.step()
+        runs.append((method, out))
+    for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+        assert torch.equal(p, q)  # the probe's extra eval-mode pass touches nothing of the method
+    assert float(runs[1][1]["probe_acc"]) == 1.0
