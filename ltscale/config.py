@@ -353,6 +353,15 @@ class Recipe(Section):
     eval: EvalCfg = EvalCfg()
     tracking: TrackingCfg = TrackingCfg()
 
+    @model_validator(mode="after")
+    def _head_needs_a_projector(self):
+        if self.finetune.mode in ("proj_head", "last_fc") and \
+                not hasattr(self.pretrain.method, "proj_dim"):
+            raise ValueError(f"finetune.mode {self.finetune.mode} starts from the pretrained "
+                             f"projector, but method {self.pretrain.method.name} has none; use "
+                             "finetune.mode linear")
+        return self
+
 
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"recipe {source} is invalid:"]
@@ -363,7 +372,11 @@ def _format_errors(exc: ValidationError, source: str) -> str:
                          "for the keys a recipe takes)")
         else:
             got = err.get("input")
-            lines.append(f"  {key}: {err['msg']} (got {got!r})")
+            msg = err["msg"].removeprefix("Value error, ")
+            if isinstance(got, dict):  # a whole section: its message says what is wrong
+                lines.append(f"  {key or 'recipe'}: {msg}")
+            else:
+                lines.append(f"  {key}: {msg} (got {got!r})")
     return "\n".join(lines)
 
 

@@ -29,4 +29,6 @@ def create_method(name: str, encoder: nn.Module, **options) -> nn.Module:
     return _METHODS[name](encoder, **options)
 
 
-from ltscale.methods import simsiam as _simsiam, supervised as _supervised  # noqa: E402,F401
+from ltscale.methods import (barlow as _barlow, byol as _byol, moco as _moco,  # noqa: E402,F401
+                             rotation as _rotation, simclr as _simclr, simsiam as _simsiam,
+                             supervised as _supervised)
