@@ -19,8 +19,10 @@ def _recipe(args):
 
 
 def _tracker(recipe, enabled: bool = True):
+    from ltscale.launch.env import DistEnv
     from ltscale.track import MlflowTracker, NullTracker
 
+    enabled = enabled and DistEnv.from_env().rank == 0  # only rank 0 of a launched job tracks
     return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment) if enabled else NullTracker()
 
 
@@ -114,6 +116,11 @@ def cmd_bench(args):
 
         result = bench_loader(args.images, args.width, args.height, args.size, args.batch,
                               args.workers, args.repeats, dali=not args.no_dali)
+    elif args.bench_command == "step":
+        from ltscale.bench.step import bench_step
+
+        result = bench_step(args.method, args.backbone, args.batch, args.size, args.steps,
+                            args.repeats)
     else:
         from ltscale.bench.build import bench_build
 
@@ -133,7 +140,8 @@ def cmd_pretrain(args):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("pretrain"))
         result = run_pretrain(ctx)
-    print(f"encoder written to {result['encoder']}")
+    if ctx.backend.is_main:
+        print(f"encoder written to {result['encoder']}")
 
 
 def cmd_finetune(args):
@@ -314,7 +322,14 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--workers", type=int, default=2)
     bl.add_argument("--repeats", type=int, default=2)
     bl.add_argument("--no-dali", action="store_true", help="skip the DALI CPU measurement")
-    for b_ in (bm, bb, bl):
+    bs = bsub.add_parser("step", help="engine step time vs a bare PyTorch loop")
+    bs.add_argument("--method", default="simsiam")
+    bs.add_argument("--backbone", default="cifar_resnet20")
+    bs.add_argument("--batch", type=int, default=64)
+    bs.add_argument("--size", type=int, default=32, help="image side in pixels")
+    bs.add_argument("--steps", type=int, default=30)
+    bs.add_argument("--repeats", type=int, default=3)
+    for b_ in (bm, bb, bl, bs):
         b_.add_argument("--json", action="store_true")
         b_.set_defaults(func=cmd_bench)
     bf = bsub.add_parser("finetune", help="head training from the feature cache vs re-encoding "

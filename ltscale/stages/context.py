@@ -100,6 +100,17 @@ def ensure_shards(recipe: Recipe, progress: bool = True) -> ShardIndex:
 def create_backend(recipe: Recipe) -> LocalBackend:
     """The execution backend the recipe's ``engine`` section asks for."""
     e = recipe.engine
+    kind = e.backend
+    if kind == "auto":
+        from ltscale.launch.env import DistEnv
+
+        kind = "ddp" if DistEnv.from_env().world_size > 1 else "local"
+    if kind == "ddp":
+        from ltscale.engine.ddp import DDPBackend
+
+        return DDPBackend(recipe.device, precision=e.precision, channels_last=e.channels_last,
+                          compile=e.compile, dist_backend=e.dist_backend, sync_bn=e.sync_bn,
+                          timeout_s=e.timeout_s)
     return LocalBackend(recipe.device, precision=e.precision, channels_last=e.channels_last,
                         compile=e.compile)
 
@@ -110,6 +121,10 @@ def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context
         torch.set_num_threads(recipe.threads)
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    backend = create_backend(recipe)
+    if backend.is_main:  # one rank builds missing shards while the others wait at the barrier
+        ensure_shards(recipe, progress)
+    backend.barrier()
     index = ensure_shards(recipe, progress)
     if recipe.manifest.file:
         manifest = Manifest.load(recipe.manifest.file)
@@ -118,5 +133,4 @@ def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context
         manifest = build_manifest(index, manifest_spec(recipe))
     path = out / "train.manifest.npz"
     manifest.save(path)
-    return Context(recipe, index, manifest, path, out, create_backend(recipe),
-                   tracker or NullTracker(), progress)
+    return Context(recipe, index, manifest, path, out, backend, tracker or NullTracker(), progress)

@@ -49,8 +49,10 @@ def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
                      if isinstance(m, torch.nn.Linear)][-1])
         saved["projector"] = {"dims": dims,
                               "state_dict": {k: v.cpu() for k, v in projector.state_dict().items()}}
-    with atomic_path(path) as tmp:
-        torch.save(saved, tmp)
+    if ctx.backend.is_main:  # every rank holds the same weights; one writes them
+        with atomic_path(path) as tmp:
+            torch.save(saved, tmp)
+    ctx.backend.barrier()
     return path
 
 
@@ -101,7 +103,7 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
         {"params": list(method.parameters())}]
     optimizer = build_optimizer(groups, optim_cfg, batch_size)
     on_epoch_end = None
-    if monitor and ctx.recipe.pretrain.knn.enabled:
+    if monitor and ctx.recipe.pretrain.knn.enabled and ctx.backend.is_main:  # rank 0 scores
         knn = ctx.recipe.pretrain.knn
         bank, queries = knn_loaders(ctx)
         monitor_fn = KnnMonitor(bank, queries, ctx.index.num_classes, ctx.device, knn.k,

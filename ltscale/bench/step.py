@@ -1,0 +1,96 @@
+"""`ltscale bench step`: the engine's step time against a bare hand-written PyTorch loop.
+
+Same method (SimSiam by default), backbone, optimizer and one fixed in-memory batch for both, so
+the difference is what the engine adds per step (lr schedule, backend calls, hooks, sampler
+bookkeeping, metric accumulation, progress bar). Alternating runs (A, B, A, B …), median seconds
+per step.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from ltscale.data.sampling import EpochSampler
+from ltscale.engine.backend import LocalBackend
+from ltscale.engine.loop import LoopConfig, fit
+from ltscale.engine.optim import build_optimizer, lr_factor, set_lr
+from ltscale.methods import create_method
+from ltscale.models import create_backbone
+from ltscale.track import NullTracker
+
+
+class _Repeat:
+    """A loader that yields the same batch ``n`` times per epoch."""
+
+    def __init__(self, batch, n: int):
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield self.batch
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _setup(method_name: str, backbone: str, batch: int, size: int, seed: int = 0):
+    from ltscale.config import OptimCfg
+
+    torch.manual_seed(seed)
+    enc = create_backbone(backbone, in_chans=3, cifar_stem=True)
+    method = create_method(method_name, enc, **({"proj_dim": 512, "pred_dim": 128}
+                                               if method_name == "simsiam" else {}))
+    groups = method.param_groups() if hasattr(method, "param_groups") else [
+        {"params": list(method.parameters())}]
+    opt = build_optimizer(groups, OptimCfg(), batch)
+    g = torch.Generator().manual_seed(seed)
+    data = (torch.randn(batch, method.views, 3, size, size, generator=g),
+            torch.zeros(batch, dtype=torch.long), torch.arange(batch))
+    return method, opt, data
+
+
+def _engine(method_name, backbone, batch, size, steps) -> float:
+    method, opt, data = _setup(method_name, backbone, batch, size)
+    sampler = EpochSampler(batch * steps, batch_size=batch)
+    t = time.perf_counter()
+    fit(method, _Repeat(data, steps), sampler, opt, LoopConfig(epochs=1, warmup_epochs=0.1,
+                                                                 progress=False, log_every=10),
+        LocalBackend("cpu"), NullTracker(), log=lambda *_: None)
+    return (time.perf_counter() - t) / steps
+
+
+def _bare(method_name, backbone, batch, size, steps) -> float:
+    method, opt, data = _setup(method_name, backbone, batch, size)
+    method.train()
+    warmup = int(0.1 * steps)
+    t = time.perf_counter()
+    for step in range(steps):
+        set_lr(opt, lr_factor(step, steps, warmup, "cosine"))
+        loss = method(data)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - t) / steps
+
+
+def bench_step(method: str = "simsiam", backbone: str = "cifar_resnet20", batch: int = 64,
+               size: int = 32, steps: int = 30, repeats: int = 3) -> dict:
+    _bare(method, backbone, batch, size, 3)  # warm-up (allocator, kernels)
+    runs = {"bare": [], "engine": []}
+    for _ in range(repeats):
+        runs["bare"].append(_bare(method, backbone, batch, size, steps))
+        runs["engine"].append(_engine(method, backbone, batch, size, steps))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    result = {"method": method, "backbone": backbone, "batch": batch, "size": size,
+              "steps": steps, "threads": torch.get_num_threads(),
+              "bare_ms": 1e3 * med["bare"], "engine_ms": 1e3 * med["engine"],
+              "overhead": med["engine"] / med["bare"] - 1, "runs": runs}
+    print(f"{method} on {backbone}, batch {batch} × {size} px, {steps} steps, median of "
+          f"{repeats} alternating runs ({result['threads']} threads):\n"
+          f"  bare PyTorch loop : {result['bare_ms']:8.2f} ms/step\n"
+          f"  ltscale engine    : {result['engine_ms']:8.2f} ms/step\n"
+          f"  overhead          : {100 * result['overhead']:+.2f} %")
+    return result
