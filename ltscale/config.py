@@ -321,13 +321,15 @@ class EvalCfg(Section):
 
 class EngineCfg(Section):
     # auto: ddp when the launcher's environment says world size > 1 (torchrun, srun), else local
-    backend: Literal["auto", "local", "ddp"] = "auto"
+    backend: Literal["auto", "local", "ddp", "deepspeed"] = "auto"
     dist_backend: Literal["auto", "gloo", "nccl"] = "auto"   # auto: nccl on CUDA, gloo on CPU
     sync_bn: bool = False                     # ddp: batch-norm statistics over the global batch
     timeout_s: int = Field(600, gt=0)         # ddp: a collective waiting longer raises
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False
     compile: bool = False                     # torch.compile the method's forward
+    zero_stage: Literal[0, 1, 2] = 2          # deepspeed: ZeRO stage
+    gradient_clipping: float = Field(0.0, ge=0)  # deepspeed: max gradient norm; 0 = off
 
 
 class TrackingCfg(Section):

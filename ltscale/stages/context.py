@@ -111,6 +111,13 @@ def create_backend(recipe: Recipe) -> LocalBackend:
         return DDPBackend(recipe.device, precision=e.precision, channels_last=e.channels_last,
                           compile=e.compile, dist_backend=e.dist_backend, sync_bn=e.sync_bn,
                           timeout_s=e.timeout_s)
+    if kind == "deepspeed":
+        from ltscale.engine.deepspeed_backend import DeepSpeedBackend
+
+        return DeepSpeedBackend(recipe.device, precision=e.precision,
+                                channels_last=e.channels_last, compile=e.compile,
+                                zero_stage=e.zero_stage, gradient_clipping=e.gradient_clipping,
+                                timeout_s=e.timeout_s)
     return LocalBackend(recipe.device, precision=e.precision, channels_last=e.channels_last,
                         compile=e.compile)
 
