@@ -202,3 +202,32 @@ def test_online_probe_learns_without_changing_the_method_trajectory():
     for p, q in zip(runs[0][0].parameters(), runs[1][0].parameters()):
         assert torch.equal(p, q)  # the probe's extra eval-mode pass touches nothing of the method
     assert float(runs[1][1]["probe_acc"]) == 1.0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_the_local_backend(tmp_path, precision):
+    class Deep(Regress):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, generator=g)
+    ds = torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]),
+                                        torch.arange(64))
+    sampler = EpochSampler(64, batch_size=8, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)
+    model = Deep()
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    for g_ in opt.param_groups:
+        g_["base_lr"] = 0.02
+    backend = LocalBackend("cpu", precision=precision)
+    state = fit(model, loader, sampler, opt, LoopConfig(epochs=4, progress=False,
+                                                          schedule="constant"),
+                backend, NullTracker(), checkpoint=tmp_path / "ck.pt", log=lambda *_: None)
+    losses = [h["epoch/loss"] for h in state.history]
+    assert losses[-1] < 0.5 * losses[0]
+    saved = load_checkpoint(latest_checkpoint(tmp_path / "ck.pt"))
+    # the loss scaler's state travels with the checkpoint (enabled for fp16 only)
+    assert bool(saved["backend"]["scaler"]) == (precision == "fp16")
