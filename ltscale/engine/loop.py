@@ -100,6 +100,7 @@ class _Checkpoints:
         self.path, self.cfg, self.backend, self.fingerprint, self.log = path, cfg, backend, \
             fingerprint, log
         self.last_good: Path | None = None
+        self.foreign: list[Path] = []  # another experiment's checkpoints, removed at first save
 
     def resume(self, model, optimizer, sampler) -> LoopState | None:
         if self.path is None:
@@ -114,7 +115,8 @@ class _Checkpoints:
             if meta is None or meta.get("fingerprint") != self.fingerprint:
                 if self.backend.is_main:
                     self.log(f"{self.cfg.desc}: {candidate.name} belongs to another experiment; "
-                             "starting afresh")
+                             "starting afresh (its checkpoints are replaced by the first save)")
+                self.foreign = checkpoint_files(self.path)
                 return None
             saved = self.backend.load(candidate, model, optimizer)
             sampler.load_state_dict(saved["sampler"])
@@ -143,8 +145,10 @@ class _Checkpoints:
             model, optimizer)
         self.last_good = target
         if self.backend.is_main:
-            for old in checkpoint_files(self.path)[self.cfg.keep:]:
-                old.unlink(missing_ok=True)
+            for old in self.foreign + checkpoint_files(self.path)[self.cfg.keep:]:
+                if old != target:
+                    old.unlink(missing_ok=True)
+        self.foreign = []
 
 
 def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, backend, tracker,

@@ -21,18 +21,31 @@ class Regress(nn.Module):
         return {"loss": ((self.lin(x).squeeze(1) - y) ** 2).mean()}
 
 
-def _run(tmp_path, epochs, fingerprint="a", seed=0):
-    torch.manual_seed(seed)
+def _toy_data(batch: int = 8, target=None):
+    """64 regression samples in a DataLoader over the real EpochSampler. The loader has its own
+    generator: iter(DataLoader) must not draw from the global RNG the model uses."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 4, generator=g)
-    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) if target is None else target(x)
     ds = torch.utils.data.TensorDataset(x, y, torch.arange(64))
-    sampler = EpochSampler(64, batch_size=8, seed=0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)
-    model = Regress()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sampler = EpochSampler(64, batch_size=batch, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler,
+                                         generator=torch.Generator().manual_seed(0))
+    return loader, sampler
+
+
+def _sgd(model, lr: float = 0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     for g_ in opt.param_groups:
-        g_["base_lr"] = 0.05
+        g_["base_lr"] = lr
+    return opt
+
+
+def _run(tmp_path, epochs, fingerprint="a", seed=0):
+    torch.manual_seed(seed)
+    loader, sampler = _toy_data()
+    model = Regress()
+    opt = _sgd(model)
     state = fit(model, loader, sampler, opt, LoopConfig(epochs=epochs, progress=False, schedule="constant"),
                 LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt",
                 fingerprint=fingerprint, log=lambda *_: None)
@@ -60,8 +73,10 @@ def test_extending_a_run_resumes_and_matches_an_uninterrupted_run(tmp_path):
 
 
 def test_checkpoint_of_another_experiment_is_not_resumed(tmp_path):
-    _run(tmp_path, 2, fingerprint="a")
+    _run(tmp_path, 3, fingerprint="a")  # its newest checkpoint is at a later step than b's
     _, state = _run(tmp_path, 2, fingerprint="b")
+    assert all(load_checkpoint(f)["fingerprint"] == "b" for f in checkpoint_files(tmp_path / "ck.pt"))
+    _, state = _run(tmp_path, 2, fingerprint="b")  # a restart of b resumes b, finished
     assert len(state.history) == 2 and load_checkpoint(latest_checkpoint(tmp_path / "ck.pt"))["fingerprint"] == "b"
 
 
@@ -86,18 +101,9 @@ class Noisy(Regress):
 
 def _run_noisy(ck, epochs=2, fail_at=None, every=3, accumulate=1, batch=8, keep=2):
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 4, generator=g)
-    y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0])
-    ds = torch.utils.data.TensorDataset(x, y, torch.arange(64))
-    sampler = EpochSampler(64, batch_size=batch, seed=0)
-    # a generator of its own: iter(DataLoader) must not draw from the global RNG the model uses
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler,
-                                         generator=torch.Generator().manual_seed(0))
+    loader, sampler = _toy_data(batch)
     model = Noisy(fail_at)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for g_ in opt.param_groups:
-        g_["base_lr"] = 0.05
+    opt = _sgd(model)
     cfg = LoopConfig(epochs=epochs, progress=False, checkpoint_every=every, keep=keep,
                      accumulate=accumulate)
     state = fit(model, loader, sampler, opt, cfg, LocalBackend("cpu"), NullTracker(),
@@ -136,15 +142,9 @@ def test_a_nan_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path):
             out = super().forward(batch)
             return {"loss": out["loss"] * float("nan") if self.calls == 5 else out["loss"]}
 
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 4, generator=g)
-    ds = torch.utils.data.TensorDataset(x, x.sum(1), torch.arange(64))
-    sampler = EpochSampler(64, batch_size=8, seed=0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)
+    loader, sampler = _toy_data()
     model = Bad()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for g_ in opt.param_groups:
-        g_["base_lr"] = 0.05
+    opt = _sgd(model)
     with pytest.raises(FloatingPointError, match=r"step 5; .*ck-000000003\.pt"):
         fit(model, loader, sampler, opt, LoopConfig(epochs=1, progress=False, checkpoint_every=3),
             LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt", log=lambda *_: None)
@@ -157,16 +157,9 @@ def test_gradient_accumulation_matches_the_larger_batch():
     results = []
     for batch, acc in ((8, 1), (4, 2)):
         torch.manual_seed(0)
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(64, 4, generator=g)
-        ds = torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]),
-                                            torch.arange(64))
-        sampler = EpochSampler(64, batch_size=batch, seed=0)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler)
+        loader, sampler = _toy_data(batch)
         model = Lin()
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        for g_ in opt.param_groups:
-            g_["base_lr"] = 0.05
+        opt = _sgd(model)
         state = fit(model, loader, sampler, opt,
                     LoopConfig(epochs=1, progress=False, accumulate=acc, schedule="constant"),
                     LocalBackend("cpu"), NullTracker(), log=lambda *_: None)
@@ -212,16 +205,9 @@ def test_mixed_precision_trains_on_the_local_backend(tmp_path, precision):
             self.lin = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
 
     torch.manual_seed(0)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(64, 4, generator=g)
-    ds = torch.utils.data.TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5, 3.0]),
-                                        torch.arange(64))
-    sampler = EpochSampler(64, batch_size=8, seed=0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=8, sampler=sampler)
+    loader, sampler = _toy_data()
     model = Deep()
-    opt = torch.optim.SGD(model.parameters(), lr=0.02)
-    for g_ in opt.param_groups:
-        g_["base_lr"] = 0.02
+    opt = _sgd(model, lr=0.02)
     backend = LocalBackend("cpu", precision=precision)
     state = fit(model, loader, sampler, opt, LoopConfig(epochs=4, progress=False,
                                                           schedule="constant"),
