@@ -283,3 +283,39 @@ def test_every_method_config_builds_its_method_with_the_defaults():
         assert recipe_from_dict({"pretrain": {"method": {"name": cfg.name}}}).pretrain.method == cfg
         assert not method.uses_labels
     assert names == set(method_names()) - {"supervised"}
+
+
+def _moco_rank(rank, world, init, out_dir, x):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial weights on every rank, as DDP guarantees
+        method = create_method("moco", create_backbone("resnet_tiny", in_chans=3),
+                               proj_dim=16, out_dim=8, queue_size=32, shuffle_bn=True)
+        method.train()
+        n = x.shape[0] // world
+        losses = []
+        for step in range(2):
+            out = method((x[rank * n:(rank + 1) * n], torch.zeros(n)))
+            losses.append(out["loss"].item())
+            method.after_step(step, 2)
+        torch.save({"queue": method.queue.clone(), "ptr": int(method.queue_ptr),
+                    "losses": losses}, Path(out_dir) / f"moco{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_moco_with_shuffled_bn_on_two_ranks_keeps_one_queue(tmp_path):
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(3)
+    world, n = 2, 4
+    x = torch.rand(world * n, 2, 3, 16, 16)
+    mp.spawn(_moco_rank, args=(world, f"file://{tmp_path / 'init'}", str(tmp_path), x),
+             nprocs=world, join=True)
+    r0, r1 = (torch.load(tmp_path / f"moco{r}.pt") for r in range(world))
+    # keys of the global batch (8 per step) are enqueued on every rank in the same order
+    assert r0["ptr"] == r1["ptr"] == 2 * world * n % 32
+    assert torch.equal(r0["queue"], r1["queue"])
+    assert all(map(math.isfinite, r0["losses"] + r1["losses"]))
