@@ -2,7 +2,7 @@
 
 Same method (SimSiam by default), backbone, optimizer and one fixed in-memory batch for both, so
 the difference is what the engine adds per step (lr schedule, backend calls, hooks, sampler
-bookkeeping, metric accumulation, progress bar). Alternating runs (A, B, A, B …), median seconds
+bookkeeping, metric accumulation, progress bar). Alternating runs (A B, B A, …), median seconds
 per step.
 """
 
@@ -80,9 +80,11 @@ def bench_step(method: str = "simsiam", backbone: str = "cifar_resnet20", batch:
                size: int = 32, steps: int = 30, repeats: int = 3) -> dict:
     _bare(method, backbone, batch, size, 3)  # warm-up (allocator, kernels)
     runs = {"bare": [], "engine": []}
-    for _ in range(repeats):
-        runs["bare"].append(_bare(method, backbone, batch, size, steps))
-        runs["engine"].append(_engine(method, backbone, batch, size, steps))
+    for r in range(repeats):  # A B, B A, A B …: no side always runs second
+        order = ("bare", "engine") if r % 2 == 0 else ("engine", "bare")
+        for side in order:
+            fn = _bare if side == "bare" else _engine
+            runs[side].append(fn(method, backbone, batch, size, steps))
     med = {k: statistics.median(v) for k, v in runs.items()}
     result = {"method": method, "backbone": backbone, "batch": batch, "size": size,
               "steps": steps, "threads": torch.get_num_threads(),

@@ -213,8 +213,11 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
                             f"checkpoint: {where}. Lower the learning rate or use bf16/fp32 "
                             "precision instead of fp16.")
                     backend.backward(loss / micro, model)
-                outs.append(out)
+                # plain numbers from here on: the step's output tensors (and the batch) are not
+                # kept alive into the next forward
+                outs.append({k: float(v.detach()) for k, v in out.items()})
                 seen += len(batch[1])
+                del out, loss, batch
             backend.step(optimizer, model)
             hook = getattr(inner, "after_step", None)
             if hook is not None:
@@ -225,11 +228,11 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
             steps += 1
             for out in outs:
                 for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach()) / micro
+                    sums[k] = sums.get(k, 0.0) + v / micro
             if state.step % cfg.log_every == 0 and backend.is_main:
-                tracker.log_metrics({f"train/{k}": float(v.detach()) for k, v in outs[-1].items()}
+                tracker.log_metrics({f"train/{k}": v for k, v in outs[-1].items()}
                                     | {"train/lr": lr}, step=state.step)
-            bar.set_postfix(loss=f"{float(outs[-1]['loss'].detach()):.4f}")
+            bar.set_postfix(loss=f"{outs[-1]['loss']:.4f}")
             bar.update()
             if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
                     and state.epoch_step < steps_per_epoch):
