@@ -8,6 +8,7 @@ from ltscale.errors import ManifestError
 from ltscale.eval.metrics import classification_metrics, scalar_metrics
 from ltscale.eval.noise import noise_separation
 from ltscale.stages.context import Context
+from ltscale.stages.loaders import test_selection
 
 
 def check_disjoint(train_manifest_ids, eval_ids, allow: bool = False, examples: int = 5) -> int:
@@ -28,17 +29,11 @@ def check_disjoint(train_manifest_ids, eval_ids, allow: bool = False, examples: 
     return int(len(overlap))
 
 
-def eval_rows(ctx: Context) -> np.ndarray:
-    """The index rows ``stages.loaders.test_loader`` evaluates: the manifest's test role when it
-    has one, else all of ``recipe.eval.split``."""
-    ids, _ = ctx.manifest.rows("test")
-    return ids if len(ids) else ctx.index.split_ids(ctx.recipe.eval.split)
-
-
 def check_eval_disjoint(ctx: Context) -> int:
     """``check_disjoint`` for the context's training manifest and test rows."""
     train_ids, _ = ctx.manifest.rows("labeled", "unlabeled")
-    return check_disjoint(train_ids, eval_rows(ctx), ctx.recipe.eval.allow_overlap)
+    _, test_ids, _ = test_selection(ctx)
+    return check_disjoint(train_ids, test_ids, ctx.recipe.eval.allow_overlap)
 
 
 def evaluate_logits(ctx: Context, logits, targets) -> dict:

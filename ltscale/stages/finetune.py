@@ -41,7 +41,7 @@ from ltscale.finetune.trainer import predict, superloss_confidence, train_head, 
 from ltscale.finetune.two_stage import apply_classifier_stage
 from ltscale.losses.registry import classification_loss
 from ltscale.stages.context import Context
-from ltscale.stages.loaders import _loader, test_loader
+from ltscale.stages.loaders import stage_loader, test_loader, test_selection
 
 HEAD_FORMAT = "ltscale-head/2"
 FROZEN_MODES = ("linear", "proj_head", "last_fc")
@@ -59,7 +59,7 @@ def _share_loader(ctx: Context, ids, labels, views, *, preset=None, evaluation=N
     sampler = EpochSampler(len(ds), batch_size=batch_size, seed=seed, shuffle="none",
                            tail="keep", rank=ctx.backend.rank, world_size=ctx.backend.world_size,
                            rows=ds.rows)
-    return _loader(ctx, ds, sampler, workers, preset=preset, evaluation=evaluation), \
+    return stage_loader(ctx, ds, sampler, workers, preset=preset, evaluation=evaluation), \
         sampler.rank_positions()
 
 
@@ -73,22 +73,6 @@ def _ids_hash(ids, labels) -> str:
     h = hashlib.sha256(np.asarray(ids, dtype=np.int64).tobytes())
     h.update(np.asarray(labels, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
-
-
-def _test_selection(ctx: Context) -> tuple[str, np.ndarray, np.ndarray]:
-    """The rows ``test_loader`` evaluates: the manifest's test role, else ``eval.split``."""
-    ids, labels = ctx.manifest.rows("test")
-    if len(ids):
-        return ctx.manifest.spec.test.split, ids, labels
-    split = ctx.recipe.eval.split
-    ids = ctx.index.split_ids(split)
-    return split, ids, ctx.index.label[ids]
-
-
-def _barrier(ctx: Context) -> None:
-    barrier = getattr(ctx.backend, "barrier", None)
-    if barrier is not None:
-        barrier()
 
 
 def cached_features(ctx: Context, model: nn.Module, root: Path, *, encoder_hash: str,
@@ -105,7 +89,7 @@ def cached_features(ctx: Context, model: nn.Module, root: Path, *, encoder_hash:
         selection = {"manifest": ctx.manifest.hash, "roles": ["labeled"]}
         split_name = ctx.manifest.header["spec"]["split"]
     else:
-        split_name, ids, labels = _test_selection(ctx)
+        split_name, ids, labels = test_selection(ctx)
         aug_copies = 0
         selection = {"split": split_name, "rows": _ids_hash(ids, labels)}
     key = {"format": FORMAT, "encoder": encoder_hash, "output": output, **selection,
@@ -129,7 +113,7 @@ def cached_features(ctx: Context, model: nn.Module, root: Path, *, encoder_hash:
     encode_share(model, sources, ctx.device, root, key, positions=positions,
                  rank=ctx.backend.rank, world_size=ctx.backend.world_size, desc=desc,
                  progress=ctx.progress)
-    _barrier(ctx)
+    ctx.backend.barrier()  # every rank's share is written before anyone reads the cache
     return load_cache(root, key), False
 
 
@@ -137,15 +121,16 @@ def cached_features(ctx: Context, model: nn.Module, root: Path, *, encoder_hash:
 
 def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: bool):
     """(encoder module, projector description or None, content hash, path or None)."""
-    from ltscale.stages.pretrain import load_encoder, read_encoder_file
+    from ltscale.stages.pretrain import encoder_from_file_contents, read_encoder_file
 
     b = ctx.recipe.pretrain.backbone
-    if isinstance(encoder, (str, Path)):
-        encoder_path = Path(encoder)
-        encoder = load_encoder(encoder_path, b.name, ctx.recipe.data.channels)
     projector = None
-    if encoder_path is not None:
-        saved = read_encoder_file(encoder_path)
+    if isinstance(encoder, (str, Path)) or encoder_path is not None:
+        encoder_path = Path(encoder if isinstance(encoder, (str, Path)) else encoder_path)
+        saved = read_encoder_file(encoder_path, b.name if isinstance(encoder, (str, Path))
+                                  else None, ctx.recipe.data.channels)  # read once
+        if isinstance(encoder, (str, Path)):
+            encoder = encoder_from_file_contents(saved, encoder_path)
         projector = saved.get("projector")
         digest = file_sha256(encoder_path)
         if need_projector and projector is None:

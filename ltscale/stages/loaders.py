@@ -20,7 +20,8 @@ def settings(ctx: Context, workers: int) -> LoaderSettings:
                           shuffle_buffer=c.shuffle_buffer)
 
 
-def _loader(ctx: Context, dataset, sampler, workers: int, preset=None, evaluation=None):
+def stage_loader(ctx: Context, dataset, sampler, workers: int, preset=None, evaluation=None):
+    """The recipe's loader backend over ``dataset`` in ``sampler`` order, shards checked first."""
     d = ctx.recipe.data
     if not (d.loader.backend == "stream" and d.loader.urls):  # remote shards: nothing local
         check_shards(ctx.index, dataset.rows, d.loader.check)
@@ -41,7 +42,7 @@ def train_loader(ctx: Context, *, augment, batch_size: int, workers: int, seed: 
                            balance=balance, labels=ds.labels, epochs=epochs, rows=ds.rows,
                            shuffle=d.loader.shuffle, block_size=d.loader.block_size,
                            window=d.loader.window)
-    return _loader(ctx, ds, sampler, workers, preset=preset), sampler
+    return stage_loader(ctx, ds, sampler, workers, preset=preset), sampler
 
 
 def eval_loader(ctx: Context, split: str, rows=None, *, labels=None, batch_size: int = 512,
@@ -55,16 +56,24 @@ def eval_loader(ctx: Context, split: str, rows=None, *, labels=None, batch_size:
         ds.labels = np.asarray(labels, dtype=np.int64)
     sampler = EpochSampler(len(ds), batch_size=batch_size, shuffle="none", tail="keep",
                            rows=ds.rows)
-    return _loader(ctx, ds, sampler, workers, evaluation=spec)
+    return stage_loader(ctx, ds, sampler, workers, evaluation=spec)
+
+
+def test_selection(ctx: Context) -> tuple[str, np.ndarray, np.ndarray]:
+    """(split, rows, labels) of the test set every stage evaluates on: the manifest's test role
+    when it has one, else all of ``recipe.eval.split``."""
+    ids, labels = ctx.manifest.rows("test")
+    if len(ids):
+        return ctx.manifest.spec.test.split, ids, labels
+    split = ctx.recipe.eval.split
+    ids = ctx.index.split_ids(split)
+    return split, ids, ctx.index.label[ids]
 
 
 def test_loader(ctx: Context, batch_size: int = 512, workers: int = 0):
-    """The balanced test set: the manifest's test role when it has one, else recipe.eval.split."""
-    ids, labels = ctx.manifest.rows("test")
-    if len(ids):
-        return eval_loader(ctx, ctx.manifest.spec.test.split, ids, labels=labels,
-                           batch_size=batch_size, workers=workers)
-    return eval_loader(ctx, ctx.recipe.eval.split, batch_size=batch_size, workers=workers)
+    """The balanced test set of ``test_selection``."""
+    split, ids, labels = test_selection(ctx)
+    return eval_loader(ctx, split, ids, labels=labels, batch_size=batch_size, workers=workers)
 
 
 def manifest_eval_loader(ctx: Context, batch_size: int = 512, workers: int = 0):

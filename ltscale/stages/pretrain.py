@@ -77,7 +77,11 @@ def load_encoder(path: str | Path, expected_backbone: str | None = None,
                  in_chans: int | None = None) -> torch.nn.Module:
     """Rebuild the encoder of ``path``; with ``expected_backbone`` / ``in_chans`` (the recipe's
     ``pretrain.backbone.name`` / ``data.channels``) a file made for another network is refused."""
-    saved = read_encoder_file(path, expected_backbone, in_chans)
+    return encoder_from_file_contents(read_encoder_file(path, expected_backbone, in_chans), path)
+
+
+def encoder_from_file_contents(saved: dict, path: str | Path) -> torch.nn.Module:
+    """The encoder of an already read (and checked) encoder file."""
     enc = create_backbone(saved["backbone"], in_chans=saved["in_chans"],
                           cifar_stem=saved["cifar_stem"])
     missing, unexpected = enc.load_state_dict(saved["state_dict"], strict=False)
