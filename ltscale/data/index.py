@@ -46,6 +46,7 @@ class ShardIndex:
         self.root = Path(root) if root is not None else None
         self._stored_hash = stored_hash
         self._source = source  # lazily loaded npz path
+        self.hashed_shards: dict[str, tuple] = {}  # shards whose SHA-256 matched (check_shards)
         lengths = {k: len(v) for k, v in {**self._cols, **self._extra}.items()}
         if len(set(lengths.values())) > 1:
             raise DataError(f"index columns have different lengths {lengths}")

@@ -158,12 +158,20 @@ def check_shards(index: ShardIndex, rows: np.ndarray | None = None, mode: str = 
         if not path.exists():
             raise DataError(f"shard {path} is missing; rebuild the dataset with "
                             "`ltscale data build` or restore the file")
-        size = path.stat().st_size
+        st = path.stat()
+        size = st.st_size
         if size != entry["bytes"]:
             raise DataError(f"shard {path} has {size} bytes but was indexed with "
                             f"{entry['bytes']}: it was truncated or changed after indexing; "
                             "refusing to train on it (`ltscale data verify` lists every problem)")
-        if mode == "checksum" and _sha256(path) != entry["sha256"]:
-            raise DataError(f"shard {path}: SHA-256 differs from the one recorded when it was "
-                            "indexed (it changed since); refusing to train on it")
+        if mode == "checksum":
+            # each stage builds several loaders over the same shards: hash a file once per
+            # process unless it changed since (size, mtime, inode)
+            stamp = (size, st.st_mtime_ns, st.st_ino)
+            if index.hashed_shards.get(name) == stamp:
+                continue
+            if _sha256(path) != entry["sha256"]:
+                raise DataError(f"shard {path}: SHA-256 differs from the one recorded when it "
+                                "was indexed (it changed since); refusing to train on it")
+            index.hashed_shards[name] = stamp
     return len(used)

@@ -71,3 +71,24 @@ def test_recipe_names_unknown_presets_and_mismatched_channels(tiny_idx, tmp_path
                              seed=0, epochs=1)
     with pytest.raises(DataError, match=r"1 channel\(s\) but data.mean/data.std give 3"):
         next(iter(loader))
+
+
+def test_checksums_are_computed_once_per_shard_until_the_file_changes(tiny_idx, tmp_path,
+                                                                       monkeypatch):
+    from ltscale.data import verify
+
+    ctx = _ctx(tiny_idx, tmp_path, check="checksum")
+    hashed = []
+    real = verify._sha256
+    monkeypatch.setattr(verify, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    for _ in range(3):  # e.g. the train, kNN bank and kNN query loaders of one stage
+        train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8, workers=0,
+                     seed=0, epochs=1)
+    assert len(hashed) == len(set(hashed)) > 0
+    shard = ctx.index.root / hashed[0]
+    raw = bytearray(shard.read_bytes())
+    raw[int(ctx.index.offset[0]) + 20] ^= 0xFF  # same size, new mtime: hashed again, refused
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="SHA-256 differs"):
+        train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8, workers=0, seed=0,
+                     epochs=1)
