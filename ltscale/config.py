@@ -166,8 +166,16 @@ class RotationCfg(Section):
     name: Literal["rotation"] = "rotation"    # linear head on the encoder; augment.preset rotation
 
 
-MethodCfg = Annotated[Union[SimSiamCfg, SimCLRCfg, MoCoCfg, BYOLCfg, BarlowTwinsCfg, RotationCfg],
-                      Field(discriminator="name")]
+# every method's options, one class per line (the `name` field picks the class)
+_METHOD_CFGS = (
+    SimSiamCfg,
+    SimCLRCfg,
+    MoCoCfg,
+    BYOLCfg,
+    BarlowTwinsCfg,
+    RotationCfg,
+)
+MethodCfg = Annotated[Union[_METHOD_CFGS], Field(discriminator="name")]
 
 
 class OptimCfg(Section):

@@ -1,6 +1,9 @@
 """Pretraining methods by name. A method is an nn.Module holding the encoder and its heads whose
 ``forward(batch)`` returns a dict with a scalar ``loss``; optional hooks the engine calls:
-``param_groups(base_lr)`` and ``after_step(step, total_steps)``."""
+``param_groups()``, ``after_step(step, total_steps)`` and ``set_epoch(epoch, epochs)``.
+
+A method that needs facts about its training set declares them in a class attribute ``needs``
+(names from ``METHOD_INPUTS``); the pretraining stage passes them as keyword arguments."""
 
 from __future__ import annotations
 
@@ -19,14 +22,28 @@ def register_method(name: str):
     return deco
 
 
+# what a method may ask for in ``needs``: the training set it will see, in the dataset's order
+METHOD_INPUTS = {
+    "num_classes": "number of classes of the index",
+    "class_counts": "observed labeled samples per class (list of int)",
+    "labels": "observed label of every training sample, indexed by the batch's positions "
+              "(int64 array; -1 for unlabeled samples)",
+    "num_samples": "number of training samples (positions run 0 … num_samples − 1)",
+}
+
+
+def method_class(name: str):
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    return _METHODS[name]
+
+
 def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
 def create_method(name: str, encoder: nn.Module, **options) -> nn.Module:
-    if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(method_names())}")
-    return _METHODS[name](encoder, **options)
+    return method_class(name)(encoder, **options)
 
 
 from ltscale.methods import (barlow as _barlow, byol as _byol, moco as _moco,  # noqa: E402,F401

@@ -16,7 +16,7 @@ from ltscale.engine.knn import KnnMonitor
 from ltscale.engine.loop import LoopConfig, fit, latest_checkpoint
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import CheckpointError, RecipeError
-from ltscale.methods import create_method
+from ltscale.methods import METHOD_INPUTS, create_method, method_class
 from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone
 from ltscale.stages.context import Context
@@ -94,7 +94,7 @@ def encoder_from_file_contents(saved: dict, path: str | Path) -> torch.nn.Module
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
            optim_cfg, augment, balance: str, max_steps: int | None, monitor: bool,
            settings: dict) -> dict:
-    roles = ("labeled",) if method.uses_labels else ("labeled", "unlabeled")
+    roles = training_roles(method)
     loader, sampler = train_loader(ctx, augment=augment, batch_size=batch_size, workers=workers,
                                    seed=ctx.recipe.seed, epochs=epochs, balance=balance,
                                    roles=roles)
@@ -147,10 +147,35 @@ def _fingerprint(ctx: Context, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def training_roles(method) -> tuple[str, ...]:
+    """The manifest roles a method trains on: labeled only when it uses labels."""
+    return ("labeled",) if method.uses_labels else ("labeled", "unlabeled")
+
+
+def method_inputs(ctx: Context, name: str) -> dict:
+    """The facts about its training set that method ``name`` declares in ``needs``."""
+    cls = method_class(name)
+    needs = tuple(getattr(cls, "needs", ()))
+    unknown = [n for n in needs if n not in METHOD_INPUTS]
+    if unknown:
+        raise RecipeError(f"method {name} needs {unknown}, which the pretraining stage does not "
+                          f"provide (it provides {', '.join(METHOD_INPUTS)})")
+    _, labels = ctx.manifest.rows(*training_roles(cls))
+    available = {"num_classes": ctx.index.num_classes,
+                 "class_counts": ctx.manifest.class_counts().tolist(),
+                 "labels": labels.copy(), "num_samples": len(labels)}
+    return {n: available[n] for n in needs}
+
+
+def build_method(ctx: Context, cfg, encoder: torch.nn.Module):
+    """The method of ``cfg`` (a MethodCfg) around ``encoder``, with the inputs it declares."""
+    opts = cfg.model_dump(exclude={"name"})
+    return create_method(cfg.name, encoder, **opts, **method_inputs(ctx, cfg.name))
+
+
 def run_pretrain(ctx: Context) -> dict:
     p = ctx.recipe.pretrain
-    opts = p.method.model_dump(exclude={"name"})
-    method = create_method(p.method.name, new_encoder(ctx), **opts)
+    method = build_method(ctx, p.method, new_encoder(ctx))
     if p.online_probe:
         method = OnlineProbe(method, ctx.index.num_classes)
     ctx.tracker.log_params(flatten({"pretrain": p.model_dump(), "manifest":
