@@ -221,8 +221,28 @@ class KnnCfg(Section):
     every: int = Field(1, gt=0)               # epochs between evaluations (and the last epoch)
 
 
+Balance = Literal["instance", "class", "sqrt", "progressive"]
+
+
+class PretrainStageCfg(Section):
+    """One stage of a multi-stage pretraining (``pretrain.stages``). Settings left out are taken
+    from ``pretrain``; stage k > 0 starts from stage k − 1's encoder (and whatever else its method
+    takes over in ``init_from``, e.g. FASSL's prototypes)."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its folder and MLflow run
+    method: MethodCfg
+    epochs: int | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, gt=0)
+    max_steps_per_epoch: int | None = Field(None, gt=0)
+    optim: OptimCfg | None = None
+    augment: AugmentCfg | None = None
+    balance: Balance | None = None
+
+
 class PretrainCfg(Section):
     method: MethodCfg = SimSiamCfg()
+    # several methods in sequence, each from the previous one's encoder (e.g. SDCLR → FASSL's
+    # prototype stage → FASSL's student/teacher stage); replaces `method` when given
+    stages: list[PretrainStageCfg] = []
     backbone: BackboneCfg = BackboneCfg()
     epochs: int = Field(800, gt=0)
     batch_size: int = Field(512, gt=0)
@@ -236,6 +256,40 @@ class PretrainCfg(Section):
     balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"
     knn: KnnCfg = KnnCfg()
     online_probe: bool = False  # a linear classifier on detached features, trained alongside
+
+    @model_validator(mode="after")
+    def _stages_or_method(self):
+        if self.stages and "method" in self.model_fields_set:
+            raise ValueError("give either pretrain.method (one stage) or pretrain.stages, not "
+                             "both")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pretrain.stages names must be unique, got {names}")
+        return self
+
+    def resolved_stages(self) -> list["PretrainStageCfg"]:
+        """Every stage with its settings filled in from this section (one stage named
+        ``pretrain`` when no ``stages`` are given)."""
+        if not self.stages:
+            return [PretrainStageCfg(name="pretrain", method=self.method, epochs=self.epochs,
+                                     batch_size=self.batch_size,
+                                     max_steps_per_epoch=self.max_steps_per_epoch,
+                                     optim=self.optim, augment=self.augment,
+                                     balance=self.balance)]
+        out = []
+        for s in self.stages:
+            filled = {k: getattr(self, k) if getattr(s, k) is None else getattr(s, k)
+                      for k in ("epochs", "batch_size", "optim", "augment", "balance")}
+            steps = s.max_steps_per_epoch if s.max_steps_per_epoch is not None \
+                else self.max_steps_per_epoch
+            out.append(PretrainStageCfg(name=s.name, method=s.method, max_steps_per_epoch=steps,
+                                        **filled))
+        return out
+
+    @property
+    def final_method(self):
+        """The method whose encoder pretraining hands to fine-tuning (the last stage's)."""
+        return self.stages[-1].method if self.stages else self.method
 
 
 class LossCfg(Section):
@@ -365,10 +419,10 @@ class Recipe(Section):
 
     @model_validator(mode="after")
     def _head_needs_a_projector(self):
-        if self.finetune.mode in ("proj_head", "last_fc") and \
-                not hasattr(self.pretrain.method, "proj_dim"):
+        method = self.pretrain.final_method
+        if self.finetune.mode in ("proj_head", "last_fc") and not hasattr(method, "proj_dim"):
             raise ValueError(f"finetune.mode {self.finetune.mode} starts from the pretrained "
-                             f"projector, but method {self.pretrain.method.name} has none; use "
+                             f"projector, but method {method.name} has none; use "
                              "finetune.mode linear")
         return self
 

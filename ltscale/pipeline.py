@@ -112,7 +112,7 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
         f"kNN top-1 {knn if knn is None else f'{knn:.4f}'}")
 
     loss = recipe.finetune.loss.name
-    name = f"{recipe.pretrain.method.name} + {loss}"
+    name = f"{recipe.pretrain.final_method.name} + {loss}"
     t = time.perf_counter()
     with _stage(ctx, "finetune"):
         ft = run_finetune(ctx, pre["encoder"], "finetune", pre["encoder"])

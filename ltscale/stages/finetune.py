@@ -143,7 +143,7 @@ def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: 
         digest = module_sha256(encoder)
         if need_projector:  # an encoder without a file (the random-encoder baseline): a
             torch.manual_seed(ctx.recipe.seed)  # freshly initialised projector layer
-            p = ctx.recipe.pretrain.method
+            p = ctx.recipe.pretrain.final_method
             layer = projector_layer(encoder.feat_dim, p.proj_dim)
             projector = {"dims": [encoder.feat_dim, p.proj_dim],
                          "state_dict": layer.state_dict(), "random": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -173,20 +174,57 @@ def build_method(ctx: Context, cfg, encoder: torch.nn.Module):
     return create_method(cfg.name, encoder, **opts, **method_inputs(ctx, cfg.name))
 
 
+def _unwrap(method):
+    """The method inside an online probe."""
+    return method.method if isinstance(method, OnlineProbe) else method
+
+
+def _start_from(ctx: Context, method, previous, stage: str) -> None:
+    """Stage ``stage`` starts from the previous stage's method: its encoder weights, then what
+    the new method takes over itself (``init_from``, e.g. FASSL's prototypes)."""
+    new, old = _unwrap(method), _unwrap(previous)
+    new.encoder.load_state_dict(old.encoder.state_dict())
+    hook = getattr(new, "init_from", None)
+    if hook is not None:
+        hook(old)
+    ctx.log(f"pretrain/{stage}: starts from the previous stage's {type(old).__name__}")
+
+
 def run_pretrain(ctx: Context) -> dict:
+    """Every pretraining stage in order (one unless ``pretrain.stages``); the last one's encoder
+    is the result. Each stage of several is a nested MLflow run and folder ``pretrain/<name>``,
+    and resumes from its own checkpoints."""
     p = ctx.recipe.pretrain
-    method = build_method(ctx, p.method, new_encoder(ctx))
-    if p.online_probe:
-        method = OnlineProbe(method, ctx.index.num_classes)
+    stages = p.resolved_stages()
     ctx.tracker.log_params(flatten({"pretrain": p.model_dump(), "manifest":
                                     ctx.recipe.manifest.model_dump()}))
-    result = _train(ctx, method, name="pretrain", epochs=p.epochs, batch_size=p.batch_size,
-                    workers=p.workers, optim_cfg=p.optim, augment=p.augment, balance=p.balance,
-                    max_steps=p.max_steps_per_epoch,
-                    monitor=True, settings=p.model_dump())
+    common = p.model_dump(exclude={"stages", "method"})
+    previous, chain, result = None, [], None
+    for i, stage in enumerate(stages):
+        method = build_method(ctx, stage.method, new_encoder(ctx))
+        if p.online_probe:
+            method = OnlineProbe(method, ctx.index.num_classes)
+        if previous is not None:
+            _start_from(ctx, method, previous, stage.name)
+        # a stage's checkpoints belong to it and to the stages before it
+        settings = common | stage.model_dump() | {"after": list(chain)}
+        name = "pretrain" if len(stages) == 1 else f"pretrain/{stage.name}"
+        run = (ctx.tracker.run(name, nested=True, tags={"ltscale.stage": "pretrain",
+                                                        "ltscale.pretrain_stage": stage.name})
+               if len(stages) > 1 else contextlib.nullcontext())
+        with run:
+            if len(stages) > 1:
+                ctx.tracker.log_params(flatten({"stage": stage.model_dump(), "index": i}))
+            result = _train(ctx, method, name=name, epochs=stage.epochs,
+                            batch_size=stage.batch_size, workers=p.workers,
+                            optim_cfg=stage.optim, augment=stage.augment,
+                            balance=stage.balance, max_steps=stage.max_steps_per_epoch,
+                            monitor=True, settings=settings)
+            ctx.tracker.log_metrics({"pretrain/seconds": result["seconds"]})
+        chain.append(stage.model_dump())
+        previous = result["method"]
     ctx.tracker.set_tags({"ltscale.encoder": str(result["encoder"].resolve()),
                           "ltscale.checkpoint": str(result["checkpoint"].resolve())})
-    ctx.tracker.log_metrics({"pretrain/seconds": result["seconds"]})
     return result
 
 
