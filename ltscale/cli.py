@@ -213,10 +213,23 @@ def cmd_eval(args):
 
 
 def cmd_run(args):
+    from ltscale.sweep import expand
+
+    overrides = list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.source.path={args.data}")
+    points = expand(args.recipe, overrides)  # every sweep point validated before any work
+    for i, (point, recipe) in enumerate(points):
+        if point:
+            print(f"sweep point {i + 1}/{len(points)}: "
+                  + ", ".join(f"{k}={v}" for k, v in point.items()))
+        _run_one(recipe, args)
+
+
+def _run_one(recipe, args):
     from ltscale.pipeline import run_pipeline
     from ltscale.track import default_tracking_uri
 
-    recipe = _recipe(args)
     tracker = _tracker(recipe, not args.no_track)
     summary = run_pipeline(recipe, tracker)
     uri = recipe.tracking.uri or default_tracking_uri()

@@ -399,6 +399,23 @@ class TrackingCfg(Section):
     experiment: str = "ltscale"
 
 
+class ReferenceCell(Section):
+    """One figure a paper reports for this experiment."""
+    where: dict[str, Any] = {}   # the sweep point it belongs to (dotted key → value); {}: any
+    model: str                   # the report's model name, e.g. "simsiam + la_sl", "scratch + ce"
+    metric: Literal["top1", "top5", "many", "medium", "few", "frequent", "rare",
+                    "balanced_acc"] = "top1"
+    value: float = Field(ge=0, le=100)  # in percent, as printed in the paper
+
+
+class ReferenceCfg(Section):
+    """Where the expected figures come from, so `ltscale compare` can set ours beside them."""
+    paper: str = Field(min_length=1)   # e.g. "000 Karthik et al. 2021" (see ../shared/papers)
+    table: str = Field(min_length=1)   # e.g. "Table 1", "Figure 3"
+    note: str | None = None            # how the setting differs from the paper's, if it does
+    cells: list[ReferenceCell] = Field(min_length=1)
+
+
 class Recipe(Section):
     name: str = "quickstart"
     seed: int = 0
@@ -416,6 +433,32 @@ class Recipe(Section):
     baselines: BaselinesCfg = BaselinesCfg()
     eval: EvalCfg = EvalCfg()
     tracking: TrackingCfg = TrackingCfg()
+    # a grid of runs: dotted recipe key → the values it takes (`ltscale run` runs every point,
+    # `ltscale submit` sends them as a job array); each point is validated as a recipe of its own
+    sweep: dict[str, list[Any]] = {}
+    reference: ReferenceCfg | None = None  # the paper's figures for this experiment
+
+    @field_validator("sweep")
+    @classmethod
+    def _grid(cls, v):
+        for key, values in v.items():
+            if not values:
+                raise ValueError(f"sweep.{key} has no values")
+            if key.split(".")[0] in ("sweep", "reference", "output_dir"):
+                raise ValueError(f"sweep.{key}: this key cannot be swept")
+        return v
+
+    @model_validator(mode="after")
+    def _cells_on_the_grid(self):
+        for i, cell in enumerate(self.reference.cells if self.reference else []):
+            for key, value in cell.where.items():
+                if key not in self.sweep:
+                    raise ValueError(f"reference.cells.{i}.where: {key} is not a sweep key "
+                                     f"(sweep keys: {', '.join(self.sweep) or 'none'})")
+                if value not in self.sweep[key]:
+                    raise ValueError(f"reference.cells.{i}.where: {key}={value!r} is not one "
+                                     f"of the sweep's values {self.sweep[key]}")
+        return self
 
     @model_validator(mode="after")
     def _head_needs_a_projector(self):
