@@ -166,6 +166,79 @@ class RotationCfg(Section):
     name: Literal["rotation"] = "rotation"    # linear head on the encoder; augment.preset rotation
 
 
+class SDCLRCfg(Section):
+    name: Literal["sdclr"] = "sdclr"
+    proj_dim: int = Field(512, gt=0)          # SDCLR's ResNet-18 head: hidden = feature width 512
+    out_dim: int = Field(128, gt=0)           # SDCLR: 128
+    proj_layers: int = Field(3, ge=2)         # SDCLR's head: 3 Linear layers
+    temperature: float = Field(0.2, gt=0)     # NT-Xent T; SDCLR's CIFAR-LT runs: 0.2
+    prune_ratio: float = Field(0.9, ge=0, lt=1)  # fraction of conv/linear weights the pruned
+    #                                           branch zeroes; SDCLR: 0.9 CIFAR, 0.3 ImageNet
+    prune_scope: Literal["layer", "global"] = "layer"  # ratio per weight tensor, or one global
+    #                                           threshold (SDCLR's released code)
+    dual_bn: bool = True                      # pruned branch has its own BN (SDCLR --prune_dual_bn)
+
+
+class FASSLProtoCfg(Section):
+    name: Literal["fassl_proto"] = "fassl_proto"  # FASSL stage one: prototype learning
+    proj_dim: int = Field(512, gt=0)          # as the sdclr stage whose projector it takes over
+    out_dim: int = Field(128, gt=0)           # D, the prototypes' width
+    proj_layers: int = Field(3, ge=2)
+    prototypes: int = Field(128, gt=0)        # K; FASSL: 128 (64–512 within 0.5 points)
+    beta: float = Field(0.2, gt=0)            # β: temperature of Eq. 2's NT-Xent over h = P·z
+
+
+class FASSLCfg(Section):
+    name: Literal["fassl"] = "fassl"          # FASSL stage two: after a fassl_proto stage
+    proj_dim: int = Field(512, gt=0)          # proj_dim, out_dim, proj_layers, prototypes: as
+    out_dim: int = Field(128, gt=0)           # the fassl_proto stage before it
+    proj_layers: int = Field(3, ge=2)
+    pred_dim: int = Field(512, gt=0)          # student MLP (predictor) hidden width; not in paper
+    prototypes: int = Field(128, gt=0)        # K
+    momentum: float = Field(0.99, ge=0, le=1)  # teacher EMA τ; FASSL: 0.99 (Table 3)
+    weight_clip: float = Field(3.0, ge=0)     # log-weights clipped to batch mean ± this many
+    #                                           std ("clip outliers", value not given); 0: off
+
+
+# Label-aware contrastive pretraining (trains on the labeled role): SupCon, KCL, SBCL.
+class SupConCfg(Section):
+    name: Literal["supcon"] = "supcon"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)           # SupCon: 128
+    proj_layers: int = Field(2, ge=2)
+    temperature: float = Field(0.1, gt=0)     # τ; SupCon paper and SBCL's SCL runs: 0.1
+
+
+class KCLCfg(Section):
+    name: Literal["kcl"] = "kcl"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)
+    proj_layers: int = Field(2, ge=2)
+    temperature: float = Field(0.1, gt=0)     # τ, as SupCon's (SBCL's KCL baseline)
+    k: int = Field(6, ge=1)                   # positives drawn per anchor besides its own other
+    #                                           view; KCL: 6
+
+
+class SBCLCfg(Section):
+    # defaults: SBCL's appendix values are not in our copy of the paper; these are the authors'
+    # CIFAR-LT release (τ1 0.1, β 0.25, δ 10, α 10, K 10, 10 warm-up epochs)
+    name: Literal["sbcl"] = "sbcl"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)
+    proj_layers: int = Field(2, ge=2)
+    tau1: float = Field(0.1, gt=0)            # τ1: subclass term's temperature (and warm-up τ)
+    beta: float = Field(0.25, ge=0)           # β: weight of the class term (eq. 4); 0.25
+    delta: int = Field(10, ge=1)              # δ: subclass cap M = max(n_C, δ), n_C the smallest
+    #                                           class (eq. 3); 10
+    alpha: float = Field(10.0, gt=0)          # α in φ(c)'s log(n_c + α) (eq. 5); 10
+    warmup_epochs: int = Field(10, ge=0)      # T0: epochs of plain SupCon/KCL first; 10
+    warmup_loss: Literal["supcon", "kcl"] = "supcon"  # the warm-up loss (SBCL: SCL or KCL)
+    k: int = Field(6, ge=1)                   # KCL positives, when warmup_loss is kcl; 6
+    update_every: int = Field(10, ge=1)       # K: epochs between re-clustering + τ2 updates; 10
+    cluster_iters: int = Field(10, ge=0)      # balanced k-means iterations after the
+    #                                           farthest-first start (Algorithm 1's K)
+
+
 # every method's options, one class per line (the `name` field picks the class)
 _METHOD_CFGS = (
     SimSiamCfg,
@@ -174,6 +247,12 @@ _METHOD_CFGS = (
     BYOLCfg,
     BarlowTwinsCfg,
     RotationCfg,
+    SDCLRCfg,
+    FASSLProtoCfg,
+    FASSLCfg,
+    SupConCfg,
+    KCLCfg,
+    SBCLCfg,
 )
 MethodCfg = Annotated[Union[_METHOD_CFGS], Field(discriminator="name")]
 
@@ -366,6 +445,29 @@ class BaselinesCfg(Section):
     ce_scratch: ScratchCfg = ScratchCfg()
 
 
+class SelfTrainCfg(Section):
+    # Yang & Xu 2020 §2: a teacher trained on D_L pseudo-labels the manifest's unlabeled pool D_U
+    # (manifest.unlabeled), then a student learns D_L ∪ pseudo-labelled D_U with L(D_L) + ω·L(D_U)
+    enabled: bool = False
+    teacher: Literal["finetune", "ce_scratch"] = "finetune"  # the pipeline's fine-tuned model,
+    #   or the CE-from-scratch baseline (trained here when baselines.ce_scratch is off)
+    threshold: float = Field(0.0, ge=0, le=1)  # keep a pseudo-label when the teacher's softmax
+    #   probability is at least this; 0: keep every argmax (the paper)
+    weight: float = Field(1.0, ge=0)          # ω on the pseudo-labelled samples' loss; 1 (the
+    #   paper's reference code simply concatenates D_U with its pseudo-labels)
+    init: Literal["scratch", "pretrained"] = "scratch"  # the student's encoder: freshly
+    #   initialised (the paper), or the pretrain stage's encoder
+    epochs: int = Field(10, gt=0)             # student epochs over D_L ∪ D_U
+    batch_size: int = Field(256, gt=0)
+    max_steps_per_epoch: int | None = Field(None, gt=0)  # cap on student steps per epoch
+    loss: LossCfg = LossCfg(name="ce")        # the student's loss (ce, ldam_drw, …; counts of
+    #   D_L ∪ pseudo-labelled D_U)
+    optim: OptimCfg = OptimCfg(lr=0.1, warmup_epochs=1)  # the student's optimizer and schedule
+    augment: AugmentCfg = AugmentCfg(preset="supervised_cifar")  # the student's training views
+    balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"  # student sampling
+    workers: int = Field(2, ge=0)             # loader workers (pseudo-labelling and student)
+
+
 class EvalCfg(Section):
     split: str = "test"
     many_threshold: int = 100   # classes with > this many training images are Many-shot
@@ -431,6 +533,7 @@ class Recipe(Section):
     pretrain: PretrainCfg = PretrainCfg()
     finetune: FinetuneCfg = FinetuneCfg()
     baselines: BaselinesCfg = BaselinesCfg()
+    selftrain: SelfTrainCfg = SelfTrainCfg()
     eval: EvalCfg = EvalCfg()
     tracking: TrackingCfg = TrackingCfg()
     # a grid of runs: dotted recipe key → the values it takes (`ltscale run` runs every point,
@@ -491,7 +594,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecipeError(f"override {text!r} must look like key.sub=value")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value)
+    try:  # values are data: safe_load refuses tags such as !!python/object
+        return key.strip().split("."), yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"override {text!r}: {key.strip()} is not a valid YAML value "
+                          f"({' '.join(str(exc).split())})") from None
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:

@@ -49,3 +49,6 @@ def create_method(name: str, encoder: nn.Module, **options) -> nn.Module:
 from ltscale.methods import (barlow as _barlow, byol as _byol, moco as _moco,  # noqa: E402,F401
                              rotation as _rotation, simclr as _simclr, simsiam as _simsiam,
                              supervised as _supervised)
+from ltscale.methods import (fassl as _fassl, fassl_proto as _fassl_proto,  # noqa: E402,F401
+                             sdclr as _sdclr)
+from ltscale.methods import sbcl as _sbcl, supcon as _supcon  # noqa: E402,F401

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltscale.methods import create_method, method_names
+from ltscale.methods import create_method, method_class, method_names
 from ltscale.methods.ema import cosine_momentum
 from ltscale.models import create_backbone
 
@@ -24,7 +24,18 @@ SMALL = {
     "barlow_twins": dict(proj_dim=32, out_dim=32),
     "rotation": dict(),
     "supervised": dict(num_classes=4, class_counts=[4, 2, 1, 1]),
+    "sdclr": dict(proj_dim=32, out_dim=16, prune_ratio=0.5),
+    "fassl_proto": dict(proj_dim=32, out_dim=16, prototypes=8),
+    "fassl": dict(proj_dim=32, out_dim=16, pred_dim=32, prototypes=8),
+    "supcon": dict(proj_dim=32, out_dim=16),
+    "kcl": dict(proj_dim=32, out_dim=16, k=2),
+    "sbcl": dict(proj_dim=32, out_dim=16, labels=[i % 4 for i in range(8)], num_classes=4),
 }
+# label-aware pretraining methods (they train on the labeled role)
+LABEL_AWARE = {"supcon", "kcl", "sbcl"}
+# the training set facts of a method's ``needs`` for the config test below: batch_for's labels
+NEEDS = {"labels": [i % 4 for i in range(8)], "num_classes": 4, "num_samples": 8,
+         "class_counts": [2, 2, 2, 2]}
 
 
 def build(name, seed=0, **extra):
@@ -41,6 +52,8 @@ def batch_for(method, seed=1):
     if v == 4:  # the rotation preset's layout: view k is view 0 rotated by k·90°
         x = torch.stack([torch.rot90(x[:, 0], k, dims=(2, 3)) for k in range(4)], dim=1)
     y = torch.arange(B) % 4
+    if "labels" in getattr(method, "needs", ()):  # looks samples up by position
+        return x, y, torch.arange(B)
     return x, y
 
 
@@ -278,10 +291,11 @@ def test_every_method_config_builds_its_method_with_the_defaults():
     for cls in cfgs:
         cfg = cls()
         names.add(cfg.name)
+        needs = {n: NEEDS[n] for n in getattr(method_class(cfg.name), "needs", ())}
         method = create_method(cfg.name, create_backbone("resnet_tiny", in_chans=3),
-                               **cfg.model_dump(exclude={"name"}))
+                               **cfg.model_dump(exclude={"name"}), **needs)
         assert recipe_from_dict({"pretrain": {"method": {"name": cfg.name}}}).pretrain.method == cfg
-        assert not method.uses_labels
+        assert method.uses_labels == (cfg.name in LABEL_AWARE)
     assert names == set(method_names()) - {"supervised"}
 
 
