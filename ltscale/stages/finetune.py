@@ -218,7 +218,9 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
 
         head_encoder = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
         encoder, digest = method.encoder.to(device).eval(), file_sha256(head_encoder)
-        head = Head(head_spec(encoder.feat_dim, ctx.index.num_classes, standardize=False))
+        kind = method.classifier_kind  # cosine for LDAM losses
+        head = Head(head_spec(encoder.feat_dim, ctx.index.num_classes, standardize=False,
+                              kind=kind, bias=kind == "linear"))
         head.classifier.load_state_dict(method.classifier.state_dict())
         metrics["finetune/trainable_parameters"] = e2e["trainable_parameters"]
         last = e2e["history"][-1] if e2e["history"] else {}
