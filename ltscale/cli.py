@@ -26,6 +26,19 @@ def _tracker(recipe, enabled: bool = True):
     return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment) if enabled else NullTracker()
 
 
+def _source_tags(ref: str) -> dict[str, str]:
+    """Lineage: ``--from`` given as an MLflow run id names the run this one starts from."""
+    from pathlib import Path
+
+    return {} if Path(ref).exists() or "/" in ref else {"ltscale.source_run": ref}
+
+
+def flatten(d: dict) -> dict:
+    from ltscale.config import flatten as _flatten
+
+    return _flatten(d)
+
+
 def _options(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -139,6 +152,7 @@ def cmd_pretrain(args):
     with tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("pretrain"))
+        tracker.log_params(flatten(recipe.model_dump()))
         result = run_pretrain(ctx)
     if ctx.backend.is_main:
         print(f"encoder written to {result['encoder']}")
@@ -158,7 +172,9 @@ def cmd_finetune(args):
     tracker = _tracker(recipe, not args.no_track)
     with tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
         ctx = make_context(recipe, tracker)
-        tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)})
+        tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)}
+                         | _source_tags(args.source))
+        tracker.log_params(flatten(recipe.model_dump()))
         result = run_finetune(ctx, encoder_path, "finetune")
         metrics = evaluate_logits(ctx, result["logits"], result["targets"])
     stage = recipe.finetune.classifier_stage
@@ -198,7 +214,9 @@ def cmd_eval(args):
     tracker = _tracker(recipe, not args.no_track)
     with tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
         ctx = make_context(recipe, tracker)
-        tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)})
+        tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)}
+                         | _source_tags(args.source))
+        tracker.log_params(flatten(recipe.model_dump()))
         encoder = load_encoder(encoder_ref).to(ctx.device)
         feats, targets = encode(encoder, test_loader(ctx), ctx.device)
         with torch.no_grad():
@@ -241,6 +259,90 @@ def _run_one(recipe, args):
     if not args.no_track:
         print(f"MLflow parent run {summary['parent_run_id']} in {uri}")
         print(f"browse it with: mlflow ui --backend-store-uri {uri}")
+
+
+def cmd_submit(args):
+    from pathlib import Path
+
+    from ltscale.launch.options import SubmitOptions, parse_time
+    from ltscale.launch.submit import dry_run_text, plan_submission, submit
+    from ltscale.launch.templates import render_sbatch
+
+    extra = _options(args.sbatch_option) if args.sbatch_option else {}
+    opts = SubmitOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                         tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
+                         partition=args.partition, time_min=parse_time(args.time),
+                         account=args.account, qos=args.qos, constraint=args.constraint,
+                         mem=args.mem, name=args.name or "ltscale",
+                         signal_delay_s=args.signal_delay, max_requeue=args.max_requeue,
+                         extra={k.replace("_", "-"): v for k, v in extra.items()})
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.source.path={args.data}")
+    plan = plan_submission(args.command_name, args.recipe, overrides, args.sweep, opts,
+                           cluster=args.cluster, folder=args.folder,
+                           dry_run=args.dry_run or bool(args.sbatch))
+    if args.sbatch:
+        from ltscale.atomic import write_text_atomic
+
+        write_text_atomic(args.sbatch, render_sbatch(opts, plan.argvs))
+        Path(args.sbatch).chmod(0o755)
+        print(f"wrote {args.sbatch} (srun + torchrun; submit it with: sbatch {args.sbatch})")
+        return 0
+    if args.dry_run:
+        print(dry_run_text(plan))
+        return 0
+    jobs = submit(plan)
+    if args.wait:
+        from ltscale.launch.submit import wait_for
+
+        wait_for(jobs, plan.cluster)
+        failed = 0
+        for job in jobs:
+            try:
+                job.results()
+                print(f"job {job.job_id}: done")
+            except Exception as exc:  # noqa: BLE001 - report every job, then the status
+                failed += 1
+                print(f"job {job.job_id}: failed: {str(exc).strip().splitlines()[-1]}",
+                      file=sys.stderr)
+        return 1 if failed else 0
+    return 0
+
+
+def cmd_compare(args):
+    from pathlib import Path
+
+    from ltscale.eval import compare as c
+    from ltscale.track import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    runs = c.load_runs(args.experiment, uri, stage=args.stage)
+    metrics = c.resolve_metrics(runs, args.metric)
+    group_by = list(args.group_by)
+    for key in (args.rows or []) + (args.cols or []) + ([args.x] if args.x else []):
+        if key not in group_by:
+            group_by.append(key)
+    groups = c.group_runs(runs, group_by, metrics)
+    if args.rows or args.cols:
+        header, rows = c.pivot_rows(groups, group_by, args.rows or [], args.cols or [], metrics,
+                                    args.format)
+    else:
+        header, rows = c.table_rows(groups, group_by, metrics, args.format)
+    text = c.render(header, rows, args.format)
+    if args.out:
+        from ltscale.atomic import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    print(text, end="")
+    if args.plots:
+        out = Path(args.plots)
+        print(f"plot: {c.plot_bars(groups, group_by, metrics, out / 'compare_bars.png')}")
+        if args.x:
+            for m in metrics:
+                name = f"compare_{m.replace('/', '_')}_vs_{args.x.replace('.', '_')}.png"
+                print(f"plot: {c.plot_curves(groups, group_by, args.x, m, out / name)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,6 +472,66 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--data", help="folder of the raw dataset (sets data.source.path)")
         s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
         s.set_defaults(func=func)
+    sm = sub.add_parser("submit", help="a recipe as a SLURM job (job array for a sweep) "
+                        "through submitit")
+    sm.add_argument("recipe")
+    sm.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
+    sm.add_argument("--command", dest="command_name", default="run", choices=["run", "pretrain"],
+                    help="the ltscale command every task runs (default: run)")
+    sm.add_argument("--nodes", type=int, default=1)
+    sm.add_argument("--gpus-per-node", type=int, default=0)
+    sm.add_argument("--tasks-per-node", type=int, default=None,
+                    help="processes per node (default: one per GPU, or 1 without GPUs)")
+    sm.add_argument("--cpus-per-task", type=int, default=None)
+    sm.add_argument("--partition", default=None)
+    sm.add_argument("--time", default="60", help="time limit: minutes or [D-]HH:MM:SS")
+    sm.add_argument("--account", default=None)
+    sm.add_argument("--qos", default=None)
+    sm.add_argument("--constraint", default=None)
+    sm.add_argument("--mem", default=None, help="memory per node, SLURM syntax (e.g. 64G)")
+    sm.add_argument("--name", default=None, help="job name (default: ltscale)")
+    sm.add_argument("--sbatch-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further #SBATCH setting, e.g. exclusive=user (repeatable)")
+    sm.add_argument("--signal-delay", type=int, default=90,
+                    help="seconds before the time limit the job is signalled to requeue")
+    sm.add_argument("--max-requeue", type=int, default=3,
+                    help="how many timeouts/preemptions a job may survive")
+    sm.add_argument("--sweep", nargs="+", default=[], metavar="KEY=V1,V2",
+                    help="sweep axes (e.g. seed=0,1,2 manifest.noise=sym:0.2,sym:0.4): one "
+                    "array task per point of their product")
+    sm.add_argument("--cluster", default="slurm", choices=["slurm", "local"],
+                    help="slurm, or local: the same job code on this machine (submitit's "
+                    "LocalExecutor)")
+    sm.add_argument("--folder", default="runs/submitit",
+                    help="submitit's folder: logs, pickles, jobs.jsonl (shared with the nodes)")
+    sm.add_argument("--data", help="folder of the raw dataset (sets data.source.path)")
+    sm.add_argument("--dry-run", action="store_true", help="print what would be submitted")
+    sm.add_argument("--sbatch", metavar="FILE", help="write an srun + torchrun batch script "
+                    "for these options instead of submitting")
+    sm.add_argument("--wait", action="store_true", help="wait for the jobs and report them")
+    sm.set_defaults(func=cmd_submit)
+
+    cp = sub.add_parser("compare", help="runs of an experiment grouped by recipe keys, "
+                        "mean ± std over seeds")
+    cp.add_argument("experiment")
+    cp.add_argument("--group-by", nargs="+", default=[], metavar="KEY",
+                    help="recipe keys to group by (e.g. finetune.loss.name manifest.noise)")
+    cp.add_argument("--metric", nargs="+", default=None, metavar="NAME",
+                    help="metrics (default: many medium few top1; test/ may be left out)")
+    cp.add_argument("--format", default="md", choices=["md", "csv"])
+    cp.add_argument("--rows", nargs="+", default=None, metavar="KEY",
+                    help="paper layout: keys whose values make the rows")
+    cp.add_argument("--cols", nargs="+", default=None, metavar="KEY",
+                    help="paper layout: keys whose values make the columns")
+    cp.add_argument("--stage", default="eval", help="runs of this stage (default: eval)")
+    cp.add_argument("--plots", metavar="DIR", help="write grouped bars (and curves with --x) "
+                    "as PNG into DIR")
+    cp.add_argument("--x", default=None, metavar="KEY",
+                    help="numeric key for curves (e.g. manifest.noise, sym:0.4 → 0.4)")
+    cp.add_argument("--out", metavar="FILE", help="also write the table to FILE")
+    cp.add_argument("--tracking-uri", default=None,
+                    help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    cp.set_defaults(func=cmd_compare)
     return p
 
 

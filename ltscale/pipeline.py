@@ -3,9 +3,12 @@ with a child run per stage."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
+
+import yaml
 
 from ltscale.config import Recipe, flatten
 from ltscale.data.manifest_stats import manifest_stats
@@ -15,10 +18,17 @@ from ltscale.eval.aggregate import merge_seeds
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
 from ltscale.stages.finetune import predict_images, run_finetune
 from ltscale.stages.pretrain import new_encoder, run_pretrain, run_scratch
+from ltscale.stages.selftrain import check_pool, run_selftrain
 
 
-def _stage(ctx: Context, name: str):
-    return ctx.tracker.run(name, nested=True, tags=ctx.tags(name))
+@contextlib.contextmanager
+def _stage(ctx: Context, name: str, source: str | None = None):
+    """A child run: the stage's tags, the resolved recipe as params and, when the stage starts
+    from another one's output, that run's id (``ltscale.source_run``: lineage)."""
+    tags = ctx.tags(name) | ({"ltscale.source_run": source} if source else {})
+    with ctx.tracker.run(name, nested=True, tags=tags) as run:
+        ctx.tracker.log_params(flatten(ctx.recipe.model_dump()))
+        yield run
 
 
 def _seed_recipe(recipe: Recipe, seed: int, several: bool) -> Recipe:
@@ -37,6 +47,8 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print) -> d
     runs = []
     with tracker.run(recipe.name, tags={"ltscale.stage": "pipeline"}):
         tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False),
+                         "recipe.yaml")
         parent_id = tracker.run_id
         for seed in seeds:
             r = _seed_recipe(recipe, seed, several)
@@ -93,12 +105,16 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
         ctx = make_context(recipe, tracker, progress)
         stats = manifest_stats(ctx.manifest)
         tracker.set_tags(ctx.tags("data"))
+        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_text(json.dumps(ctx.manifest.header, indent=2, default=str),
+                         "manifest_header.json")
         tracker.log_metrics({"manifest/samples": stats["samples"],
                              "manifest/noise_rate": stats["noise_rate"],
                              "manifest/imbalance_ratio": stats["imbalance_ratio"]})
         tracker.log_artifact(ctx.manifest_path)
         tracker.log_artifact(Path(recipe.data.shards) / "card.json")
     timings["data"] = time.perf_counter() - t
+    check_pool(ctx)  # self-training without an unlabeled pool stops before any training
     tracker.set_tags(ctx.tags("pipeline"))
     log(f"data: {stats['samples']} training images, imbalance {stats['imbalance_ratio']:.0f}, "
         f"realised noise {stats['noise_rate']:.3f}, manifest {ctx.manifest.hash}")
@@ -106,6 +122,7 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
     t = time.perf_counter()
     with _stage(ctx, "pretrain"):
         pre = run_pretrain(ctx)
+        pretrain_run = tracker.run_id
     timings["pretrain"] = time.perf_counter() - t
     knn = pre["history"][-1].get("knn/top1")
     log(f"pretrain: {len(pre['history'])} epochs in {timings['pretrain']:.0f}s, "
@@ -114,12 +131,13 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
     loss = recipe.finetune.loss.name
     name = f"{recipe.pretrain.final_method.name} + {loss}"
     t = time.perf_counter()
-    with _stage(ctx, "finetune"):
+    with _stage(ctx, "finetune", source=pretrain_run):
         ft = run_finetune(ctx, pre["encoder"], "finetune", pre["encoder"])
+        finetune_run = tracker.run_id
         tracker.set_tags({"ltscale.encoder": str(pre["encoder"].resolve())})
     timings["finetune"] = time.perf_counter() - t
     t = time.perf_counter()
-    with _stage(ctx, "eval"):
+    with _stage(ctx, "eval", source=finetune_run):
         results[name] = evaluate_logits(ctx, ft["logits"], ft["targets"])
         if (n := _noise(ctx, ft)) is not None:
             noise[name] = n
@@ -132,6 +150,7 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
             results[f"random encoder + {loss}"] = evaluate_logits(
                 ctx, base["logits"], base["targets"])
         timings["baseline_random_encoder"] = time.perf_counter() - t
+    scratch = None
     if recipe.baselines.ce_scratch.enabled:
         t = time.perf_counter()
         with _stage(ctx, "baseline_ce_scratch"):
@@ -140,4 +159,10 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
             results[f"scratch + {recipe.baselines.ce_scratch.loss.name}"] = evaluate_logits(
                 ctx, logits, targets)
         timings["baseline_ce_scratch"] = time.perf_counter() - t
+    if recipe.selftrain.enabled:  # teacher → pseudo-labels for D_U → student (Yang & Xu 2020)
+        t = time.perf_counter()
+        with _stage(ctx, "selftrain"):
+            st = run_selftrain(ctx, ft, pre["encoder"], scratch)
+            results[st["name"]] = evaluate_logits(ctx, st["logits"], st["targets"])
+        timings["selftrain"] = time.perf_counter() - t
     return {"ctx": ctx, "results": results, "noise": noise, "timings": timings, "knn": knn}

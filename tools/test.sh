@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-data.sh
 bash tools/venv.sh test
+# a one-node SLURM cluster for tests/slurm and the requeue test (needs root + apt); where SLURM
+# cannot be installed those tests skip and say why
+bash tools/slurm-local.sh || echo "tools/test.sh: tools/slurm-local.sh failed (see above)" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
+
+from ltscale.track.ledger import RunLedger
 
 
 def default_tracking_uri() -> str:
@@ -26,6 +30,8 @@ class Tracker(Protocol):
     def set_tags(self, tags: dict[str, Any]) -> None: ...
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_text(self, text: str, artifact_file: str) -> None: ...
 
 
 class NullTracker:
@@ -47,9 +53,60 @@ class NullTracker:
     def log_artifact(self, path, artifact_path=None):
         pass
 
+    def log_text(self, text, artifact_file):
+        pass
+
+
+def _transient(exc: BaseException) -> bool:
+    """A SQLite lock or a get-or-create race between processes sharing one store."""
+    text = str(exc).lower()
+    return any(s in text for s in ("database is locked", "already exists", "unique constraint",
+                                   "database table is locked"))
+
+
+def _retry(fn, *args, attempts: int = 20, **kwargs):
+    """``fn`` retried with backoff while another process holds the SQLite store (several ranks'
+    jobs, sweep points or processes may log to one ``mlflow.db``)."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - MlflowException or SQLAlchemy errors
+            if attempt == attempts - 1 or not _transient(exc):
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock on ``<db>.lock`` beside a SQLite store while it is opened: MLflow
+    creates and migrates the tables on first use, and two processes doing that at once leave
+    a half-migrated database."""
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0]) if uri.startswith("sqlite:///") else None
+    if db is None or db.name in ("", ":memory:"):
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
 
 class MlflowTracker:
-    def __init__(self, uri: str | None = None, experiment: str = "ltscale"):
+    """MLflow runs of one process (rank 0). Nested runs carry ``ltscale.parent_run``; a run that
+    ends with an exception is marked FAILED with the error in ``ltscale.error`` (KILLED when the
+    process is told to exit, e.g. preempted). With a ledger (``$LTSCALE_MLFLOW_LEDGER``, set by
+    ``ltscale submit``) a requeued job continues its previous runs and skips every metric step
+    they already hold, so no step is logged twice."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "ltscale",
+                 ledger: RunLedger | None = None):
         import logging
 
         import mlflow
@@ -58,32 +115,86 @@ class MlflowTracker:
         self._mlflow = mlflow
         self.uri = uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
-        mlflow.set_experiment(experiment)
+        with _store_lock(self.uri):  # the first process creates the tables, the others wait
+            _retry(mlflow.set_experiment, experiment)
         self.experiment = experiment
+        self.ledger = ledger if ledger is not None else RunLedger.from_env()
+        self._path: list[str] = []
+        self._opened: dict[str, int] = {}
+        self._done_steps: dict[str, dict[str, int]] = {}  # resumed run → metric → last step
 
     @property
     def run_id(self) -> str | None:
         run = self._mlflow.active_run()
         return run.info.run_id if run else None
 
+    def _key(self, name: str) -> str:
+        path = "/".join(self._path + [name])
+        n = self._opened.get(path, 0)
+        self._opened[path] = n + 1
+        return "/".join(self._path + [f"{name}#{n}"])
+
+    def _start(self, name: str, nested: bool, tags: dict):
+        mlflow = self._mlflow
+        key = self._key(name)
+        known = self.ledger.get(key) if self.ledger is not None else None
+        if known is not None:
+            run = _retry(mlflow.start_run, run_id=known, nested=nested)
+            client = mlflow.MlflowClient(self.uri)
+            self._done_steps[known] = {
+                k: max(m.step for m in _retry(client.get_metric_history, known, k))
+                for k in _retry(client.get_run, known).data.metrics}
+            if tags:
+                _retry(mlflow.set_tags, tags)
+        else:
+            run = _retry(mlflow.start_run, run_name=name, nested=nested, tags=tags)
+            if self.ledger is not None:
+                self.ledger.put(key, run.info.run_id)
+        return key, run
+
     @contextlib.contextmanager
     def run(self, name: str, *, nested: bool = False, tags: dict | None = None):
-        with self._mlflow.start_run(run_name=name, nested=nested, tags=tags or {}) as r:
-            yield r
+        parent = self.run_id if nested else None
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent:
+            tags["ltscale.parent_run"] = parent
+        key, run = self._start(name, nested, tags)
+        self._path.append(key.rsplit("/", 1)[-1])
+        try:
+            yield run
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                status = "KILLED"
+            else:
+                status = "FAILED"
+                _retry(self._mlflow.set_tag, "ltscale.error",
+                       f"{type(exc).__name__}: {exc}"[:5000])
+            _retry(self._mlflow.end_run, status)
+            raise
+        else:
+            _retry(self._mlflow.end_run, "FINISHED")
+        finally:
+            self._path.pop()
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 90):
-            self._mlflow.log_params(dict(items[i:i + 90]))
+            _retry(self._mlflow.log_params, dict(items[i:i + 90]))
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items()
                  if v is not None and v == v}
+        done = self._done_steps.get(self.run_id or "")
+        if done:  # a continued run: steps its previous attempt logged are not logged again
+            clean = {k: v for k, v in clean.items() if (step or 0) > done.get(k, -1)}
         if clean:
-            self._mlflow.log_metrics(clean, step=step)
+            _retry(self._mlflow.log_metrics, clean, step=step)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        _retry(self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path)
+        _retry(self._mlflow.log_artifact, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        _retry(self._mlflow.log_text, text, artifact_file)

@@ -1,0 +1,116 @@
+"""`ltscale compare` against eval runs made here with known metrics: groups, mean ± std over
+seeds, CSV, a paper-style layout, plots, and the errors for unknown experiments, keys, metrics."""
+
+import csv
+import io
+
+import mlflow
+import pytest
+
+from ltscale.cli import main
+
+METHODS = {"ce": 0.50, "la_sl": 0.70}     # base accuracy per loss
+NOISE = {"sym:0.2": 0.10, "sym:0.4": 0.0}  # added per noise rate
+SEEDS = (0, 1, 2)
+
+
+def _value(loss, noise, seed, metric):
+    # seeds add 0, 1, 2 points: mean = base + 1 point, sample std = exactly 1 point
+    offset = {"test/many": 0.0, "test/medium": -0.1, "test/few": -0.2, "test/top1": -0.05}[metric]
+    return METHODS[loss] + NOISE[noise] + offset + 0.01 * seed
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    uri = f"sqlite:///{tmp_path_factory.mktemp('cmp') / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("cmp")
+    for loss in METHODS:
+        for noise in NOISE:
+            for seed in SEEDS:
+                run = client.create_run(exp, tags={"ltscale.stage": "eval"})
+                rid = run.info.run_id
+                for k, v in {"finetune.loss.name": loss, "manifest.noise": noise,
+                             "seed": seed, "pretrain.epochs": 4}.items():
+                    client.log_param(rid, k, v)
+                for m in ("test/many", "test/medium", "test/few", "test/top1"):
+                    client.log_metric(rid, m, _value(loss, noise, seed, m))
+                client.set_terminated(rid, "FINISHED")
+    # runs that must not count: a failed eval run and another stage's run
+    bad = client.create_run(exp, tags={"ltscale.stage": "eval"}).info.run_id
+    client.log_param(bad, "finetune.loss.name", "ce")
+    client.log_param(bad, "manifest.noise", "sym:0.2")
+    client.log_metric(bad, "test/many", 0.0)
+    client.set_terminated(bad, "FAILED")
+    other = client.create_run(exp, tags={"ltscale.stage": "pretrain"}).info.run_id
+    client.log_param(other, "finetune.loss.name", "ce")
+    client.log_metric(other, "test/many", 0.0)
+    client.set_terminated(other, "FINISHED")
+    return uri
+
+
+def _compare(store, capsys, *args):
+    rc = main(["compare", "cmp", "--tracking-uri", store, *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_markdown_groups_by_keys_with_mean_and_std_over_seeds(store, capsys):
+    rc, out, _ = _compare(store, capsys, "--group-by", "finetune.loss.name", "manifest.noise")
+    assert rc == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == "| finetune.loss.name | manifest.noise | runs | many | medium | few | top1 |"
+    assert "| ce | sym:0.2 | 3 | 61.00 ± 1.00 | 51.00 ± 1.00 | 41.00 ± 1.00 | 56.00 ± 1.00 |" \
+        in lines
+    assert "| la_sl | sym:0.4 | 3 | 71.00 ± 1.00 | 61.00 ± 1.00 | 51.00 ± 1.00 | 66.00 ± 1.00 |" \
+        in lines
+    assert len(lines) == 2 + 4  # header, rule, four groups (failed and pretrain runs left out)
+
+
+def test_csv_gives_raw_means_and_stds(store, capsys):
+    rc, out, _ = _compare(store, capsys, "--group-by", "finetune.loss.name", "--metric", "many",
+                          "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert rc == 0 and [r["finetune.loss.name"] for r in rows] == ["ce", "la_sl"]
+    ce = rows[0]
+    assert ce["runs"] == "6"  # both noise rates × three seeds
+    values = [_value("ce", n, s, "test/many") for n in NOISE for s in SEEDS]
+    mean = sum(values) / 6
+    std = (sum((v - mean) ** 2 for v in values) / 5) ** 0.5
+    assert float(ce["many_mean"]) == pytest.approx(mean, abs=1e-12)
+    assert float(ce["many_std"]) == pytest.approx(std, abs=1e-12)
+
+
+def test_paper_layout_puts_keys_on_rows_and_columns(store, capsys):
+    rc, out, _ = _compare(store, capsys, "--rows", "finetune.loss.name", "--cols",
+                          "manifest.noise", "--metric", "many", "few")
+    lines = out.strip().splitlines()
+    assert rc == 0
+    assert lines[0] == ("| finetune.loss.name | sym:0.2 many | sym:0.2 few | sym:0.4 many | "
+                        "sym:0.4 few |")
+    assert lines[2] == "| ce | 61.00 ± 1.00 | 41.00 ± 1.00 | 51.00 ± 1.00 | 31.00 ± 1.00 |"
+    assert lines[3] == "| la_sl | 81.00 ± 1.00 | 61.00 ± 1.00 | 71.00 ± 1.00 | 51.00 ± 1.00 |"
+
+
+def test_plots_are_written_as_png(store, capsys, tmp_path):
+    rc, out, _ = _compare(store, capsys, "--group-by", "finetune.loss.name", "--x",
+                          "manifest.noise", "--metric", "many", "--plots", str(tmp_path),
+                          "--out", str(tmp_path / "table.md"))
+    assert rc == 0
+    bars = tmp_path / "compare_bars.png"
+    curve = tmp_path / "compare_test_many_vs_manifest_noise.png"
+    for png in (bars, curve):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in out
+    assert (tmp_path / "table.md").read_text() in out
+
+
+def test_bad_input_names_what_exists(store, capsys):
+    rc, _, err = _compare(store, capsys, "--group-by", "manifest.nois")
+    assert rc == 2 and "manifest.nois" in err and "did you mean manifest.noise" in err
+    rc, _, err = _compare(store, capsys, "--metric", "rare")
+    assert rc == 2 and "--metric rare: no run has it" in err and "test/few" in err
+    rc = main(["compare", "nope", "--tracking-uri", store])
+    assert rc == 2 and "no MLflow experiment 'nope'" in capsys.readouterr().err
+    rc, _, err = _compare(store, capsys, "--group-by", "finetune.loss.name", "manifest.noise",
+                          "--rows", "finetune.loss.name")
+    assert rc == 2 and "do not separate the groups" in err
