@@ -172,6 +172,7 @@ class Manifest:
         if _content_hash(m.ids, m.observed, m.clean, m.role, m.header) != m.header.get("hash"):
             raise ManifestError(f"{path}: content does not match its recorded hash; the file was "
                                 "modified or corrupted. Rebuild it with `ltscale manifest make`.")
+        _check_labels(m, path)
         return m
 
     def check_index(self, index: ShardIndex, where: str = "") -> None:
@@ -186,6 +187,20 @@ class Manifest:
         if len(self.ids) and (self.ids.max() >= len(index) or self.ids.min() < 0):
             raise ManifestError(f"manifest {self.hash} selects rows outside the index at "
                                 f"{index.root}")
+
+
+def _check_labels(m: Manifest, path: Path) -> None:
+    """Every label is a class of the manifest (or -1, none): a hand-made file with another label
+    would otherwise fail deep inside a loss, long after training started."""
+    for name in ("observed", "clean"):
+        values = getattr(m, name)
+        bad = np.flatnonzero((values < -1) | (values >= m.num_classes))
+        if len(bad):
+            row = int(bad[0])
+            raise ManifestError(f"{path}: {name} label {int(values[row])} of sample row "
+                                f"{int(m.ids[row])} is outside the {m.num_classes} classes "
+                                f"(0..{m.num_classes - 1}, or -1 for none); {len(bad)} such "
+                                "label(s). Rebuild the manifest with `ltscale manifest make`.")
 
 
 def _content_hash(ids, observed, clean, role, header) -> str:

@@ -1,7 +1,8 @@
 """`ltscale data verify`: is a shard set still what its card and index say it is?
 
 Checks, in order: the index loads and its recomputed hash equals the stored one and the card's;
-every shard exists with the recorded size and SHA-256; every index entry points at a tar header
+every shard exists with the recorded size and SHA-256; no member of a shard has an absolute or
+``..`` name or is a link or special file; every index entry points at a tar header
 naming its member with the recorded size; with ``deep``, every image decodes. Each problem is
 reported with the shard and sample key.
 """
@@ -12,13 +13,14 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ltscale.data.index import CARD_FILE, ShardIndex
-from ltscale.data.tarfmt import header_before, safe_member_name
+from ltscale.data.tarfmt import check_regular, header_before, safe_member_name
 from ltscale.errors import DataError
 from ltscale.progress import bar as progress_bar
 
@@ -83,6 +85,10 @@ def verify_dataset(directory: str | Path, deep: bool = False, progress: bool = T
         elif _sha256(path) != entry["sha256"]:
             report.problems.append(Problem(name, None, "SHA-256 differs from the card (the "
                                            "shard changed after it was indexed)"))
+    for s, name in enumerate(index.shards):
+        if s not in bad_shards and not any(p.shard == name for p in report.problems):
+            report.problems += [Problem(name, None, what)
+                                for what in _unsafe_members(directory / name)]
     rows = np.argsort(index.shard, kind="stable")
     fds: dict[int, int] = {}
     try:
@@ -103,6 +109,22 @@ def verify_dataset(directory: str | Path, deep: bool = False, progress: bool = T
     return report
 
 
+def _unsafe_members(path: Path) -> list[str]:
+    """Members of the shard that no reader may accept: absolute or ``..`` names, links and
+    special files (checked on every member, also those the index does not point at)."""
+    found = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for info in tar:  # headers only: tarfile seeks over the data
+                try:
+                    check_regular(info, "shard")
+                except DataError as exc:
+                    found.append(str(exc).removeprefix("shard: "))
+    except (tarfile.TarError, OSError) as exc:
+        found.append(f"not a readable tar file ({exc})")
+    return found
+
+
 def _check_entry(index: ShardIndex, row: int, fd: int, deep: bool) -> str | None:
     member, offset, size = index.member(row), int(index.offset[row]), int(index.size[row])
     try:
@@ -113,6 +135,8 @@ def _check_entry(index: ShardIndex, row: int, fd: int, deep: bool) -> str | None
     # a long name lives in a PAX record before this header; the header keeps a truncated form
     if info.name != member and not (len(member) > 99 and member.startswith(info.name[:90])):
         return f"index points at member {info.name!r}, expected {member!r}"
+    if not info.isfile():
+        return f"index points at member {info.name!r}, which is a link or special file"
     if info.size != size:
         return f"member has {info.size} bytes, index records {size}"
     if deep:

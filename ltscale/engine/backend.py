@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltscale.errors import CheckpointError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -134,8 +135,15 @@ class LocalBackend:
     def load(self, path: Path, model: nn.Module, optimizer) -> dict:
         """Restore model, optimizer and backend state from ``path``; returns the whole state."""
         saved = load_checkpoint(path, map_location=self.device)
-        self.unwrap(model).load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        try:
+            self.unwrap(model).load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            # torch's message lists every mismatched tensor: keep its start
+            first = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise CheckpointError(f"{path}: the checkpoint does not fit this model or optimizer "
+                                  f"(saved by another architecture or settings: {first}); move "
+                                  "it away or use another output directory") from None
         self.load_state_dict(saved.get("backend", {}))
         return saved
 

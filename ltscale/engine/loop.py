@@ -8,9 +8,10 @@ stops the run at once, naming the step and the last good checkpoint.
 Checkpoints (``checkpoint`` = ``DIR/NAME.pt`` → files ``DIR/NAME-<step>.pt``) hold the model,
 optimizer, backend (loss scaler) and sampler state, the loop state and every rank's RNG states;
 they are written atomically at each epoch end and every ``checkpoint_every`` steps, the newest
-``keep`` are kept, and a run resumes from the newest complete one that belongs to the same
-experiment (``fingerprint``) — mid-epoch included: the sampler then yields exactly the batches
-that remain.
+``keep`` are kept (temp files of a save killed half way never carry a checkpoint's name, so they
+are never resumed from, and the next save removes them), and a run resumes from the newest
+complete one that belongs to the same experiment (``fingerprint``) — mid-epoch included: the
+sampler then yields exactly the batches that remain.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ltscale.data.loader import EpochStats, report_skipped
 from ltscale.engine.optim import lr_factor, set_lr
 from ltscale.errors import CheckpointError, DataError
 from ltscale.progress import bar as progress_bar
@@ -148,6 +150,10 @@ class _Checkpoints:
             for old in self.foreign + checkpoint_files(self.path)[self.cfg.keep:]:
                 if old != target:
                     old.unlink(missing_ok=True)
+            # temp files of saves killed half way (``atomic_path`` names them
+            # ``.NAME-<step>.pt.*.partial``); this save has finished, so none is in flight
+            for stale in self.path.parent.glob(f".{self.path.stem}-*.pt.*.partial"):
+                stale.unlink(missing_ok=True)
         self.foreign = []
 
 
@@ -208,8 +214,8 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
                     if not torch.isfinite(loss.detach()):
                         where = ckpt.last_good or "none written yet"
                         raise FloatingPointError(
-                            f"{cfg.desc}: loss is {float(loss)} at epoch {epoch + 1}, step "
-                            f"{state.step + 1}; stopped without taking the step. Last good "
+                            f"{cfg.desc}: loss is {float(loss.detach())} at epoch {epoch + 1}, "
+                            f"step {state.step + 1}; stopped without taking the step. Last good "
                             f"checkpoint: {where}. Lower the learning rate or use bf16/fp32 "
                             "precision instead of fp16.")
                     backend.backward(loss / micro, model)
@@ -247,7 +253,12 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
                    "epoch/peak_memory_mb": _peak_memory_mb(backend.device)}
         stats = getattr(loader, "stats", None)
         if stats is not None:
-            record["data/skipped"] = float(len(stats.skipped))
+            # every rank skips its own samples: count and name them all. (The loop stops reading
+            # after its last step, so a loader never reaches its own end-of-epoch report here.)
+            skipped = [s for part in backend.all_gather_object(list(stats.skipped)) for s in part]
+            record["data/skipped"] = float(len(skipped))
+            if skipped and backend.is_main:
+                report_skipped(EpochStats(skipped=skipped), log, f"{cfg.desc} epoch {epoch + 1}")
         if on_epoch_end is not None:
             record |= on_epoch_end(epoch)
         state.epoch, state.epoch_step = epoch + 1, 0
