@@ -20,6 +20,7 @@ _MODULES = {
     "imagenet_lt": "lt_splits", "places_lt": "lt_splits",
     "inat2017": "inat", "inat2018": "inat", "inat2019": "inat",
     "clothing1m": "clothing1m",
+    "svhn": "svhn",
     "webdataset": "webdataset",
 }
 _SOURCES: dict[str, Callable[..., Source]] = {}
