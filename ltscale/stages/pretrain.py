@@ -85,7 +85,13 @@ def encoder_from_file_contents(saved: dict, path: str | Path) -> torch.nn.Module
     """The encoder of an already read (and checked) encoder file."""
     enc = create_backbone(saved["backbone"], in_chans=saved["in_chans"],
                           cifar_stem=saved["cifar_stem"])
-    missing, unexpected = enc.load_state_dict(saved["state_dict"], strict=False)
+    try:
+        missing, unexpected = enc.load_state_dict(saved["state_dict"], strict=False)
+    except RuntimeError as exc:  # right names, wrong shapes: another network under the same label
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
+                     str(exc).splitlines()[0])
+        raise CheckpointError(f"{path}: weights do not fit backbone {saved['backbone']} "
+                              f"({first})") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit backbone {saved['backbone']} "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

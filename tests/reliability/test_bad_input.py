@@ -199,3 +199,18 @@ def test_an_encoder_file_of_another_architecture_is_refused(tmp_path):
     shutil.copy(path, tmp_path / "copy.pt")  # the matching request loads, key for key
     assert json.dumps(sorted(load_encoder(tmp_path / "copy.pt", "resnet_tiny", 3)
                              .state_dict())) == json.dumps(sorted(enc.state_dict()))
+
+
+def test_an_encoder_file_with_weights_of_other_shapes_is_refused(tmp_path):
+    from ltscale.models import create_backbone
+
+    enc = create_backbone("resnet_tiny", in_chans=3, cifar_stem=True)
+    weights = enc.state_dict()
+    name = next(k for k, v in weights.items() if v.ndim == 4)  # the first conv, cut in half
+    weights[name] = weights[name][: weights[name].shape[0] // 2]
+    path = tmp_path / "encoder.pt"
+    torch.save({"backbone": "resnet_tiny", "cifar_stem": True, "in_chans": 3,
+                "feat_dim": int(enc.feat_dim), "state_dict": weights}, path)
+    with pytest.raises(CheckpointError, match=rf"encoder.pt: weights do not fit backbone "
+                                              rf"resnet_tiny \(size mismatch for {name}"):
+        load_encoder(path, "resnet_tiny", 3)
