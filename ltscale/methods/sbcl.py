@@ -34,6 +34,8 @@ class SBCL(nn.Module):
     views = 2
     uses_labels = True  # trains on the labeled role only
     needs = ("labels", "num_classes")
+    # every rank writes the same gathered rows and clusters alike: DDP need not copy them
+    replicated_buffers = ("labels", "bank", "seen", "subclass", "tau2", "clustered_epoch")
 
     def __init__(self, encoder: nn.Module, labels, num_classes: int, proj_dim: int = 2048,
                  out_dim: int = 128, proj_layers: int = 2, tau1: float = 0.1,

@@ -358,3 +358,28 @@ def test_ddp_backend_in_one_process_trains_like_local(tmp_path):
     finally:
         backend.close()
     assert not torch.distributed.is_initialized()
+
+
+def test_replicated_buffers_are_left_out_of_ddp_broadcasts(tmp_path):
+    from ltscale.engine.ddp import DDPBackend, replicated_buffer_names
+    from ltscale.methods import create_method
+    from ltscale.methods.probe import OnlineProbe
+    from ltscale.models import create_backbone
+
+    moco = create_method("moco", create_backbone("resnet_tiny", in_chans=3), proj_dim=16,
+                         out_dim=8, queue_size=32)
+    model = OnlineProbe(moco, 3)
+    assert replicated_buffer_names(model) == ["method.queue", "method.queue_ptr"]
+    backend = DDPBackend("cpu", timeout_s=30, env=DistEnv(master_port=_free_port()))
+    try:
+        ddp, _ = backend.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        synced = {id(b) for b in ddp.modules_buffers}
+        assert id(moco.queue) not in synced and id(moco.queue_ptr) not in synced
+        bn = next(m for m in moco.encoder.modules() if isinstance(m, nn.BatchNorm2d))
+        assert id(bn.running_mean) in synced  # ordinary buffers are still broadcast
+    finally:
+        backend.close()
+    bad = nn.Linear(2, 2)
+    bad.replicated_buffers = ("nope",)
+    with pytest.raises(AttributeError, match="'nope', which is not one of its buffers"):
+        replicated_buffer_names(bad)
