@@ -11,7 +11,9 @@ they are written atomically at each epoch end and every ``checkpoint_every`` ste
 ``keep`` are kept (temp files of a save killed half way never carry a checkpoint's name, so they
 are never resumed from, and the next save removes them), and a run resumes from the newest
 complete one that belongs to the same experiment (``fingerprint``) — mid-epoch included: the
-sampler then yields exactly the batches that remain.
+sampler then yields exactly the batches that remain. A stop request (``preempt.watch``: the
+scheduler's warning signal) is honoured before the next step: that step's checkpoint is written
+on every rank, then ``Preempted`` is raised.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from ltscale.data.loader import EpochStats, report_skipped
+from ltscale.engine import preempt
 from ltscale.engine.optim import lr_factor, set_lr
 from ltscale.errors import CheckpointError, DataError
 from ltscale.progress import bar as progress_bar
@@ -134,11 +137,14 @@ class _Checkpoints:
             return state
         return None
 
+    def target(self, step: int) -> Path:
+        return self.path.parent / f"{self.path.stem}-{step:09d}.pt"
+
     def save(self, state: LoopState, model, optimizer, sampler) -> None:
         if self.path is None:
             return
         rngs = self.backend.all_gather_object(_rng_state())
-        target = self.path.parent / f"{self.path.stem}-{state.step:09d}.pt"
+        target = self.target(state.step)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.backend.save(target, {
             "sampler": sampler.state_dict(), "epoch": state.epoch, "step": state.step,
@@ -155,6 +161,24 @@ class _Checkpoints:
             for stale in self.path.parent.glob(f".{self.path.stem}-*.pt.*.partial"):
                 stale.unlink(missing_ok=True)
         self.foreign = []
+
+
+def _stop_requested(backend) -> bool:
+    """Whether any rank was asked to stop (a signal may reach one rank only)."""
+    return any(backend.all_gather_object(preempt.requested()))
+
+
+def _preempted(ckpt, state, model, optimizer, sampler, cfg, backend, log):
+    """Save this step's checkpoint on every rank (unless it was just written) and stop."""
+    if ckpt.path is not None and (ckpt.last_good is None or
+                                  ckpt.last_good != ckpt.target(state.step)):
+        ckpt.save(state, model, optimizer, sampler)
+    where = ckpt.last_good or "no checkpoint (none configured)"
+    message = (f"{cfg.desc}: stopped on request at epoch {state.epoch + 1}, step {state.step}; "
+               f"saved {where}")
+    if backend.is_main:
+        log(message)
+    raise preempt.Preempted(message, ckpt.last_good)
 
 
 def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, backend, tracker,
@@ -182,89 +206,92 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     model.train()
-    for epoch in range(state.epoch, cfg.epochs):
-        if state.epoch_step == 0:
-            sampler.set_epoch(epoch)
-        epoch_hook = getattr(inner, "set_epoch", None)
-        if epoch_hook is not None:  # e.g. deferred re-weighting in the loss
-            epoch_hook(epoch, cfg.epochs)
-        sums: dict[str, float] = {}
-        seen, steps, wait, t0 = 0, 0, 0.0, time.perf_counter()
-        bar = progress_bar(total=steps_per_epoch, initial=state.epoch_step,
-                           desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
-                           enabled=cfg.progress and backend.is_main, unit="step")
-        batches = iter(loader)
-        while state.epoch_step < steps_per_epoch:
-            lr = set_lr(optimizer, lr_factor(state.step, total, warmup, cfg.schedule))
-            outs = []
-            for m in range(micro):
-                t_wait = time.perf_counter()
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    raise DataError(f"{cfg.desc}: the loader ended after {state.epoch_step} of "
-                                    f"{steps_per_epoch} steps in epoch {epoch + 1}") from None
-                wait += time.perf_counter() - t_wait
-                batch = backend.to_device(batch)
-                sync = backend.no_sync(model) if m < micro - 1 else contextlib.nullcontext()
-                with sync:
-                    with backend.autocast():
-                        out = model(batch)
-                    loss = out["loss"]
-                    if not torch.isfinite(loss.detach()):
-                        where = ckpt.last_good or "none written yet"
-                        raise FloatingPointError(
-                            f"{cfg.desc}: loss is {float(loss.detach())} at epoch {epoch + 1}, "
-                            f"step {state.step + 1}; stopped without taking the step. Last good "
-                            f"checkpoint: {where}. Lower the learning rate or use bf16/fp32 "
-                            "precision instead of fp16.")
-                    backend.backward(loss / micro, model)
-                # plain numbers from here on: the step's output tensors (and the batch) are not
-                # kept alive into the next forward
-                outs.append({k: float(v.detach()) for k, v in out.items()})
-                seen += len(batch[1])
-                del out, loss, batch
-            backend.step(optimizer, model)
-            hook = getattr(inner, "after_step", None)
-            if hook is not None:
-                hook(state.step, total)
-            sampler.advance(micro)
-            state.step += 1
-            state.epoch_step += 1
-            steps += 1
-            for out in outs:
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v / micro
-            if state.step % cfg.log_every == 0 and backend.is_main:
-                tracker.log_metrics({f"train/{k}": v for k, v in outs[-1].items()}
-                                    | {"train/lr": lr}, step=state.step)
-            bar.set_postfix(loss=f"{outs[-1]['loss']:.4f}")
-            bar.update()
-            if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
-                    and state.epoch_step < steps_per_epoch):
-                ckpt.save(state, model, optimizer, sampler)
-        bar.close()
-        del batches  # the loader's workers move on to the next epoch
-        seconds = time.perf_counter() - t0
-        n = max(1, steps)
-        record = {f"epoch/{k}": v / n for k, v in sums.items()}
-        record |= {"epoch/images_per_s": seen * backend.world_size / seconds,
-                   "epoch/seconds": seconds, "epoch/data_wait_fraction": wait / seconds,
-                   "epoch/peak_memory_mb": _peak_memory_mb(backend.device)}
-        stats = getattr(loader, "stats", None)
-        if stats is not None:
-            # every rank skips its own samples: count and name them all. (The loop stops reading
-            # after its last step, so a loader never reaches its own end-of-epoch report here.)
-            skipped = [s for part in backend.all_gather_object(list(stats.skipped)) for s in part]
-            record["data/skipped"] = float(len(skipped))
-            if skipped and backend.is_main:
-                report_skipped(EpochStats(skipped=skipped), log, f"{cfg.desc} epoch {epoch + 1}")
-        if on_epoch_end is not None:
-            record |= on_epoch_end(epoch)
-        state.epoch, state.epoch_step = epoch + 1, 0
-        state.history.append({"epoch": state.epoch, **record})
-        if backend.is_main:
-            tracker.log_metrics(record, step=state.step)
-        sampler.set_epoch(state.epoch)
-        ckpt.save(state, model, optimizer, sampler)
+    with preempt.loop_running():
+        for epoch in range(state.epoch, cfg.epochs):
+            if state.epoch_step == 0:
+                sampler.set_epoch(epoch)
+            epoch_hook = getattr(inner, "set_epoch", None)
+            if epoch_hook is not None:  # e.g. deferred re-weighting in the loss
+                epoch_hook(epoch, cfg.epochs)
+            sums: dict[str, float] = {}
+            seen, steps, wait, t0 = 0, 0, 0.0, time.perf_counter()
+            bar = progress_bar(total=steps_per_epoch, initial=state.epoch_step,
+                               desc=f"{cfg.desc} {epoch + 1}/{cfg.epochs}",
+                               enabled=cfg.progress and backend.is_main, unit="step")
+            batches = iter(loader)
+            while state.epoch_step < steps_per_epoch:
+                if preempt.watching() and _stop_requested(backend):
+                    _preempted(ckpt, state, model, optimizer, sampler, cfg, backend, log)
+                lr = set_lr(optimizer, lr_factor(state.step, total, warmup, cfg.schedule))
+                outs = []
+                for m in range(micro):
+                    t_wait = time.perf_counter()
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        raise DataError(f"{cfg.desc}: the loader ended after {state.epoch_step} of "
+                                        f"{steps_per_epoch} steps in epoch {epoch + 1}") from None
+                    wait += time.perf_counter() - t_wait
+                    batch = backend.to_device(batch)
+                    sync = backend.no_sync(model) if m < micro - 1 else contextlib.nullcontext()
+                    with sync:
+                        with backend.autocast():
+                            out = model(batch)
+                        loss = out["loss"]
+                        if not torch.isfinite(loss.detach()):
+                            where = ckpt.last_good or "none written yet"
+                            raise FloatingPointError(
+                                f"{cfg.desc}: loss is {float(loss.detach())} at epoch {epoch + 1}, "
+                                f"step {state.step + 1}; stopped without taking the step. Last good "
+                                f"checkpoint: {where}. Lower the learning rate or use bf16/fp32 "
+                                "precision instead of fp16.")
+                        backend.backward(loss / micro, model)
+                    # plain numbers from here on: the step's output tensors (and the batch) are not
+                    # kept alive into the next forward
+                    outs.append({k: float(v.detach()) for k, v in out.items()})
+                    seen += len(batch[1])
+                    del out, loss, batch
+                backend.step(optimizer, model)
+                hook = getattr(inner, "after_step", None)
+                if hook is not None:
+                    hook(state.step, total)
+                sampler.advance(micro)
+                state.step += 1
+                state.epoch_step += 1
+                steps += 1
+                for out in outs:
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0.0) + v / micro
+                if state.step % cfg.log_every == 0 and backend.is_main:
+                    tracker.log_metrics({f"train/{k}": v for k, v in outs[-1].items()}
+                                        | {"train/lr": lr}, step=state.step)
+                bar.set_postfix(loss=f"{outs[-1]['loss']:.4f}")
+                bar.update()
+                if (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
+                        and state.epoch_step < steps_per_epoch):
+                    ckpt.save(state, model, optimizer, sampler)
+            bar.close()
+            del batches  # the loader's workers move on to the next epoch
+            seconds = time.perf_counter() - t0
+            n = max(1, steps)
+            record = {f"epoch/{k}": v / n for k, v in sums.items()}
+            record |= {"epoch/images_per_s": seen * backend.world_size / seconds,
+                       "epoch/seconds": seconds, "epoch/data_wait_fraction": wait / seconds,
+                       "epoch/peak_memory_mb": _peak_memory_mb(backend.device)}
+            stats = getattr(loader, "stats", None)
+            if stats is not None:
+                # every rank skips its own samples: count and name them all. (The loop stops reading
+                # after its last step, so a loader never reaches its own end-of-epoch report here.)
+                skipped = [s for part in backend.all_gather_object(list(stats.skipped)) for s in part]
+                record["data/skipped"] = float(len(skipped))
+                if skipped and backend.is_main:
+                    report_skipped(EpochStats(skipped=skipped), log, f"{cfg.desc} epoch {epoch + 1}")
+            if on_epoch_end is not None:
+                record |= on_epoch_end(epoch)
+            state.epoch, state.epoch_step = epoch + 1, 0
+            state.history.append({"epoch": state.epoch, **record})
+            if backend.is_main:
+                tracker.log_metrics(record, step=state.step)
+            sampler.set_epoch(state.epoch)
+            ckpt.save(state, model, optimizer, sampler)
     return state

@@ -4,12 +4,14 @@ It turns submitit's job environment into the variables ``torch.distributed`` rea
 size, local rank; the master is the first host of the job's node list, the port derived from the
 job id), points MLflow run continuation at a per-job ledger, and runs the ltscale command.
 
-Preemption and time limits: submitit catches the signal SLURM sends before the limit and, on
-rank 0, calls ``checkpoint()``, which returns a fresh submission of the same command; submitit
-requeues the job. The command holds no training state: the requeued job's loop resumes from the
-newest complete checkpoint on disk (written every ``checkpoint_every`` steps and at epoch ends),
-not from anything pickled at submission time, and — the loop being bit-exact on resume — ends
-with the same weights as an uninterrupted run. Its MLflow runs continue (same run ids, no step
+Preemption and time limits: the signal SLURM sends before the limit becomes a stop request
+(``ltscale.engine.preempt``): the training loop writes a checkpoint of the current step on every
+rank and stops; then submitit's handler runs on rank 0 and calls ``checkpoint()``, which returns a
+fresh submission of the same command, and requeues the job (outside a training loop the signal
+goes to submitit's handler at once). The command holds no training state: the requeued job's loop
+resumes from the newest complete checkpoint on disk, not from anything pickled at submission
+time, and — the loop being bit-exact on resume — ends with the same weights as an uninterrupted
+run. Its MLflow runs continue (same run ids, no step
 logged twice) through the ledger.
 """
 
@@ -82,8 +84,23 @@ class LtscaleJob:
         ledger = Path(self.folder) / f"{env.job_id}.mlflow-runs.json"
         os.environ[LEDGER_ENV] = str(ledger)
         from ltscale.cli import main
+        from ltscale.engine import preempt
 
-        rc = main(self.argv)
+        # the time-limit signal becomes a stop request the training loop honours at the next
+        # step, after writing that step's checkpoint on every rank; then submitit's own handler
+        # (installed before this call) requeues the job. Outside a training loop the signal goes
+        # straight to that handler.
+        preempt.watch(env._usr_sig())
+        try:
+            rc = main(self.argv)
+        except preempt.Preempted:
+            preempt.fallback()  # rank 0: checkpoint() + requeue + exit; other ranks: return here
+            if env.global_rank != 0 and os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
+                # a task that ends with an error before rank 0's `scontrol requeue` ends the
+                # job step, and SLURM marks the job FAILED instead of requeuing it: wait for
+                # the requeue to end this task (the timer the signal armed is the backstop)
+                threading.Event().wait()
+            raise
         if rc:
             raise JobFailed(f"ltscale {' '.join(self.argv)} exited with status {rc} on rank "
                             f"{env.global_rank} of job {env.job_id}")

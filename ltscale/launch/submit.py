@@ -85,8 +85,10 @@ def plan_submission(command: str, recipe_path: str | Path, overrides: list[str],
     plan = Plan(command, recipe_path, argvs, labels, recipes, opts, cluster,
                 Path(folder).resolve(), uri)
     if all(r.pretrain.checkpoint_every == 0 for r in recipes):
-        plan.notes.append("pretrain.checkpoint_every is 0: a preempted job resumes from the last "
-                          "epoch end; set it to lose at most that many steps")
+        plan.notes.append("pretrain.checkpoint_every is 0: a job warned by the time-limit "
+                          "signal saves its current step, but one killed without warning (node "
+                          "failure, scontrol requeue) resumes from the last epoch end; set it to "
+                          "lose at most that many steps")
     return plan
 
 

@@ -71,6 +71,12 @@ def _resumes(log: str) -> list[int]:
             for line in log.splitlines() if "pretrain: resuming from" in line]
 
 
+def _stops(log: str) -> list[int]:
+    """Steps at which the loop saved a checkpoint on the signal and stopped."""
+    return [int(line.split(", step ", 1)[1].split(";", 1)[0])
+            for line in log.splitlines() if "pretrain: stopped on request" in line]
+
+
 def _task_pids(controller: int) -> list[int]:
     """The task processes a LocalExecutor controller started (its children)."""
     pids = []
@@ -119,6 +125,7 @@ def test_local_executor_time_limit_requeues_until_done(setup):
     assert text.count("this job is timed-out") == 2
     resumed = _resumes(text)
     assert len(resumed) == 2 and 0 < resumed[0] < resumed[1] < TOTAL, text[-3000:]
+    assert _stops(text) == resumed, text[-3000:]  # each resume starts where the signal stopped it
     assert_same_training_state(final_state(stage), final_state(tmp / "ref" / "pretrain"))
     _check_one_continued_run(setup["uri"], "local-timeout")
 
@@ -153,5 +160,8 @@ def test_slurm_signal_then_requeue_resume_bit_identically(setup):
     log = (tmp / "sub-slurm" / job / f"{job}_0_log.err").read_text()
     resumed = _resumes(log)
     assert len(resumed) == 2 and 0 < resumed[0] < resumed[1], log[-3000:]
+    # the signal's stop saved the step it reached; the administrator's requeue gives no warning,
+    # so the second resume is from a periodic checkpoint
+    assert _stops(log) == resumed[:1], log[-3000:]
     assert_same_training_state(final_state(stage), final_state(tmp / "ref" / "pretrain"))
     _check_one_continued_run(setup["uri"], "slurm-requeue")
