@@ -317,6 +317,8 @@ def cmd_compare(args):
     from ltscale.track import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    if args.reference:
+        return _compare_reference(args, uri)
     runs = c.load_runs(args.experiment, uri, stage=args.stage)
     metrics = c.resolve_metrics(runs, args.metric)
     group_by = list(args.group_by)
@@ -342,6 +344,29 @@ def cmd_compare(args):
             for m in metrics:
                 name = f"compare_{m.replace('/', '_')}_vs_{args.x.replace('.', '_')}.png"
                 print(f"plot: {c.plot_curves(groups, group_by, args.x, m, out / name)}")
+    return 0
+
+
+def _compare_reference(args, uri: str) -> int:
+    """Paper vs ours for the recipe's reference cells (`compare EXPERIMENT --reference RECIPE`)."""
+    from ltscale.config import load_recipe
+    from ltscale.eval import compare as c
+    from ltscale.eval import reference as ref
+
+    recipe = load_recipe(args.reference)
+    if recipe.reference is None:
+        raise LtscaleError(f"{args.reference} has no reference: section (the paper's figures)")
+    rows = ref.reference_rows(recipe, ref.load_model_runs(args.experiment, uri))
+    print(f"{recipe.reference.paper}, {recipe.reference.table}: paper vs ours "
+          f"(experiment {args.experiment})")
+    if recipe.reference.note:
+        print(f"note: {recipe.reference.note}")
+    text = c.render(ref.HEADER, rows, args.format)
+    if args.out:
+        from ltscale.atomic import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    print(text, end="")
     return 0
 
 
@@ -528,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "as PNG into DIR")
     cp.add_argument("--x", default=None, metavar="KEY",
                     help="numeric key for curves (e.g. manifest.noise, sym:0.4 → 0.4)")
+    cp.add_argument("--reference", metavar="RECIPE",
+                    help="the recipe's reference figures (the paper's) beside the matching runs")
     cp.add_argument("--out", metavar="FILE", help="also write the table to FILE")
     cp.add_argument("--tracking-uri", default=None,
                     help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")

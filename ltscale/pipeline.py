@@ -138,7 +138,7 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
     timings["finetune"] = time.perf_counter() - t
     t = time.perf_counter()
     with _stage(ctx, "eval", source=finetune_run):
-        results[name] = evaluate_logits(ctx, ft["logits"], ft["targets"])
+        results[name] = evaluate_logits(ctx, ft["logits"], ft["targets"], name)
         if (n := _noise(ctx, ft)) is not None:
             noise[name] = n
     timings["eval"] = time.perf_counter() - t
@@ -147,8 +147,8 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
         t = time.perf_counter()
         with _stage(ctx, "baseline_random_encoder"):
             base = run_finetune(ctx, new_encoder(ctx), "baseline_random_encoder")
-            results[f"random encoder + {loss}"] = evaluate_logits(
-                ctx, base["logits"], base["targets"])
+            model = f"random encoder + {loss}"
+            results[model] = evaluate_logits(ctx, base["logits"], base["targets"], model)
         timings["baseline_random_encoder"] = time.perf_counter() - t
     scratch = None
     if recipe.baselines.ce_scratch.enabled:
@@ -156,13 +156,13 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
         with _stage(ctx, "baseline_ce_scratch"):
             scratch = run_scratch(ctx)
             logits, targets = predict_images(ctx, scratch["method"])
-            results[f"scratch + {recipe.baselines.ce_scratch.loss.name}"] = evaluate_logits(
-                ctx, logits, targets)
+            model = f"scratch + {recipe.baselines.ce_scratch.loss.name}"
+            results[model] = evaluate_logits(ctx, logits, targets, model)
         timings["baseline_ce_scratch"] = time.perf_counter() - t
     if recipe.selftrain.enabled:  # teacher → pseudo-labels for D_U → student (Yang & Xu 2020)
         t = time.perf_counter()
         with _stage(ctx, "selftrain"):
             st = run_selftrain(ctx, ft, pre["encoder"], scratch)
-            results[st["name"]] = evaluate_logits(ctx, st["logits"], st["targets"])
+            results[st["name"]] = evaluate_logits(ctx, st["logits"], st["targets"], st["name"])
         timings["selftrain"] = time.perf_counter() - t
     return {"ctx": ctx, "results": results, "noise": noise, "timings": timings, "knn": knn}

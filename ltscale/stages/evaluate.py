@@ -36,8 +36,13 @@ def check_eval_disjoint(ctx: Context) -> int:
     return check_disjoint(train_ids, test_ids, ctx.recipe.eval.allow_overlap)
 
 
-def evaluate_logits(ctx: Context, logits, targets) -> dict:
+def evaluate_logits(ctx: Context, logits, targets, model: str | None = None) -> dict:
+    """Test metrics of ``logits``, logged to the current run; ``model`` (the report's name for
+    it, e.g. "simsiam + la_sl") is tagged ``ltscale.model`` so that `ltscale compare --reference`
+    can match the paper's figure for that model."""
     e = ctx.recipe.eval
+    if model is not None:
+        ctx.tracker.set_tags({"ltscale.model": model})
     overlap = check_eval_disjoint(ctx)
     m = classification_metrics(logits, targets, ctx.manifest.reference_counts().tolist(),
                                e.many_threshold, e.few_threshold)

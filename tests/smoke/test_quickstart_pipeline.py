@@ -72,6 +72,11 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage(quickstart):
     report = json.loads((work / "run" / "report" / "report.json").read_text())
     assert children["eval"].data.metrics["test/top1"] == pytest.approx(
         report["results"]["simsiam + la_sl"]["top1"])
+    # each evaluated model is tagged with its report name (compare --reference matches on it)
+    assert {n: r.data.tags.get("ltscale.model") for n, r in children.items()
+            if "ltscale.model" in r.data.tags} == {
+        "eval": "simsiam + la_sl", "baseline_random_encoder": "random encoder + la_sl",
+        "baseline_ce_scratch": "scratch + ce"}
     assert math.isfinite(children["pretrain"].data.metrics["epoch/loss"])
     assert "knn/top1" in children["pretrain"].data.metrics
     assert children["data"].data.metrics["manifest/samples"] == 1485

@@ -1,0 +1,102 @@
+"""Paper vs ours: each figure a recipe's ``reference`` records, beside the runs that reproduce it.
+
+A cell (``where``: a sweep point, ``model``: the report's model name, ``metric``, ``value`` in
+percent) is matched by the finished runs of the recipe's experiment that evaluated that model
+(tag ``ltscale.model``) with every ``where`` key at that value in their params (the flattened
+resolved recipe; a mapping value such as ``finetune: {mode: proj_head, lr: 0.003}`` stands for
+its dotted keys). Ours is the mean ± sample std over the matching runs (typically seeds), in
+percent, and Δ = ours − paper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ltscale.config import Recipe, flatten
+from ltscale.eval.aggregate import format_mean_std
+from ltscale.eval.compare import CompareError
+
+HEADER = ["model", "setting", "metric", "paper", "ours", "runs", "Δ"]
+
+
+def param_text(value) -> str:
+    """A value as MLflow stores it as a param."""
+    return str(value)
+
+
+def cell_params(where: dict) -> dict[str, str]:
+    """The dotted recipe keys and param texts a cell's ``where`` stands for."""
+    out = {}
+    for key, value in where.items():
+        if isinstance(value, dict):
+            out.update({k: param_text(v) for k, v in flatten(value, key + ".").items()})
+        else:
+            out[key] = param_text(value)
+    return out
+
+
+def load_model_runs(experiment: str, uri: str) -> list[dict]:
+    """``{"params", "metrics", "tags"}`` of the experiment's finished runs that evaluated a model
+    (any stage: eval, the baselines, self-training)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"no MLflow experiment {experiment!r} in {uri}; experiments there: "
+                           f"{', '.join(names) or 'none'}")
+    out, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], filter_string="tags.`ltscale.model` != ''",
+                                  max_results=1000, page_token=token)
+        out += [{"params": dict(r.data.params), "metrics": dict(r.data.metrics),
+                 "tags": dict(r.data.tags)} for r in page if r.info.status == "FINISHED"]
+        token = page.token
+        if not token:
+            return out
+
+
+def same_value(param: str | None, want: str) -> bool:
+    """A run's param text equals a cell's value; numbers by value (``1`` matches ``1.0``)."""
+    if param is None or param == want:
+        return param is not None
+    try:
+        return float(param) == float(want)
+    except ValueError:
+        return False
+
+
+def matching(runs: list[dict], cell) -> list[float]:
+    """The cell's metric (a fraction, as logged) of every run that reproduces it."""
+    want = cell_params(cell.where)
+    values = []
+    for r in runs:
+        if r["tags"].get("ltscale.model") != cell.model:
+            continue
+        if not all(same_value(r["params"].get(k), v) for k, v in want.items()):
+            continue
+        value = r["metrics"].get(f"test/{cell.metric}")
+        if value is not None and not math.isnan(value):
+            values.append(float(value))
+    return values
+
+
+def reference_rows(recipe: Recipe, runs: list[dict], digits: int = 1) -> list[list[str]]:
+    """One row per reference cell of ``recipe``: paper, ours (mean ± std), runs, Δ."""
+    rows = []
+    for cell in recipe.reference.cells:
+        values = matching(runs, cell)
+        setting = ", ".join(f"{k}={v}" for k, v in cell_params(cell.where).items()) or "—"
+        if values:
+            mean = float(np.mean(values))
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            ours = format_mean_std(mean, std, digits)  # fractions shown as percent
+            delta = f"{100 * mean - cell.value:+.{digits}f}"
+        else:
+            ours, delta = "not run", ""
+        rows.append([cell.model, setting, cell.metric, f"{cell.value:.{digits}f}", ours,
+                     str(len(values)), delta])
+    return rows
