@@ -1,4 +1,5 @@
-"""Every CI-sized recipe under recipes/smoke/ runs `ltscale run` end to end on the bundled data.
+"""Every CI-sized recipe under recipes/smoke/ runs `ltscale run` end to end on the bundled data
+(every point of its sweep, if it has one).
 
 The tests are generated from the folder: a recipe added there is smoke-tested without touching
 this file. Shards are built once per data source for the whole session."""
@@ -39,15 +40,17 @@ def test_smoke_recipe_runs_end_to_end(path, tmp_path, shards_for):
     assert first.startswith("#"), f"{path.name}: first line must say what it is the twin of"
     recipe = load_recipe(path)
     out = tmp_path / "run"
-    rc = main(["run", str(path), f"output_dir={out}", f"data.shards={shards_for(recipe)}",
-               f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"])
+    overrides = [f"output_dir={out}", f"data.shards={shards_for(recipe)}",
+                 f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"]
+    rc = main(["run", str(path), *overrides])
     assert rc == 0
-    report = json.loads((out / "report" / "report.json").read_text())
-    assert report["results"], f"{path.name}: no model was evaluated"
-    chance = 1 / len(report["train_counts"])
-    for name, m in report["results"].items():
-        # a few steps on real data: every model is a probability and beats chance clearly
-        assert 1.5 * chance < m["top1"] <= 1.0, (path.name, name, m["top1"])
+    for point, r in expand(path, overrides):  # one report per sweep point (one without a sweep)
+        report = json.loads((Path(r.output_dir) / "report" / "report.json").read_text())
+        assert report["results"], f"{path.name} {point}: no model was evaluated"
+        chance = 1 / len(report["train_counts"])
+        for name, m in report["results"].items():
+            # a few steps on real data: every model is a probability and beats chance clearly
+            assert 1.5 * chance < m["top1"] <= 1.0, (path.name, point, name, m["top1"])
 
 
 def test_every_recipe_in_the_repository_validates():
