@@ -37,20 +37,26 @@ class Group:
     n: dict[str, int]
 
 
+def experiment_id(client, experiment: str, uri: str) -> str:
+    """The id of ``experiment``; an unknown name is refused, naming the experiments there."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise CompareError(f"no MLflow experiment {experiment!r} in {uri}; experiments there: "
+                           f"{', '.join(names) or 'none'}")
+    return exp.experiment_id
+
+
 def load_runs(experiment: str, uri: str, stage: str = "eval",
               statuses: tuple[str, ...] = ("FINISHED",)) -> list[dict]:
     """``{"id", "params", "metrics", "tags"}`` for each run of ``stage`` in ``experiment``."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise CompareError(f"no MLflow experiment {experiment!r} in {uri}; experiments there: "
-                           f"{', '.join(names) or 'none'}")
+    exp_id = experiment_id(client, experiment, uri)
     out, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id],
+        page = client.search_runs([exp_id],
                                   filter_string=f"tags.`ltscale.stage` = '{stage}'",
                                   max_results=1000, page_token=token)
         out += [{"id": r.info.run_id, "params": dict(r.data.params),

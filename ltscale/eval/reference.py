@@ -16,7 +16,7 @@ import numpy as np
 
 from ltscale.config import Recipe, flatten
 from ltscale.eval.aggregate import format_mean_std
-from ltscale.eval.compare import CompareError
+from ltscale.eval.compare import experiment_id
 
 HEADER = ["model", "setting", "metric", "paper", "ours", "runs", "Δ"]
 
@@ -43,14 +43,10 @@ def load_model_runs(experiment: str, uri: str) -> list[dict]:
     import mlflow
 
     client = mlflow.MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise CompareError(f"no MLflow experiment {experiment!r} in {uri}; experiments there: "
-                           f"{', '.join(names) or 'none'}")
+    exp_id = experiment_id(client, experiment, uri)
     out, token = [], None
     while True:
-        page = client.search_runs([exp.experiment_id], filter_string="tags.`ltscale.model` != ''",
+        page = client.search_runs([exp_id], filter_string="tags.`ltscale.model` != ''",
                                   max_results=1000, page_token=token)
         out += [{"params": dict(r.data.params), "metrics": dict(r.data.metrics),
                  "tags": dict(r.data.tags)} for r in page if r.info.status == "FINISHED"]
