@@ -37,3 +37,24 @@ def fashion_available() -> bool:
 needs_fashion = pytest.mark.skipif(
     not fashion_available(),
     reason="Fashion-MNIST not installed: apt-get install dataset-fashion-mnist (CI installs it)")
+
+
+def read_in_forked_child(src, ref) -> bytes:
+    """What ``src.read(ref)`` gives in a forked child (a loader worker), as the parent sees it:
+    sources must stay readable after a fork (open handles, caches)."""
+    import os
+
+    expected = src.read(ref)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            os.write(w, b"ok" if src.read(ref) == expected else b"no")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        return os.read(r, 2)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)

@@ -12,6 +12,7 @@ from ltscale.methods.sbcl_clustering import (balanced_kmeans, balanced_subclasse
                                              capped_greedy_assign, class_concentration,
                                              class_temperatures, fill_least_full, subclass_cap)
 from ltscale.models import create_backbone
+from tests.unit.test_methods_contract import _Rows  # a pass-through 'encoder': known features
 
 
 def _long_tailed(counts, d=8, seed=0):
@@ -122,15 +123,6 @@ def test_looser_class_gets_the_larger_temperature():
 
 # --- the method ---------------------------------------------------------------------------------
 
-class _Rows(torch.nn.Module):
-    """An 'encoder' passing its input rows through: the bank then holds known features."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.feat_dim = dim
-
-    def forward(self, x):
-        return x
 
 
 def _row_method(labels, num_classes, **kw):

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ltscale.data.sources import iter_samples, open_source
 from ltscale.errors import DataError
+from tests.conftest import read_in_forked_child
 
 C10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
              "truck"]
@@ -153,18 +154,7 @@ def test_iter_samples_yields_png_bytes_and_labels(tmp_path):
 def test_read_works_in_a_forked_worker(tmp_path):
     src = open_source("cifar10", write_cifar10(tmp_path / "c10"))
     ref = src.refs("train")[7]
-    expected = src.read(ref)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.write(w, b"ok" if src.read(ref) == expected else b"no")
-        finally:
-            os._exit(0)
-    os.close(w)
-    assert os.read(r, 2) == b"ok"
-    os.close(r)
-    os.waitpid(pid, 0)
+    assert read_in_forked_child(src, ref) == b"ok"
 
 
 def test_parent_folder_of_the_extracted_archive_is_accepted(tmp_path):

@@ -5,7 +5,6 @@ channel, image), and ``y``, an N×1 uint8 array of labels 1…10 where 10 is the
 """
 
 import io
-import os
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from scipy.io import savemat
 from ltscale.data.index import ShardIndex
 from ltscale.data.sources import iter_samples, open_source, source_kinds
 from ltscale.errors import DataError
+from tests.conftest import read_in_forked_child
 
 
 def images(rng, n):
@@ -136,18 +136,7 @@ def test_iter_samples_yields_png_bytes_and_labels(tmp_path):
 def test_read_works_in_a_forked_worker(tmp_path):
     src = open_source("svhn", write_svhn(tmp_path / "svhn")[0])
     ref = src.refs("train")[4]
-    expected = src.read(ref)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.write(w, b"ok" if src.read(ref) == expected else b"no")
-        finally:
-            os._exit(0)
-    os.close(w)
-    assert os.read(r, 2) == b"ok"
-    os.close(r)
-    os.waitpid(pid, 0)
+    assert read_in_forked_child(src, ref) == b"ok"
 
 
 # --- bad inputs --------------------------------------------------------------------------------
