@@ -237,19 +237,20 @@ def cmd_run(args):
     if getattr(args, "data", None):
         overrides.append(f"data.source.path={args.data}")
     points = expand(args.recipe, overrides)  # every sweep point validated before any work
+    shared: dict = {}  # label-free pretrainings, reused by later points on the same images
     for i, (point, recipe) in enumerate(points):
         if point:
             print(f"sweep point {i + 1}/{len(points)}: "
                   + ", ".join(f"{k}={v}" for k, v in point.items()))
-        _run_one(recipe, args)
+        _run_one(recipe, args, shared)
 
 
-def _run_one(recipe, args):
+def _run_one(recipe, args, shared: dict | None = None):
     from ltscale.pipeline import run_pipeline
     from ltscale.track import default_tracking_uri
 
     tracker = _tracker(recipe, not args.no_track)
-    summary = run_pipeline(recipe, tracker)
+    summary = run_pipeline(recipe, tracker, shared=shared)
     uri = recipe.tracking.uri or default_tracking_uri()
     print()
     print(summary["table"])
@@ -540,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "mean ± std over seeds")
     cp.add_argument("experiment")
     cp.add_argument("--group-by", nargs="+", default=[], metavar="KEY",
-                    help="recipe keys to group by (e.g. finetune.loss.name manifest.noise)")
+                    help="recipe keys to group by (e.g. finetune.loss.name manifest.noise); "
+                    "'model' is the evaluated model's name (e.g. 'simsiam + la')")
     cp.add_argument("--metric", nargs="+", default=None, metavar="NAME",
                     help="metrics (default: many medium few top1; test/ may be left out)")
     cp.add_argument("--format", default="md", choices=["md", "csv"])
@@ -548,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="paper layout: keys whose values make the rows")
     cp.add_argument("--cols", nargs="+", default=None, metavar="KEY",
                     help="paper layout: keys whose values make the columns")
-    cp.add_argument("--stage", default="eval", help="runs of this stage (default: eval)")
+    cp.add_argument("--stage", default="eval",
+                    help="runs of this stage (default: eval); 'all': every run that evaluated a "
+                    "model, the baselines' and self-training's included (group them by 'model')")
     cp.add_argument("--plots", metavar="DIR", help="write grouped bars (and curves with --x) "
                     "as PNG into DIR")
     cp.add_argument("--x", default=None, metavar="KEY",

@@ -228,10 +228,13 @@ class PretrainCfg(Section):
         return self.stages[-1].method if self.stages else self.method
 
 
+LOSS_NAMES = Literal["ce", "la", "sl", "la_sl", "balanced_softmax", "focal", "cb", "cb_focal",
+                    "drw", "ldam", "ldam_drw"]
+
+
 class LossCfg(Section):
     # the names of ltscale.losses.registry (kept in step by tests/unit/test_losses.py)
-    name: Literal["ce", "la", "sl", "la_sl", "balanced_softmax", "focal", "cb", "cb_focal", "drw",
-                  "ldam", "ldam_drw"] = "la_sl"
+    name: LOSS_NAMES = "la_sl"
     tau: float = 1.0            # logit adjustment strength (la, la_sl)
     lam: float = Field(4.0, gt=0)  # SuperLoss λ (sl, la_sl)
     tau_sl: float | Literal["mean"] | None = None  # SuperLoss threshold; None = log C, "mean" = EMA
@@ -259,6 +262,9 @@ class FinetuneCfg(Section):
     # end on images; full: the whole encoder + classifier end to end
     mode: Literal["linear", "proj_head", "last_fc", "partial", "full"] = "linear"
     loss: LossCfg = LossCfg()
+    # more heads on the same frozen encoder and feature cache, one per loss named here (with
+    # loss's other options): each is its own finetune + eval run, e.g. seed 000's CE/LA/SL/LA+SL
+    extra_losses: list[LOSS_NAMES] = []
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(256, gt=0)
     lr: float = Field(0.003, gt=0)
@@ -279,10 +285,25 @@ class FinetuneCfg(Section):
     @model_validator(mode="after")
     def _cosine_heads(self):
         # LDAM heads are cosine classifiers; τ-norm and LWS rescale a linear one
-        if self.loss.name.startswith("ldam") and self.classifier_stage in ("tau_norm", "lws"):
-            raise ValueError(f"classifier_stage {self.classifier_stage} needs a linear "
-                             f"classifier, but loss {self.loss.name} trains a cosine one; use "
-                             "classifier_stage crt or none")
+        for name in [self.loss.name, *self.extra_losses]:
+            if name.startswith("ldam") and self.classifier_stage in ("tau_norm", "lws"):
+                raise ValueError(f"classifier_stage {self.classifier_stage} needs a linear "
+                                 f"classifier, but loss {name} trains a cosine one; use "
+                                 "classifier_stage crt or none")
+        return self
+
+    @model_validator(mode="after")
+    def _extra_heads(self):
+        if not self.extra_losses:
+            return self
+        names = [self.loss.name, *self.extra_losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"extra_losses {self.extra_losses} repeats a loss (loss.name is "
+                             f"{self.loss.name}); name each loss once")
+        if self.mode not in ("linear", "proj_head", "last_fc"):
+            raise ValueError(f"extra_losses trains more heads on the frozen encoder's cached "
+                             f"features; with mode {self.mode} each would be a whole end-to-end "
+                             "training: sweep finetune.loss.name instead")
         return self
 
 

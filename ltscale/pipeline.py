@@ -4,6 +4,7 @@ with a child run per stage."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from ltscale.stages.context import Context, make_context
 from ltscale.eval.aggregate import merge_seeds
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
 from ltscale.stages.finetune import predict_images, run_finetune
-from ltscale.stages.pretrain import new_encoder, run_pretrain, run_scratch
+from ltscale.stages.pretrain import label_free_key, new_encoder, run_pretrain, run_scratch
 from ltscale.stages.selftrain import check_pool, run_selftrain
 
 
@@ -39,9 +40,13 @@ def _seed_recipe(recipe: Recipe, seed: int, several: bool) -> Recipe:
     return r
 
 
-def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print) -> dict:
+def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print,
+                 shared: dict | None = None) -> dict:
     """The whole pipeline; with ``recipe.seeds`` the training stages run once per seed (each its
-    own nested run and output folder ``seed<S>/``) and the report gives mean ± std."""
+    own nested run and output folder ``seed<S>/``) and the report gives mean ± std.
+
+    ``shared`` (a dict kept across the points of a sweep) lets a point reuse an earlier point's
+    label-free pretraining of the same images (see ``_pretrain``); None: always pretrain."""
     seeds = recipe.seeds or [recipe.seed]
     several = len(seeds) > 1
     runs = []
@@ -55,9 +60,9 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print) -> d
             if several:
                 log(f"seed {seed}:")
                 with tracker.run(f"seed={seed}", nested=True, tags={"ltscale.stage": "seed"}):
-                    runs.append(_run_seed(r, tracker, progress, log))
+                    runs.append(_run_seed(r, tracker, progress, log, shared))
             else:
-                runs.append(_run_seed(r, tracker, progress, log))
+                runs.append(_run_seed(r, tracker, progress, log, shared))
         ctx = runs[0]["ctx"]
         names = list(runs[0]["results"])
         results = {n: merge_seeds([run["results"][n] for run in runs]) if several
@@ -95,7 +100,55 @@ def _noise(ctx: Context, result: dict) -> dict | None:
     return evaluate_noise(ctx, conf)
 
 
-def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
+def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[dict, str]:
+    """The pretrain stage, or, when an earlier run of this invocation (a sweep point) already
+    pretrained on the same images with the same seed and settings and the pretraining reads no
+    labels (``label_free_key``), a pretrain run that records that run's encoder as its own.
+    Returns (result, the pretrain run id that made the encoder)."""
+    key = label_free_key(ctx) if shared is not None else None
+    if key is not None and key in shared:
+        pre, source = shared[key]
+        with _stage(ctx, "pretrain", source=source):
+            ctx.tracker.set_tags({"ltscale.pretrain_reused": "true",
+                                  "ltscale.encoder": str(pre["encoder"].resolve())})
+        log(f"pretrain: reusing the encoder of run {source} ({pre['encoder']}): same images, "
+            "seed and settings, and the pretraining reads no labels")
+        return pre, source
+    with _stage(ctx, "pretrain"):
+        pre = run_pretrain(ctx)
+        run_id = ctx.tracker.run_id
+    if key is not None:
+        shared[key] = ({k: pre[k] for k in ("encoder", "checkpoint", "history")}, run_id)
+    return pre, run_id
+
+
+def _finetune_and_eval(ctx: Context, loss: str, encoder: Path, pretrain_run: str,
+                       timings: dict) -> dict:
+    """One head (``loss``; the recipe's finetune.loss with that name) on the pretrained encoder:
+    a finetune and an eval child run. The first head trains in ``finetune/``, an extra one in
+    ``finetune_<loss>/``; both read the feature cache in ``finetune/features``."""
+    main = loss == ctx.recipe.finetune.loss.name
+    if not main:
+        recipe = ctx.recipe.model_copy(deep=True)
+        recipe.finetune.loss.name = loss
+        ctx = dataclasses.replace(ctx, recipe=recipe)
+    model = f"{ctx.recipe.pretrain.final_method.name} + {loss}"
+    t = time.perf_counter()
+    with _stage(ctx, "finetune", source=pretrain_run):
+        ft = run_finetune(ctx, encoder, "finetune" if main else f"finetune_{loss}", encoder,
+                          cache_dir=ctx.out / "finetune" / "features")
+        finetune_run = ctx.tracker.run_id
+        ctx.tracker.set_tags({"ltscale.encoder": str(Path(encoder).resolve())})
+    timings["finetune"] += time.perf_counter() - t
+    t = time.perf_counter()
+    with _stage(ctx, "eval", source=finetune_run):
+        metrics = evaluate_logits(ctx, ft["logits"], ft["targets"], model)
+        noise = _noise(ctx, ft)
+    timings["eval"] += time.perf_counter() - t
+    return {"model": model, "finetune": ft, "metrics": metrics, "noise": noise}
+
+
+def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None = None) -> dict:
     """data → pretrain → finetune → eval (+ baselines) for one seed, one child run per stage."""
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
@@ -120,28 +173,21 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log) -> dict:
         f"realised noise {stats['noise_rate']:.3f}, manifest {ctx.manifest.hash}")
 
     t = time.perf_counter()
-    with _stage(ctx, "pretrain"):
-        pre = run_pretrain(ctx)
-        pretrain_run = tracker.run_id
+    pre, pretrain_run = _pretrain(ctx, shared, log)
     timings["pretrain"] = time.perf_counter() - t
-    knn = pre["history"][-1].get("knn/top1")
+    knn = pre["history"][-1].get("knn/top1") if pre["history"] else None
     log(f"pretrain: {len(pre['history'])} epochs in {timings['pretrain']:.0f}s, "
         f"kNN top-1 {knn if knn is None else f'{knn:.4f}'}")
 
     loss = recipe.finetune.loss.name
-    name = f"{recipe.pretrain.final_method.name} + {loss}"
-    t = time.perf_counter()
-    with _stage(ctx, "finetune", source=pretrain_run):
-        ft = run_finetune(ctx, pre["encoder"], "finetune", pre["encoder"])
-        finetune_run = tracker.run_id
-        tracker.set_tags({"ltscale.encoder": str(pre["encoder"].resolve())})
-    timings["finetune"] = time.perf_counter() - t
-    t = time.perf_counter()
-    with _stage(ctx, "eval", source=finetune_run):
-        results[name] = evaluate_logits(ctx, ft["logits"], ft["targets"], name)
-        if (n := _noise(ctx, ft)) is not None:
-            noise[name] = n
-    timings["eval"] = time.perf_counter() - t
+    timings["finetune"] = timings["eval"] = 0.0
+    ft = None
+    for head_loss in [loss, *recipe.finetune.extra_losses]:  # extra heads share the cache
+        out = _finetune_and_eval(ctx, head_loss, pre["encoder"], pretrain_run, timings)
+        ft = ft or out["finetune"]
+        results[out["model"]] = out["metrics"]
+        if out["noise"] is not None:
+            noise[out["model"]] = out["noise"]
 
     if recipe.baselines.random_encoder:
         t = time.perf_counter()

@@ -188,12 +188,15 @@ def _standardize_from(head: Head, z) -> None:
 # --- the stage -----------------------------------------------------------------------------------
 
 def run_finetune(ctx: Context, encoder, name: str = "finetune",
-                 encoder_path: Path | None = None) -> dict:
+                 encoder_path: Path | None = None, cache_dir: Path | None = None) -> dict:
     """Fine-tune from ``encoder``: an encoder file (``encoder.pt``) or a module (then
-    ``encoder_path`` may name its file, which supplies the pretrained projector)."""
+    ``encoder_path`` may name its file, which supplies the pretrained projector). The feature
+    cache lives in ``cache_dir`` (default ``<stage folder>/features``): heads that share an
+    encoder may share it."""
     f = ctx.recipe.finetune
     mode = f.mode
     stage_dir = ctx.out / name
+    cache_dir = stage_dir / "features" if cache_dir is None else cache_dir
     device = ctx.device
     encoder, projector, digest, encoder_path = _encoder_and_projector(
         ctx, encoder, encoder_path, need_projector=mode in ("proj_head", "last_fc"))
@@ -237,10 +240,10 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
     output = "encoder+projector.0" if cached_projected else "encoder"
     t = time.perf_counter()
     train_cache, reused = cached_features(
-        ctx, cache_model, stage_dir / "features" / "train", encoder_hash=digest, output=output,
+        ctx, cache_model, cache_dir / "train", encoder_hash=digest, output=output,
         aug_copies=f.aug_copies if mode in FROZEN_MODES else 0, desc=f"{name}: encode train")
     test_cache, _ = cached_features(ctx, cache_model,
-                                    stage_dir / "features" / ctx.recipe.eval.split,
+                                    cache_dir / ctx.recipe.eval.split,
                                     encoder_hash=digest, output=output, split="test",
                                     desc=f"{name}: encode {ctx.recipe.eval.split}")
     timings["encode"] = time.perf_counter() - t

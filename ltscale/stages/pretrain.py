@@ -154,6 +154,34 @@ def _fingerprint(ctx: Context, settings: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def label_free_key(ctx: Context) -> str | None:
+    """A key that is equal for two runs whose pretraining must give the same encoder although
+    their labels differ (e.g. sweep points that differ only in label noise), or None when the
+    pretraining reads labels (a label-aware method, class-balanced sampling, the online probe).
+
+    It covers the images trained on (the manifest's ids in order), the seed, the data, engine and
+    pretraining settings; not the loader workers, checkpoint cadence or kNN monitor."""
+    import numpy as np
+
+    p = ctx.recipe.pretrain
+    stages = p.resolved_stages()
+    for stage in stages:
+        cls = method_class(stage.method.name)
+        if cls.uses_labels or {"labels", "class_counts"} & set(getattr(cls, "needs", ())):
+            return None
+        if stage.balance != "instance":
+            return None
+    if p.online_probe:
+        return None
+    ids, _ = ctx.manifest.rows("labeled", "unlabeled")
+    settings = p.model_dump(exclude={"workers", "checkpoint_every", "keep_checkpoints", "knn"})
+    blob = json.dumps([hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest(),
+                       ctx.manifest.header["index_hash"], ctx.recipe.seed,
+                       ctx.recipe.data.model_dump(), ctx.recipe.engine.model_dump(), settings],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def training_roles(method) -> tuple[str, ...]:
     """The manifest roles a method trains on: labeled only when it uses labels."""
     return ("labeled",) if method.uses_labels else ("labeled", "unlabeled")

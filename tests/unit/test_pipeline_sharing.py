@@ -1,0 +1,104 @@
+"""What `ltscale run` shares instead of recomputing: extra fine-tuning heads
+(``finetune.extra_losses``) read one feature cache, and a sweep point whose pretraining reads no
+labels reuses an earlier point's encoder of the same images. Both must give exactly what the
+unshared runs give."""
+
+import pytest
+import torch
+
+from ltscale.config import recipe_from_dict
+from ltscale.errors import RecipeError
+from ltscale.pipeline import run_pipeline
+from ltscale.stages.context import make_context
+from ltscale.stages.pretrain import label_free_key
+from ltscale.track import NullTracker
+
+
+def _recipe(tiny_idx, tmp_path, out, **changes):
+    raw = {
+        "name": "share", "output_dir": str(tmp_path / out), "device": "cpu",
+        "data": {"source": {"kind": "idx", "path": str(tiny_idx)},
+                 "shards": str(tmp_path / "shards"), "image_size": 8, "channels": 1,
+                 "mean": [0.5], "std": [0.25]},
+        "manifest": {"imbalance": "exp:4", "noise": "sym:0.4"},
+        "pretrain": {"backbone": {"name": "resnet_tiny"}, "epochs": 1, "batch_size": 8,
+                     "workers": 0, "method": {"name": "simsiam", "proj_dim": 16, "pred_dim": 8},
+                     "knn": {"bank_per_class": 4, "queries": 12}},
+        "finetune": {"mode": "proj_head", "epochs": 2, "batch_size": 8, "workers": 0,
+                     "loss": {"name": "la_sl"}},
+        "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}}}
+    for dotted, value in changes.items():
+        node = raw
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return recipe_from_dict(raw)
+
+
+def _run(recipe, shared=None):
+    lines = []
+    summary = run_pipeline(recipe, NullTracker(), progress=False, log=lines.append,
+                           shared=shared)
+    return summary, lines
+
+
+def test_extra_heads_share_the_cache_and_equal_their_own_runs(tiny_idx, tmp_path):
+    summary, _ = _run(_recipe(tiny_idx, tmp_path, "extra", finetune__extra_losses=["ce", "la"]))
+    out = tmp_path / "extra"
+    assert list(summary["results"]) == ["simsiam + la_sl", "simsiam + ce", "simsiam + la"]
+    for folder in ("finetune", "finetune_ce", "finetune_la"):
+        assert (out / folder / "head.pt").exists()
+    assert not (out / "finetune_ce" / "features").exists()  # encoded once, in finetune/
+    heads = {f: torch.load(out / f / "head.pt", weights_only=True)["state_dict"]
+             for f in ("finetune", "finetune_ce")}
+    assert any(not torch.equal(heads["finetune"][k], heads["finetune_ce"][k])
+               for k in heads["finetune"])  # another loss trained another head
+    # the CE head is exactly the head a pipeline with finetune.loss.name=ce trains
+    alone, _ = _run(_recipe(tiny_idx, tmp_path, "alone", finetune__loss={"name": "ce"}))
+    assert alone["results"]["simsiam + ce"] == summary["results"]["simsiam + ce"]
+
+
+def test_extra_losses_are_checked():
+    base = {"finetune": {"mode": "proj_head", "loss": {"name": "la_sl"}}}
+    with pytest.raises(RecipeError, match="repeats a loss"):
+        recipe_from_dict(base | {"finetune": base["finetune"] | {"extra_losses": ["la_sl"]}})
+    with pytest.raises(RecipeError, match="sweep finetune.loss.name instead"):
+        recipe_from_dict({"finetune": {"mode": "full", "extra_losses": ["ce"]}})
+    with pytest.raises(RecipeError, match="loss ldam trains a cosine one"):
+        recipe_from_dict({"finetune": {"classifier_stage": "tau_norm", "loss": {"name": "ce"},
+                                       "extra_losses": ["ldam"]}})
+    with pytest.raises(RecipeError, match="extra_losses"):
+        recipe_from_dict({"finetune": {"extra_losses": ["nope"]}})
+
+
+def test_a_noise_sweep_pretrains_once_and_the_reuse_is_exact(tiny_idx, tmp_path):
+    shared = {}
+    _run(_recipe(tiny_idx, tmp_path, "p0", manifest__noise="sym:0.0"), shared)
+    reused, lines = _run(_recipe(tiny_idx, tmp_path, "p1"), shared)
+    assert any("reusing the encoder" in line and str(tmp_path / "p0") in line for line in lines)
+    assert not (tmp_path / "p1" / "pretrain").exists()  # no second pretraining
+    assert len(shared) == 1
+    # the same point pretrained on its own gives the same numbers
+    own, lines = _run(_recipe(tiny_idx, tmp_path, "own"), None)
+    assert not any("reusing" in line for line in lines)
+    assert own["results"] == reused["results"]
+
+
+def _key(tiny_idx, tmp_path, **changes):
+    recipe = _recipe(tiny_idx, tmp_path, "k", **changes)
+    return label_free_key(make_context(recipe, NullTracker(), progress=False))
+
+
+def test_the_reuse_key_ignores_labels_only(tiny_idx, tmp_path):
+    base = _key(tiny_idx, tmp_path)
+    assert base is not None
+    assert _key(tiny_idx, tmp_path, manifest__noise="sym:0.8") == base
+    assert _key(tiny_idx, tmp_path, pretrain__workers=1, pretrain__knn={"k": 3}) == base
+    for changes in ({"seed": 1}, {"manifest__imbalance": "exp:2"},
+                    {"pretrain__epochs": 2}, {"manifest__seed": 5}):
+        assert _key(tiny_idx, tmp_path, **changes) != base, changes
+    # pretraining that reads labels is never shared
+    assert _key(tiny_idx, tmp_path, pretrain__method={"name": "supcon"}) is None
+    assert _key(tiny_idx, tmp_path, pretrain__balance="class") is None
+    assert _key(tiny_idx, tmp_path, pretrain__online_probe=True) is None
