@@ -47,27 +47,41 @@ def experiment_id(client, experiment: str, uri: str) -> str:
     return exp.experiment_id
 
 
+ALL_MODELS = "all"  # the stage name that selects every run that evaluated a model
+
+
 def load_runs(experiment: str, uri: str, stage: str = "eval",
               statuses: tuple[str, ...] = ("FINISHED",)) -> list[dict]:
-    """``{"id", "params", "metrics", "tags"}`` for each run of ``stage`` in ``experiment``."""
+    """``{"id", "params", "metrics", "tags"}`` for each run of ``stage`` in ``experiment``;
+    ``stage="all"``: every run that evaluated a model (eval, the baselines, self-training).
+    A run's model name (tag ``ltscale.model``, e.g. "simsiam + la") is also its param
+    ``model``, so it can group like a recipe key."""
     import mlflow
 
     client = mlflow.MlflowClient(uri)
     exp_id = experiment_id(client, experiment, uri)
+    where = ("tags.`ltscale.model` != ''" if stage == ALL_MODELS
+             else f"tags.`ltscale.stage` = '{stage}'")
     out, token = [], None
     while True:
-        page = client.search_runs([exp_id],
-                                  filter_string=f"tags.`ltscale.stage` = '{stage}'",
-                                  max_results=1000, page_token=token)
-        out += [{"id": r.info.run_id, "params": dict(r.data.params),
-                 "metrics": dict(r.data.metrics), "tags": dict(r.data.tags)}
-                for r in page if r.info.status in statuses]
+        page = client.search_runs([exp_id], filter_string=where, max_results=1000,
+                                  page_token=token)
+        for r in page:
+            if r.info.status not in statuses:
+                continue
+            tags = dict(r.data.tags)
+            params = dict(r.data.params)
+            if "ltscale.model" in tags:
+                params["model"] = tags["ltscale.model"]
+            out.append({"id": r.info.run_id, "params": params, "metrics": dict(r.data.metrics),
+                        "tags": tags})
         token = page.token
         if not token:
             break
     if not out:
+        what = "runs that evaluated a model" if stage == ALL_MODELS else f"runs of stage {stage!r}"
         raise CompareError(f"experiment {experiment!r} has no {'/'.join(statuses).lower()} "
-                           f"runs of stage {stage!r}")
+                           f"{what}")
     return sorted(out, key=lambda r: r["id"])
 
 

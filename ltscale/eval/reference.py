@@ -16,7 +16,7 @@ import numpy as np
 
 from ltscale.config import Recipe, flatten
 from ltscale.eval.aggregate import format_mean_std
-from ltscale.eval.compare import experiment_id
+from ltscale.eval.compare import ALL_MODELS, load_runs
 
 HEADER = ["model", "setting", "metric", "paper", "ours", "runs", "Δ"]
 
@@ -40,19 +40,7 @@ def cell_params(where: dict) -> dict[str, str]:
 def load_model_runs(experiment: str, uri: str) -> list[dict]:
     """``{"params", "metrics", "tags"}`` of the experiment's finished runs that evaluated a model
     (any stage: eval, the baselines, self-training)."""
-    import mlflow
-
-    client = mlflow.MlflowClient(uri)
-    exp_id = experiment_id(client, experiment, uri)
-    out, token = [], None
-    while True:
-        page = client.search_runs([exp_id], filter_string="tags.`ltscale.model` != ''",
-                                  max_results=1000, page_token=token)
-        out += [{"params": dict(r.data.params), "metrics": dict(r.data.metrics),
-                 "tags": dict(r.data.tags)} for r in page if r.info.status == "FINISHED"]
-        token = page.token
-        if not token:
-            return out
+    return load_runs(experiment, uri, stage=ALL_MODELS)
 
 
 def same_value(param: str | None, want: str) -> bool:

@@ -28,7 +28,8 @@ def store(tmp_path_factory):
     for loss in METHODS:
         for noise in NOISE:
             for seed in SEEDS:
-                run = client.create_run(exp, tags={"ltscale.stage": "eval"})
+                run = client.create_run(exp, tags={"ltscale.stage": "eval",
+                                                   "ltscale.model": f"simsiam + {loss}"})
                 rid = run.info.run_id
                 for k, v in {"finetune.loss.name": loss, "manifest.noise": noise,
                              "seed": seed, "pretrain.epochs": 4}.items():
@@ -36,6 +37,16 @@ def store(tmp_path_factory):
                 for m in ("test/many", "test/medium", "test/few", "test/top1"):
                     client.log_metric(rid, m, _value(loss, noise, seed, m))
                 client.set_terminated(rid, "FINISHED")
+    # the CE-from-scratch baseline: another stage, the same model tag for all its seeds
+    for noise in NOISE:
+        for seed in SEEDS:
+            rid = client.create_run(exp, tags={"ltscale.stage": "baseline_ce_scratch",
+                                               "ltscale.model": "scratch + ce"}).info.run_id
+            for k, v in {"finetune.loss.name": "la_sl", "manifest.noise": noise,
+                         "seed": seed}.items():
+                client.log_param(rid, k, v)
+            client.log_metric(rid, "test/top1", 0.30 + NOISE[noise] + 0.01 * seed)
+            client.set_terminated(rid, "FINISHED")
     # runs that must not count: a failed eval run and another stage's run
     bad = client.create_run(exp, tags={"ltscale.stage": "eval"}).info.run_id
     client.log_param(bad, "finetune.loss.name", "ce")
@@ -102,6 +113,21 @@ def test_plots_are_written_as_png(store, capsys, tmp_path):
     for png in (bars, curve):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in out
     assert (tmp_path / "table.md").read_text() in out
+
+
+def test_stage_all_groups_every_evaluated_model_by_its_name(store, capsys):
+    # the baseline's runs log finetune.loss.name la_sl too: only `model` tells them apart
+    rc, out, _ = _compare(store, capsys, "--stage", "all", "--rows", "model", "--cols",
+                          "manifest.noise", "--metric", "top1")
+    lines = out.strip().splitlines()
+    assert rc == 0
+    assert lines[0] == "| model | sym:0.2 top1 | sym:0.4 top1 |"
+    assert lines[2:] == ["| scratch + ce | 41.00 ± 1.00 | 31.00 ± 1.00 |",
+                         "| simsiam + ce | 56.00 ± 1.00 | 46.00 ± 1.00 |",
+                         "| simsiam + la_sl | 76.00 ± 1.00 | 66.00 ± 1.00 |"]
+    # the default stays the eval runs alone
+    rc, out, _ = _compare(store, capsys, "--group-by", "model", "--metric", "top1")
+    assert rc == 0 and "scratch + ce" not in out and "simsiam + ce | 6 |" in out
 
 
 def test_bad_input_names_what_exists(store, capsys):
