@@ -320,7 +320,7 @@ def cmd_compare(args):
     uri = args.tracking_uri or default_tracking_uri()
     if args.reference:
         return _compare_reference(args, uri)
-    runs = c.load_runs(args.experiment, uri, stage=args.stage)
+    runs = c.filter_runs(c.load_runs(args.experiment, uri, stage=args.stage), args.where)
     metrics = c.resolve_metrics(runs, args.metric)
     group_by = list(args.group_by)
     for key in (args.rows or []) + (args.cols or []) + ([args.x] if args.x else []):
@@ -545,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "'model' is the evaluated model's name (e.g. 'simsiam + la')")
     cp.add_argument("--metric", nargs="+", default=None, metavar="NAME",
                     help="metrics (default: many medium few top1; test/ may be left out)")
+    cp.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="only the runs with these recipe values (e.g. manifest.imbalance=exp:10)")
     cp.add_argument("--format", default="md", choices=["md", "csv"])
     cp.add_argument("--rows", nargs="+", default=None, metavar="KEY",
                     help="paper layout: keys whose values make the rows")

@@ -98,14 +98,34 @@ def resolve_metrics(runs: list[dict], metrics: list[str] | None) -> list[str]:
     return out
 
 
-def _check_keys(runs: list[dict], keys: list[str]) -> None:
+def filter_runs(runs: list[dict], where: list[str]) -> list[dict]:
+    """The runs whose params match every ``KEY=VALUE`` of ``where`` (numbers by value: ``1``
+    matches ``1.0``). An unknown key, or a filter that leaves no run, is refused, naming the
+    values there are."""
+    from ltscale.eval.reference import same_value
+
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CompareError(f"--where {item!r}: write KEY=VALUE, e.g. manifest.noise=sym:0.4")
+        _check_keys(runs, [key], option="--where")
+        kept = [r for r in runs if same_value(r["params"].get(key), value)]
+        if not kept:
+            values = sorted({r["params"][key] for r in runs if key in r["params"]}, key=_order)
+            raise CompareError(f"--where {item}: no run has this value; {key} takes "
+                               f"{', '.join(values)}")
+        runs = kept
+    return runs
+
+
+def _check_keys(runs: list[dict], keys: list[str], option: str = "--group-by") -> None:
     have = {k for r in runs for k in r["params"]}
     for key in keys:
         if key not in have:
             import difflib
 
             close = difflib.get_close_matches(key, sorted(have), n=5, cutoff=0.5)
-            raise CompareError(f"--group-by {key}: no run has this recipe key"
+            raise CompareError(f"{option} {key}: no run has this recipe key"
                                + (f"; did you mean {', '.join(close)}?" if close else ""))
 
 

@@ -130,6 +130,19 @@ def test_stage_all_groups_every_evaluated_model_by_its_name(store, capsys):
     assert rc == 0 and "scratch + ce" not in out and "simsiam + ce | 6 |" in out
 
 
+def test_where_keeps_the_matching_runs_only(store, capsys):
+    rc, out, _ = _compare(store, capsys, "--where", "manifest.noise=sym:0.4", "seed=1.0",
+                          "--group-by", "finetune.loss.name", "--metric", "many")
+    assert rc == 0
+    assert out.strip().splitlines()[2:] == ["| ce | 1 | 51.00 |", "| la_sl | 1 | 71.00 |"]
+    rc, _, err = _compare(store, capsys, "--where", "manifest.noise=sym:0.9")
+    assert rc == 2 and "manifest.noise takes sym:0.2, sym:0.4" in err
+    rc, _, err = _compare(store, capsys, "--where", "manifest.nois=sym:0.2")
+    assert rc == 2 and "--where manifest.nois: no run has this recipe key" in err
+    rc, _, err = _compare(store, capsys, "--where", "manifest.noise")
+    assert rc == 2 and "write KEY=VALUE" in err
+
+
 def test_bad_input_names_what_exists(store, capsys):
     rc, _, err = _compare(store, capsys, "--group-by", "manifest.nois")
     assert rc == 2 and "manifest.nois" in err and "did you mean manifest.noise" in err
