@@ -1,0 +1,100 @@
+"""`ltscale compare`: an experiment's runs grouped by recipe keys, paper layouts, plots, and the
+paper's figures beside ours (``--reference``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ltscale.errors import LtscaleError
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    cp = sub.add_parser("compare", help="runs of an experiment grouped by recipe keys, "
+                        "mean ± std over seeds")
+    cp.add_argument("experiment")
+    cp.add_argument("--group-by", nargs="+", default=[], metavar="KEY",
+                    help="recipe keys to group by (e.g. finetune.loss.name manifest.noise); "
+                    "'model' is the evaluated model's name (e.g. 'simsiam + la')")
+    cp.add_argument("--metric", nargs="+", default=None, metavar="NAME",
+                    help="metrics (default: many medium few top1; test/ may be left out)")
+    cp.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="only the runs with these recipe values (e.g. manifest.imbalance=exp:10)")
+    cp.add_argument("--format", default="md", choices=["md", "csv"])
+    cp.add_argument("--rows", nargs="+", default=None, metavar="KEY",
+                    help="paper layout: keys whose values make the rows")
+    cp.add_argument("--cols", nargs="+", default=None, metavar="KEY",
+                    help="paper layout: keys whose values make the columns")
+    cp.add_argument("--stage", default="eval",
+                    help="runs of this stage (default: eval); 'all': every run that evaluated a "
+                    "model, the baselines' and self-training's included (group them by 'model')")
+    cp.add_argument("--plots", metavar="DIR", help="write grouped bars (and curves with --x) "
+                    "as PNG into DIR")
+    cp.add_argument("--x", default=None, metavar="KEY",
+                    help="numeric key for curves (e.g. manifest.noise, sym:0.4 → 0.4)")
+    cp.add_argument("--reference", metavar="RECIPE",
+                    help="the recipe's reference figures (the paper's) beside the matching runs")
+    cp.add_argument("--out", metavar="FILE", help="also write the table to FILE")
+    cp.add_argument("--tracking-uri", default=None,
+                    help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    cp.set_defaults(func=cmd_compare)
+    return cp
+
+
+def cmd_compare(args):
+    from pathlib import Path
+
+    from ltscale.eval import compare as c
+    from ltscale.track import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    if args.reference:
+        return _compare_reference(args, uri)
+    runs = c.filter_runs(c.load_runs(args.experiment, uri, stage=args.stage), args.where)
+    metrics = c.resolve_metrics(runs, args.metric)
+    group_by = list(args.group_by)
+    for key in (args.rows or []) + (args.cols or []) + ([args.x] if args.x else []):
+        if key not in group_by:
+            group_by.append(key)
+    groups = c.group_runs(runs, group_by, metrics)
+    if args.rows or args.cols:
+        header, rows = c.pivot_rows(groups, group_by, args.rows or [], args.cols or [], metrics,
+                                    args.format)
+    else:
+        header, rows = c.table_rows(groups, group_by, metrics, args.format)
+    text = c.render(header, rows, args.format)
+    if args.out:
+        from ltscale.atomic import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    print(text, end="")
+    if args.plots:
+        out = Path(args.plots)
+        print(f"plot: {c.plot_bars(groups, group_by, metrics, out / 'compare_bars.png')}")
+        if args.x:
+            for m in metrics:
+                name = f"compare_{m.replace('/', '_')}_vs_{args.x.replace('.', '_')}.png"
+                print(f"plot: {c.plot_curves(groups, group_by, args.x, m, out / name)}")
+    return 0
+
+
+def _compare_reference(args, uri: str) -> int:
+    """Paper vs ours for the recipe's reference cells (`compare EXPERIMENT --reference RECIPE`)."""
+    from ltscale.config import load_recipe
+    from ltscale.eval import compare as c
+    from ltscale.eval import reference as ref
+
+    recipe = load_recipe(args.reference)
+    if recipe.reference is None:
+        raise LtscaleError(f"{args.reference} has no reference: section (the paper's figures)")
+    rows = ref.reference_rows(recipe, ref.load_model_runs(args.experiment, uri))
+    print(f"{recipe.reference.paper}, {recipe.reference.table}: paper vs ours "
+          f"(experiment {args.experiment})")
+    if recipe.reference.note:
+        print(f"note: {recipe.reference.note}")
+    text = c.render(ref.HEADER, rows, args.format)
+    if args.out:
+        from ltscale.atomic import write_text_atomic
+
+        write_text_atomic(args.out, text)
+    print(text, end="")
+    return 0
