@@ -175,16 +175,16 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None 
     t = time.perf_counter()
     pre, pretrain_run = _pretrain(ctx, shared, log)
     timings["pretrain"] = time.perf_counter() - t
-    knn = pre["history"][-1].get("knn/top1") if pre["history"] else None
+    knn = pre["history"][-1].get("knn/top1")
     log(f"pretrain: {len(pre['history'])} epochs in {timings['pretrain']:.0f}s, "
         f"kNN top-1 {knn if knn is None else f'{knn:.4f}'}")
 
     loss = recipe.finetune.loss.name
     timings["finetune"] = timings["eval"] = 0.0
-    ft = None
-    for head_loss in [loss, *recipe.finetune.extra_losses]:  # extra heads share the cache
-        out = _finetune_and_eval(ctx, head_loss, pre["encoder"], pretrain_run, timings)
-        ft = ft or out["finetune"]
+    heads = [_finetune_and_eval(ctx, head_loss, pre["encoder"], pretrain_run, timings)
+             for head_loss in [loss, *recipe.finetune.extra_losses]]  # extras share the cache
+    ft = heads[0]["finetune"]  # the recipe's own head (self-training's teacher)
+    for out in heads:
         results[out["model"]] = out["metrics"]
         if out["noise"] is not None:
             noise[out["model"]] = out["noise"]

@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ltscale.atomic import atomic_path
@@ -161,11 +162,8 @@ def label_free_key(ctx: Context) -> str | None:
 
     It covers the images trained on (the manifest's ids in order), the seed, the data, engine and
     pretraining settings; not the loader workers, checkpoint cadence or kNN monitor."""
-    import numpy as np
-
     p = ctx.recipe.pretrain
-    stages = p.resolved_stages()
-    for stage in stages:
+    for stage in p.resolved_stages():
         cls = method_class(stage.method.name)
         if cls.uses_labels or {"labels", "class_counts"} & set(getattr(cls, "needs", ())):
             return None
