@@ -30,6 +30,21 @@ def tiny_idx(tmp_path) -> Path:
     return root
 
 
+def tiny_pipeline_recipe(tiny_idx: Path, out: Path, shards: Path) -> dict:
+    """A whole-pipeline recipe (as a dict, for ``recipe_from_dict``) on ``tiny_idx``: a tiny
+    ResNet, one SimSiam epoch, an LA+SL linear head, no baselines; seconds on a CPU."""
+    return {
+        "name": "tiny", "output_dir": str(out), "device": "cpu",
+        "data": {"source": {"kind": "idx", "path": str(tiny_idx)}, "shards": str(shards),
+                 "image_size": 8, "channels": 1, "mean": [0.5], "std": [0.25]},
+        "manifest": {"imbalance": "exp:4", "noise": "sym:0.4"},
+        "pretrain": {"backbone": {"name": "resnet_tiny"}, "epochs": 1, "batch_size": 8,
+                     "workers": 0, "method": {"name": "simsiam", "proj_dim": 16, "pred_dim": 8},
+                     "knn": {"bank_per_class": 4, "queries": 12}},
+        "finetune": {"epochs": 2, "batch_size": 8, "workers": 0, "loss": {"name": "la_sl"}},
+        "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}}}
+
+
 def fashion_available() -> bool:
     return (FASHION / "train-images-idx3-ubyte.gz").exists()
 

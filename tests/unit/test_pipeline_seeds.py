@@ -6,21 +6,13 @@ import json
 from ltscale.config import recipe_from_dict
 from ltscale.pipeline import run_pipeline
 from ltscale.track import NullTracker
+from tests.conftest import tiny_pipeline_recipe
 
 
 def test_seeds_give_one_output_per_seed_and_mean_std_in_the_report(tiny_idx, tmp_path):
-    recipe = recipe_from_dict({
-        "name": "seeds", "output_dir": str(tmp_path / "out"), "device": "cpu", "seeds": [0, 1],
-        "data": {"source": {"kind": "idx", "path": str(tiny_idx)},
-                 "shards": str(tmp_path / "shards"), "image_size": 8, "channels": 1,
-                 "mean": [0.5], "std": [0.25], "loader": {"check": "checksum"}},
-        "manifest": {"imbalance": "exp:4", "noise": "sym:0.4"},
-        "pretrain": {"backbone": {"name": "resnet_tiny"}, "epochs": 1, "batch_size": 8,
-                     "workers": 0, "method": {"name": "simsiam", "proj_dim": 16, "pred_dim": 8},
-                     "knn": {"bank_per_class": 4, "queries": 12}},
-        "finetune": {"epochs": 2, "batch_size": 8, "workers": 0,
-                     "loss": {"name": "la_sl"}},
-        "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}}})
+    raw = tiny_pipeline_recipe(tiny_idx, tmp_path / "out", tmp_path / "shards")
+    raw["data"]["loader"] = {"check": "checksum"}
+    recipe = recipe_from_dict(raw | {"name": "seeds", "seeds": [0, 1]})
     summary = run_pipeline(recipe, NullTracker(), progress=False, log=lambda *_: None)
     assert summary["seeds"] == [0, 1]
     for s in (0, 1):

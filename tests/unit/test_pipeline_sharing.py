@@ -12,21 +12,12 @@ from ltscale.pipeline import run_pipeline
 from ltscale.stages.context import make_context
 from ltscale.stages.pretrain import label_free_key
 from ltscale.track import NullTracker
+from tests.conftest import tiny_pipeline_recipe
 
 
 def _recipe(tiny_idx, tmp_path, out, **changes):
-    raw = {
-        "name": "share", "output_dir": str(tmp_path / out), "device": "cpu",
-        "data": {"source": {"kind": "idx", "path": str(tiny_idx)},
-                 "shards": str(tmp_path / "shards"), "image_size": 8, "channels": 1,
-                 "mean": [0.5], "std": [0.25]},
-        "manifest": {"imbalance": "exp:4", "noise": "sym:0.4"},
-        "pretrain": {"backbone": {"name": "resnet_tiny"}, "epochs": 1, "batch_size": 8,
-                     "workers": 0, "method": {"name": "simsiam", "proj_dim": 16, "pred_dim": 8},
-                     "knn": {"bank_per_class": 4, "queries": 12}},
-        "finetune": {"mode": "proj_head", "epochs": 2, "batch_size": 8, "workers": 0,
-                     "loss": {"name": "la_sl"}},
-        "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}}}
+    raw = tiny_pipeline_recipe(tiny_idx, tmp_path / out, tmp_path / "shards")
+    raw["finetune"]["mode"] = "proj_head"
     for dotted, value in changes.items():
         node = raw
         *parents, last = dotted.split("__")

@@ -14,21 +14,13 @@ from ltscale.pipeline import run_pipeline
 from ltscale.stages.context import git_commit
 from ltscale.track import MlflowTracker
 from ltscale.track.ledger import RunLedger
+from tests.conftest import tiny_pipeline_recipe
 
 
 def _recipe(tiny_idx, tmp_path, **extra):
-    return recipe_from_dict({
-        "name": "tracked", "output_dir": str(tmp_path / "out"), "device": "cpu",
-        "data": {"source": {"kind": "idx", "path": str(tiny_idx)},
-                 "shards": str(tmp_path / "shards"), "image_size": 8, "channels": 1,
-                 "mean": [0.5], "std": [0.25]},
-        "manifest": {"imbalance": "exp:4", "noise": "sym:0.4"},
-        "pretrain": {"backbone": {"name": "resnet_tiny"}, "epochs": 1, "batch_size": 8,
-                     "workers": 0, "method": {"name": "simsiam", "proj_dim": 16, "pred_dim": 8},
-                     "knn": {"bank_per_class": 4, "queries": 12}},
-        "finetune": {"epochs": 2, "batch_size": 8, "workers": 0, "loss": {"name": "la_sl"}},
-        "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}},
-        "tracking": {"experiment": "tracked"}} | extra)
+    raw = tiny_pipeline_recipe(tiny_idx, tmp_path / "out", tmp_path / "shards")
+    return recipe_from_dict(raw | {"name": "tracked", "tracking": {"experiment": "tracked"}}
+                            | extra)
 
 
 def _runs(uri, experiment="tracked"):
