@@ -1,9 +1,46 @@
-"""The base of every recipe section: unknown keys are refused, assignments validated."""
+"""The base of every recipe section (unknown keys are refused, assignments validated), and the
+optimizer and augmentation sections that several stages use."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimCfg(Section):
+    name: Literal["sgd", "lars", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.03, gt=0)               # base lr, scaled by batch_size / 256
+    lars_eta: float = Field(0.02, gt=0)         # LARS trust coefficient
+    scale_lr: bool = True
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    warmup_epochs: float = Field(10, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+
+class AugmentCfg(Section):
+    preset: str = "cifar"     # simclr | mocov2 | byol | cifar | rotation | supervised | …
+    views: int | None = Field(None, gt=0)     # None: the preset's count (multi-view when larger)
+    # None keeps the preset's value; a value replaces it in every view
+    crop_scale: tuple[float, float] | None = None
+    flip: bool | None = None
+    jitter: float | None = Field(None, ge=0)  # strength s: brightness/contrast/saturation s, hue s/4
+    grayscale: float | None = Field(None, ge=0, le=1)
+    blur: float | None = Field(None, ge=0, le=1)  # probability
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v):
+        from ltscale.data.augment import preset_names
+
+        if v not in preset_names():
+            raise ValueError(f"unknown preset; known: {', '.join(preset_names())}")
+        return v
+
+    def options(self) -> dict:
+        return self.model_dump(exclude={"preset"})

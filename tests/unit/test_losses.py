@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import lambertw as scipy_lambertw
 
-from ltscale.config import LossCfg
+from ltscale.config_supervised import LossCfg
 from ltscale.errors import RecipeError
 from ltscale.losses.classification import (RunningMean, balanced_softmax_loss,
                                            class_balanced_weights, focal_loss, la_superloss,
