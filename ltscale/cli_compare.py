@@ -61,12 +61,7 @@ def cmd_compare(args):
                                     args.format)
     else:
         header, rows = c.table_rows(groups, group_by, metrics, args.format)
-    text = c.render(header, rows, args.format)
-    if args.out:
-        from ltscale.atomic import write_text_atomic
-
-        write_text_atomic(args.out, text)
-    print(text, end="")
+    _emit(c.render(header, rows, args.format), args.out)
     if args.plots:
         out = Path(args.plots)
         print(f"plot: {c.plot_bars(groups, group_by, metrics, out / 'compare_bars.png')}")
@@ -91,10 +86,14 @@ def _compare_reference(args, uri: str) -> int:
           f"(experiment {args.experiment})")
     if recipe.reference.note:
         print(f"note: {recipe.reference.note}")
-    text = c.render(ref.HEADER, rows, args.format)
-    if args.out:
+    _emit(c.render(ref.HEADER, rows, args.format), args.out)
+    return 0
+
+
+def _emit(text: str, out: str | None) -> None:
+    """Print the table; with ``--out`` also write it (atomically) to that file."""
+    if out:
         from ltscale.atomic import write_text_atomic
 
-        write_text_atomic(args.out, text)
+        write_text_atomic(out, text)
     print(text, end="")
-    return 0

@@ -98,12 +98,21 @@ def resolve_metrics(runs: list[dict], metrics: list[str] | None) -> list[str]:
     return out
 
 
+def same_value(param: str | None, want: str) -> bool:
+    """A run's param text equals a wanted value (a reference cell's, a ``--where`` filter's);
+    numbers by value (``1`` matches ``1.0``)."""
+    if param is None or param == want:
+        return param is not None
+    try:
+        return float(param) == float(want)
+    except ValueError:
+        return False
+
+
 def filter_runs(runs: list[dict], where: list[str]) -> list[dict]:
     """The runs whose params match every ``KEY=VALUE`` of ``where`` (numbers by value: ``1``
     matches ``1.0``). An unknown key, or a filter that leaves no run, is refused, naming the
     values there are."""
-    from ltscale.eval.reference import same_value
-
     for item in where:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ltscale.config import Recipe, flatten
 from ltscale.eval.aggregate import format_mean_std
-from ltscale.eval.compare import ALL_MODELS, load_runs
+from ltscale.eval.compare import ALL_MODELS, load_runs, same_value
 
 HEADER = ["model", "setting", "metric", "paper", "ours", "runs", "Δ"]
 
@@ -41,16 +41,6 @@ def load_model_runs(experiment: str, uri: str) -> list[dict]:
     """``{"params", "metrics", "tags"}`` of the experiment's finished runs that evaluated a model
     (any stage: eval, the baselines, self-training)."""
     return load_runs(experiment, uri, stage=ALL_MODELS)
-
-
-def same_value(param: str | None, want: str) -> bool:
-    """A run's param text equals a cell's value; numbers by value (``1`` matches ``1.0``)."""
-    if param is None or param == want:
-        return param is not None
-    try:
-        return float(param) == float(want)
-    except ValueError:
-        return False
 
 
 def matching(runs: list[dict], cell) -> list[float]:
