@@ -3,7 +3,9 @@
 A backend knows the device, rank and world size and owns everything the loop must not branch on:
 moving and wrapping the model (``setup``), mixed precision (``autocast``; fp16 loss scaling in
 ``backward``/``step``), gradient-accumulation micro-steps (``no_sync``), collectives the loop
-needs (``barrier``, ``all_gather_object``) and checkpoint files (``save``/``load``).
+needs (``barrier``, ``all_gather_object``, ``any_rank``), the fp32 weights monitors and exports
+read (``fp32_weights``) and checkpoint files (``save``/``load``: read to CPU, then each piece of
+state moved where it belongs, so RNG states stay the CPU byte tensors torch wants).
 ``LocalBackend`` is one process; ``DDPBackend`` (``engine/ddp.py``) and ``DeepSpeedBackend``
 (``engine/deepspeed_backend.py``) override what differs.
 """
@@ -20,6 +22,20 @@ from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
 from ltscale.errors import CheckpointError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def channels_last(batch: torch.Tensor) -> torch.Tensor:
+    """Images in channels-last layout: ``B×C×H×W`` as ``torch.channels_last``; multi-view
+    ``B×V×C×H×W`` with channels innermost, so that each view ``x[:, v]`` has channels-last
+    strides and ``x.flatten(0, 1)`` is a channels-last ``(B·V)×C×H×W`` batch without a copy.
+    Other tensors are returned unchanged."""
+    if not batch.is_floating_point():
+        return batch
+    if batch.dim() == 4:
+        return batch.contiguous(memory_format=torch.channels_last)
+    if batch.dim() == 5:
+        return batch.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return batch
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -99,9 +115,7 @@ class LocalBackend:
     def to_device(self, batch):
         if isinstance(batch, torch.Tensor):
             batch = batch.to(self.device, non_blocking=True)
-            if self.channels_last and batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            return batch
+            return channels_last(batch) if self.channels_last else batch
         if isinstance(batch, (list, tuple)):
             return type(batch)(self.to_device(b) for b in batch)
         return batch
@@ -115,6 +129,31 @@ class LocalBackend:
 
     def broadcast_object(self, obj):
         return obj
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank (every rank must call this)."""
+        return bool(flag)
+
+    # --- the weights monitors and exports read ------------------------------------------------
+    @contextlib.contextmanager
+    def fp32_weights(self, model: nn.Module, restore: bool = True):
+        """The bare module with its fp32 (master) weights in place, for kNN monitors and encoder
+        export; every rank must enter it (a sharded backend gathers). Here the module's weights
+        are the master weights already (autocast computes in low precision, stores fp32);
+        DeepSpeed swaps its fp32 master copies in (and back unless ``restore`` is false, for a
+        model whose training is over)."""
+        yield self.unwrap(model)
+
+    def finish(self, model: nn.Module) -> nn.Module:
+        """After training: the bare module, holding its fp32 master weights for good (export,
+        evaluation, the next stage). Every rank must call this."""
+        with self.fp32_weights(model, restore=False) as module:
+            return module
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window (per epoch) on a CUDA device."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     # --- state and checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -134,7 +173,9 @@ class LocalBackend:
 
     def load(self, path: Path, model: nn.Module, optimizer) -> dict:
         """Restore model, optimizer and backend state from ``path``; returns the whole state."""
-        saved = load_checkpoint(path, map_location=self.device)
+        # to CPU first: ``load_state_dict`` copies weights and optimizer state onto the model's
+        # device, and the RNG states must stay CPU byte tensors
+        saved = load_checkpoint(path, map_location="cpu")
         try:
             self.unwrap(model).load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])

@@ -50,6 +50,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from ltscale.engine.backend import LocalBackend
+from ltscale.engine.dist import any_true, control_group
 from ltscale.launch.env import DistEnv
 
 DIST_BACKENDS = ("auto", "gloo", "nccl")
@@ -183,6 +184,7 @@ class DDPBackend(LocalBackend):
             self._owns_group = True
             ref = weakref.ref(self)
             atexit.register(lambda: ref() is not None and ref().close())
+        self._control = control_group(dist_backend)
 
     # --- model --------------------------------------------------------------------------------
     def setup(self, model: nn.Module, optimizer, *, batch_size: int | None = None,
@@ -228,6 +230,9 @@ class DDPBackend(LocalBackend):
         box = [obj]
         dist.broadcast_object_list(box, src=src)
         return box[0]
+
+    def any_rank(self, flag: bool) -> bool:
+        return any_true(flag, self._control)
 
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():

@@ -15,9 +15,14 @@ How the loop's calls map onto the engine:
   step is skipped), clipping, the optimizer update and ``zero_grad``.
 * ``no_sync`` is a null context: DeepSpeed itself reduces only at the boundary (stage 0/1) or
   reduce-scatters every micro-batch by design (stage 2).
-* ``autocast`` is a null context: with bf16/fp16 DeepSpeed casts the module to that dtype (and
-  keeps fp32 master weights); floating-point inputs are cast to the module's dtype by a forward
-  pre-hook on the module.
+* With bf16/fp16 DeepSpeed casts the module's parameters to that dtype (and keeps fp32 master
+  copies of the optimised ones); floating-point inputs are cast to it by a forward pre-hook on
+  the module. What a method declares ``keep_fp32`` (EMA targets, MoCo's queue, …) is restored
+  to fp32 afterwards and norm statistics follow their weights (``engine/precision.py``), and
+  ``autocast`` is torch's autocast in that dtype, so the fp32 parts and the low-precision
+  parts meet in one forward.
+* ``fp32_weights`` swaps the fp32 master weights (gathered from ZeRO's partitions) into the
+  module for the kNN monitor and encoder export, which must not read the bf16 copies.
 * ``setup`` returns ``engine.optimizer`` (the ZeRO/mixed-precision wrapper, or the client
   optimizer itself): its ``param_groups`` are the client optimizer's groups, so the loop's
   ``set_lr`` reaches the optimizer DeepSpeed steps.
@@ -52,6 +57,8 @@ from torch import nn
 
 from ltscale.engine.backend import PRECISIONS, LocalBackend
 from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltscale.engine.dist import any_true, control_group
+from ltscale.engine.precision import apply_fp32_policy
 from ltscale.errors import CheckpointError, RecipeError
 
 ZERO_STAGES = (0, 1, 2)
@@ -190,6 +197,7 @@ class DeepSpeedBackend(LocalBackend):
                                    timeout=timedelta(seconds=timeout_s))
         self.rank = tdist.get_rank()
         self.world_size = tdist.get_world_size()
+        self._control = control_group(tdist.get_backend())
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
         if kind != "cpu":
             acc.set_device(self.local_rank)
@@ -234,11 +242,16 @@ class DeepSpeedBackend(LocalBackend):
         if optimizer is None:
             raise ValueError("the deepspeed backend needs the optimizer to wrap")
         self.ds_config = self.make_config(batch_size, max(1, accumulate))
-        model = self._prepare(model)
+        # weights stay in the default layout: ZeRO flattens them into one contiguous buffer (and
+        # its broadcast refuses channels-last bf16 tensors); channels_last applies to the inputs
+        # (``to_device``), which is what lets convolutions pick the channels-last kernels
+        model = model.to(self.device)
+        optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
         engine, ds_optimizer, _, _ = self._ds.initialize(model=model, optimizer=optimizer,
                                                          config=self.ds_config)
         if self.precision != "fp32":
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            dtype = self._low_dtype()
+            apply_fp32_policy(engine.module, optimized)
             engine.module.register_forward_pre_hook(
                 lambda _module, args, kwargs: (_cast_floats(args, dtype),
                                                _cast_floats(kwargs, dtype)), with_kwargs=True)
@@ -262,9 +275,41 @@ class DeepSpeedBackend(LocalBackend):
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, self._ds.DeepSpeedEngine) else model
 
+    def _low_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bf16" else torch.float16
+
+    @contextlib.contextmanager
+    def fp32_weights(self, model: nn.Module, restore: bool = True):
+        module = self.unwrap(model)
+        if self.precision == "fp32":  # the module's parameters are the master weights
+            yield module
+            return
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        swapped = []
+        with torch.no_grad():
+            for p in module.parameters():  # same order on every rank: the gathers pair up
+                full = safe_get_full_fp32_param(p)  # None: not optimised (an fp32 EMA target)
+                if full is None and p.dtype == torch.float32:
+                    continue
+                swapped.append((p, p.data))
+                p.data = full.detach().to(p.device) if full is not None else p.data.float()
+            for b in module.buffers():
+                if b.is_floating_point() and b.dtype != torch.float32:
+                    swapped.append((b, b.data))
+                    b.data = b.data.float()
+        try:
+            yield module
+        finally:
+            if restore:
+                for t, data in swapped:
+                    t.data = data
+
     # --- one optimisation step ------------------------------------------------------------------
     def autocast(self):
-        return contextlib.nullcontext()  # DeepSpeed runs the module in the configured dtype
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._low_dtype())
 
     def backward(self, loss: torch.Tensor, model: nn.Module | None = None) -> None:
         engine = self._engine_of(model)
@@ -301,6 +346,11 @@ class DeepSpeedBackend(LocalBackend):
         box = [obj]
         tdist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def any_rank(self, flag: bool) -> bool:
+        if not (tdist.is_initialized() and self.world_size > 1):
+            return bool(flag)
+        return any_true(flag, self._control)
 
     # --- state and checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict:

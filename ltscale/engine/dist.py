@@ -97,3 +97,18 @@ def unshuffle_batch(x: torch.Tensor, undo: torch.Tensor) -> torch.Tensor:
     n = x.shape[0]
     r = dist.get_rank()
     return full[undo[r * n:(r + 1) * n]]
+
+
+# --- control-plane collectives for backends ---------------------------------------------------
+def control_group(dist_backend: str):
+    """The process group for small control flags (stop requests): a gloo group beside an NCCL
+    one, so that agreeing on a flag is a CPU all-reduce that never waits for the GPU's queue;
+    the default group (None) when that is gloo already. Every rank must call this."""
+    return dist.new_group(backend="gloo") if dist_backend == "nccl" else None
+
+
+def any_true(flag: bool, group=None) -> bool:
+    """Whether ``flag`` is true on any rank of ``group`` (a 4-byte all-reduce)."""
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())

@@ -11,9 +11,18 @@ they are written atomically at each epoch end and every ``checkpoint_every`` ste
 ``keep`` are kept (temp files of a save killed half way never carry a checkpoint's name, so they
 are never resumed from, and the next save removes them), and a run resumes from the newest
 complete one that belongs to the same experiment (``fingerprint``) — mid-epoch included: the
-sampler then yields exactly the batches that remain. A stop request (``preempt.watch``: the
-scheduler's warning signal) is honoured before the next step: that step's checkpoint is written
-on every rank, then ``Preempted`` is raised.
+sampler then yields exactly the batches that remain.
+
+The method's epoch-start hook (``set_epoch``: SDCLR's pruning masks, SBCL's clustering, DRW's
+switch) runs once per epoch, when the epoch starts. One rule makes it idempotent on resume:
+resuming *inside* an epoch runs the hook first and then restores the checkpoint over it, so
+whatever the hook stored in the model comes from the checkpoint (not from a second run of the
+hook on the resumed weights), and whatever it derives from the epoch number alone is set again.
+
+A stop request (``preempt.watch``: the scheduler's warning signal) is honoured at a step
+boundary: that step's checkpoint is written on every rank, then ``Preempted`` is raised. One
+process checks its flag before every step; several ranks agree on it (a signal may reach one
+rank only) with a 4-byte all-reduce every ``stop_check_every`` steps, on a CPU group.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ class LoopConfig:
     checkpoint_every: int = 0     # optimizer steps between mid-epoch checkpoints; 0: epoch ends
     keep: int = 2                 # checkpoints kept
     log_every: int = 10
+    stop_check_every: int = 10    # steps between the ranks' agreement on a stop request
     progress: bool = True
     desc: str = "train"
 
@@ -85,13 +95,13 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # CPU byte tensors, wherever the file was mapped
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"],
                          n["has_gauss"], n["gauss"]))
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -107,7 +117,10 @@ class _Checkpoints:
         self.last_good: Path | None = None
         self.foreign: list[Path] = []  # another experiment's checkpoints, removed at first save
 
-    def resume(self, model, optimizer, sampler) -> LoopState | None:
+    def resume(self, model, optimizer, sampler,
+               start_epoch: Callable[[int], None]) -> LoopState | None:
+        """Restore the newest checkpoint of this experiment. Inside an epoch, ``start_epoch``
+        (the method's epoch-start hook) runs before the checkpoint is restored over it."""
         if self.path is None:
             return None
         for candidate in checkpoint_files(self.path):
@@ -123,6 +136,8 @@ class _Checkpoints:
                              "starting afresh (its checkpoints are replaced by the first save)")
                 self.foreign = checkpoint_files(self.path)
                 return None
+            if meta.get("epoch_step", 0):
+                start_epoch(int(meta["epoch"]))
             saved = self.backend.load(candidate, model, optimizer)
             sampler.load_state_dict(saved["sampler"])
             rngs = saved.get("rng") or []
@@ -163,9 +178,15 @@ class _Checkpoints:
         self.foreign = []
 
 
-def _stop_requested(backend) -> bool:
-    """Whether any rank was asked to stop (a signal may reach one rank only)."""
-    return any(backend.all_gather_object(preempt.requested()))
+def _stop_requested(backend, step: int, every: int) -> bool:
+    """Whether to stop before step ``step`` + 1: this process's flag alone, or — with several
+    ranks, every ``every`` steps — whether any rank was asked to (a signal may reach one rank
+    only, and all must stop at the same step)."""
+    if backend.world_size == 1:
+        return preempt.requested()
+    if step % max(1, every):
+        return False
+    return backend.any_rank(preempt.requested())
 
 
 def _preempted(ckpt, state, model, optimizer, sampler, cfg, backend, log):
@@ -194,9 +215,15 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     model, optimizer = backend.setup(method, optimizer, batch_size=sampler.batch_size,
                                      accumulate=micro)
     inner = backend.unwrap(model)
+    epoch_hook = getattr(inner, "set_epoch", None)
+
+    def start_epoch(epoch: int) -> None:
+        if epoch_hook is not None:  # e.g. re-pruning, re-clustering, deferred re-weighting
+            epoch_hook(epoch, cfg.epochs)
+
     ckpt = _Checkpoints(Path(checkpoint) if checkpoint is not None else None, cfg, backend,
                         fingerprint, log)
-    state = ckpt.resume(model, optimizer, sampler) or LoopState()
+    state = ckpt.resume(model, optimizer, sampler, start_epoch) or LoopState()
     steps_per_epoch = sampler.batches_per_epoch() // micro
     if cfg.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
@@ -208,11 +235,10 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     model.train()
     with preempt.loop_running():
         for epoch in range(state.epoch, cfg.epochs):
-            if state.epoch_step == 0:
+            if state.epoch_step == 0:  # a fresh epoch (inside one, resume ran the hook)
                 sampler.set_epoch(epoch)
-            epoch_hook = getattr(inner, "set_epoch", None)
-            if epoch_hook is not None:  # e.g. deferred re-weighting in the loss
-                epoch_hook(epoch, cfg.epochs)
+                start_epoch(epoch)
+            backend.reset_peak_memory()
             sums: dict[str, float] = {}
             seen, steps, wait, t0 = 0, 0, 0.0, time.perf_counter()
             bar = progress_bar(total=steps_per_epoch, initial=state.epoch_step,
@@ -220,7 +246,8 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
                                enabled=cfg.progress and backend.is_main, unit="step")
             batches = iter(loader)
             while state.epoch_step < steps_per_epoch:
-                if preempt.watching() and _stop_requested(backend):
+                if preempt.watching() and _stop_requested(backend, state.step,
+                                                          cfg.stop_check_every):
                     _preempted(ckpt, state, model, optimizer, sampler, cfg, backend, log)
                 lr = set_lr(optimizer, lr_factor(state.step, total, warmup, cfg.schedule))
                 outs = []

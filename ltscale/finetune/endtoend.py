@@ -122,6 +122,7 @@ def run_end_to_end(ctx, encoder: nn.Module, *, name: str, stage_dir, seed: int) 
     # no resumable checkpoint: a fine-tuning run is short and restarts from the encoder file
     state = fit(model, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
                 checkpoint=None, on_epoch_end=on_epoch_end)
+    ctx.backend.finish(model)  # the fp32 master weights from here on
     model.eval()
     return {"method": method, "history": state.history,
             "trainable_parameters": trainable_parameters(model)}

@@ -22,6 +22,8 @@ def cosine_momentum(base: float, step: int, total: int) -> float:
 
 
 class EMA(nn.Module):
+    keep_fp32 = ("target",)  # updates of weight 1 − m ≈ 0.001 vanish in bf16 (engine/precision)
+
     def __init__(self, *online: nn.Module):
         super().__init__()
         self.target = nn.Sequential(*(copy.deepcopy(m) for m in online))
@@ -39,4 +41,5 @@ class EMA(nn.Module):
         if len(src) != len(dst):
             raise ValueError(f"EMA.update: {len(src)} online parameters for {len(dst)} target "
                              "ones; pass the online modules in the order the EMA was built from")
-        torch._foreach_lerp_(dst, [s.detach() for s in src], 1 - momentum)
+        # the online weights may be bf16 (DeepSpeed): the target accumulates in its own fp32
+        torch._foreach_lerp_(dst, [s.detach().to(d.dtype) for s, d in zip(src, dst)], 1 - momentum)

@@ -31,6 +31,8 @@ from ltscale.models.heads import mlp
 class FASSL(nn.Module):
     views = 2
     uses_labels = False
+    requires_previous = "fassl_proto"  # the stage that must come right before this one
+    keep_fp32 = ("prototypes",)
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 512, out_dim: int = 128,
                  proj_layers: int = 3, pred_dim: int = 512, prototypes: int = 128,

@@ -21,6 +21,7 @@ class MoCo(nn.Module):
     views = 2
     uses_labels = False
     replicated_buffers = ("queue", "queue_ptr")  # every rank enqueues the same gathered keys
+    keep_fp32 = ("queue",)  # normalised keys: stored fp32 whatever the training precision
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 2048, out_dim: int = 128,
                  proj_layers: int = 2, queue_size: int = 65536, momentum: float = 0.999,

@@ -9,8 +9,8 @@ The features come from a bank (one row per training sample, the normalised mean 
 views' projections) that every training step fills with the global batch's detached rows at
 their positions, so every rank holds the same bank. The classes are shared out over the ranks to
 cluster and the ids gathered; the temperatures are rank 0's: every rank then holds the same
-assignment. Bank, assignment and temperatures are buffers, so a resumed run continues exactly
-(``clustered_epoch`` keeps a mid-epoch resume from clustering again)."""
+assignment. Bank, assignment and temperatures are buffers, so a resumed run continues exactly (the loop restores
+a mid-epoch checkpoint over the epoch's start hook, so the epoch is not clustered twice)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ class SBCL(nn.Module):
     uses_labels = True  # trains on the labeled role only
     needs = ("labels", "num_classes")
     # every rank writes the same gathered rows and clusters alike: DDP need not copy them
-    replicated_buffers = ("labels", "bank", "seen", "subclass", "tau2", "clustered_epoch")
+    replicated_buffers = ("labels", "bank", "seen", "subclass", "tau2")
+    keep_fp32 = ("bank", "tau2")  # feature rows and temperatures, whatever the training precision
 
     def __init__(self, encoder: nn.Module, labels, num_classes: int, proj_dim: int = 2048,
                  out_dim: int = 128, proj_layers: int = 2, tau1: float = 0.1,
@@ -68,15 +69,13 @@ class SBCL(nn.Module):
         self.register_buffer("seen", torch.zeros(n, dtype=torch.bool))
         self.register_buffer("subclass", torch.full((n,), -1, dtype=torch.long))
         self.register_buffer("tau2", torch.full((num_classes,), float(tau1)))
-        self.register_buffer("clustered_epoch", torch.tensor(-1, dtype=torch.long))
 
     # --- clustering -----------------------------------------------------------------------------
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """At the start of epoch ``epoch``: re-cluster and update the temperatures when due."""
         due = epoch >= self.warmup_epochs and (epoch - self.warmup_epochs) % self.update_every == 0
-        if due and int(self.clustered_epoch) != epoch:
+        if due:
             self.recluster(seed=epoch)
-            self.clustered_epoch.fill_(epoch)
 
     @torch.no_grad()
     def recluster(self, seed: int) -> None:
@@ -96,11 +95,16 @@ class SBCL(nn.Module):
         self.bank[positions] = rows.to(self.bank.dtype)
         self.seen[positions] = True
 
+    @property
+    def clustered(self) -> bool:
+        """Whether the subclasses have been assigned (the warm-up is over)."""
+        return int(self.subclass[0]) >= 0  # every training sample gets a subclass at once
+
     # --- training -------------------------------------------------------------------------------
     def forward(self, batch):
         z1, z2 = two_view_projections(self.encoder, self.projector, batch[0])
         labels = batch[1]
-        clustered = int(self.clustered_epoch) >= 0
+        clustered = self.clustered
         if (self.training or clustered) and len(batch) < 3:
             raise ValueError("sbcl: the batch carries no sample positions (views, labels, "
                              "positions); SBCL looks subclasses and its feature bank up by them")

@@ -115,19 +115,23 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
         {"params": list(method.parameters())}]
     optimizer = build_optimizer(groups, optim_cfg, batch_size)
     on_epoch_end = None
-    if monitor and ctx.recipe.pretrain.knn.enabled and ctx.backend.is_main:  # rank 0 scores
+    if monitor and ctx.recipe.pretrain.knn.enabled:
         knn = ctx.recipe.pretrain.knn
-        bank, queries = knn_loaders(ctx)
-        monitor_fn = KnnMonitor(bank, queries, ctx.index.num_classes, ctx.device, knn.k,
-                                knn.temperature)
+        monitor_fn = None
+        if ctx.backend.is_main:  # rank 0 scores
+            bank, queries = knn_loaders(ctx)
+            monitor_fn = KnnMonitor(bank, queries, ctx.index.num_classes, ctx.device, knn.k,
+                                    knn.temperature)
+            ctx.tracker.log_metrics({"knn/top1": monitor_fn(method.encoder.to(ctx.device))},
+                                    step=0)
         last = epochs - 1
 
         def on_epoch_end(epoch: int) -> dict:
             if (epoch + 1) % knn.every and epoch != last:
                 return {}
-            return {"knn/top1": monitor_fn(method.encoder)}
-
-        ctx.tracker.log_metrics({"knn/top1": monitor_fn(method.encoder.to(ctx.device))}, step=0)
+            # every rank enters: a sharded backend gathers the fp32 master weights
+            with ctx.backend.fp32_weights(method) as module:
+                return {"knn/top1": monitor_fn(module.encoder)} if monitor_fn else {}
     stage_dir = ctx.out / name
     cfg = LoopConfig(epochs=epochs, warmup_epochs=optim_cfg.warmup_epochs,
                      schedule=optim_cfg.schedule, max_steps_per_epoch=max_steps,
@@ -138,20 +142,34 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
                 checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end,
                 fingerprint=_fingerprint(ctx, settings), log=ctx.log)
+    ctx.backend.finish(method)  # fp32 master weights for the export and the next stage
     encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx)  # + its projector
     return {"encoder": encoder_path, "checkpoint": latest_checkpoint(stage_dir / "checkpoint.pt"),
             "history": state.history, "seconds": time.perf_counter() - t0, "method": method}
 
 
+# settings that do not change the trajectory, so a checkpoint resumes across them: loader
+# workers, checkpoint cadence, the kNN monitor; of the engine, how ranks talk and how kernels lay
+# out memory (a run may resume on another number of ranks, as another backend of the same
+# checkpoint format, or with channels-last/compile switched)
+_VOLATILE = {"workers", "checkpoint_every", "keep_checkpoints", "knn"}
+_VOLATILE_ENGINE = {"backend", "dist_backend", "timeout_s", "channels_last", "compile",
+                    "zero_stage"}
+
+
+def engine_fingerprint(ctx: Context) -> dict:
+    """The engine settings that change a training trajectory (for checkpoint fingerprints)."""
+    return {"engine": ctx.recipe.engine.model_dump(exclude=_VOLATILE_ENGINE)}
+
+
 def _fingerprint(ctx: Context, settings: dict) -> str:
-    """What a checkpoint must share with this run to be resumed: manifest, seed, settings
-    (the epoch count may grow: a finished run can be extended)."""
-    # settings that do not change the trajectory may differ: epochs (a finished run can be
-    # extended), loader workers, checkpoint cadence, the kNN monitor
-    volatile = {"epochs", "workers", "checkpoint_every", "keep_checkpoints", "knn"}
-    settings = {k: v for k, v in settings.items() if k not in volatile}
-    blob = json.dumps([ctx.manifest.hash, ctx.recipe.seed, ctx.recipe.data.model_dump(), settings],
-                      sort_keys=True, default=str)
+    """What a checkpoint must share with this run to be resumed: everything that changes the
+    trajectory — manifest, seed, data, the stage's settings (the epoch count included: the lr
+    and momentum schedules span all epochs) and the engine's precision, batch-norm sync and
+    clipping."""
+    settings = {k: v for k, v in settings.items() if k not in _VOLATILE}
+    blob = json.dumps([ctx.manifest.hash, ctx.recipe.seed, ctx.recipe.data.model_dump(), settings,
+                       engine_fingerprint(ctx)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

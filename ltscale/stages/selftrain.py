@@ -34,7 +34,8 @@ from ltscale.methods import create_method
 from ltscale.stages.context import Context
 from ltscale.stages.finetune import HEAD_FORMAT, head_from_file, predict_images
 from ltscale.stages.loaders import stage_loader
-from ltscale.stages.pretrain import load_encoder, new_encoder, run_scratch, save_encoder
+from ltscale.stages.pretrain import (engine_fingerprint, load_encoder, new_encoder, run_scratch,
+                                     save_encoder)
 
 NAME = "selftrain"
 
@@ -95,9 +96,9 @@ def student_loader(ctx: Context, train_set: TrainingSet):
 
 def _fingerprint(ctx: Context, train_set: TrainingSet, init: str) -> str:
     """What a student checkpoint must share with this run to be resumed: manifest, seed, data,
-    settings (epochs and workers may change), the training set with its pseudo-labels and
-    weights, and the initial encoder."""
-    s = ctx.recipe.selftrain.model_dump(exclude={"epochs", "workers"})
+    settings (the loader workers may change), the engine's precision, the training set with its
+    pseudo-labels and weights, and the initial encoder."""
+    s = ctx.recipe.selftrain.model_dump(exclude={"workers"}) | engine_fingerprint(ctx)
     h = hashlib.sha256()
     for a in (train_set.rows, train_set.labels, train_set.weights):
         h.update(np.ascontiguousarray(a).tobytes())
@@ -170,6 +171,7 @@ def run_selftrain(ctx: Context, finetuned: dict | None = None, pretrained: Path 
                 checkpoint=stage_dir / "checkpoint.pt",
                 fingerprint=_fingerprint(ctx, train_set, init), log=ctx.log)
     timings["student"] = time.perf_counter() - t
+    ctx.backend.finish(method)  # the fp32 master weights from here on
     encoder_path = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
     _save_head(stage_dir / "head.pt", method, encoder_path, ctx)
     logits, targets = predict_images(ctx, method)
