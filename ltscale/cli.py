@@ -129,6 +129,17 @@ def cmd_bench(args):
 
         result = bench_loader(args.images, args.width, args.height, args.size, args.batch,
                               args.workers, args.repeats, dali=not args.no_dali)
+    elif args.bench_command == "train":
+        from ltscale.bench.train import bench_train
+
+        result = bench_train(args.images, args.size, args.backbone, args.method, args.batch,
+                             args.steps, args.epochs, args.precision, args.device,
+                             args.workers, tuple(args.loaders.split(",")))
+        if not args.json:
+            for name, r in result["loaders"].items():
+                print(f"{name:6s} " + (r["skipped"] if "skipped" in r else
+                      f"{r['images_per_s']:9.1f} images/s, data wait "
+                      f"{100 * r['data_wait_fraction']:4.1f} %, peak {r['peak_memory_mb']:.0f} MB"))
     elif args.bench_command == "step":
         from ltscale.bench.step import bench_step
 
@@ -361,7 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--size", type=int, default=32, help="image side in pixels")
     bs.add_argument("--steps", type=int, default=30)
     bs.add_argument("--repeats", type=int, default=3)
-    for b_ in (bm, bb, bl, bs):
+    bt = bsub.add_parser("train", help="pretraining images/s per input pipeline (DALI, torch): "
+                         "synthetic JPEG shards, the real stage, data-wait share, peak memory")
+    bt.add_argument("--images", type=int, default=2048)
+    bt.add_argument("--size", type=int, default=224, help="view size in pixels")
+    bt.add_argument("--backbone", default="resnet50")
+    bt.add_argument("--method", default="simsiam")
+    bt.add_argument("--batch", type=int, default=128)
+    bt.add_argument("--steps", type=int, default=12, help="steps per epoch")
+    bt.add_argument("--epochs", type=int, default=2, help="the last epoch is reported")
+    bt.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
+    bt.add_argument("--device", default="auto")
+    bt.add_argument("--workers", type=int, default=None, help="default: CPU cores - 1")
+    bt.add_argument("--loaders", default="dali,torch")
+    for b_ in (bm, bb, bl, bs, bt):
         b_.add_argument("--json", action="store_true")
         b_.set_defaults(func=cmd_bench)
     bf = bsub.add_parser("finetune", help="head training from the feature cache vs re-encoding "

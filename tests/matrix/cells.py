@@ -7,6 +7,7 @@ so on), not per method, so a new method runs at its own defaults where no rule a
 
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ltscale.methods import method_class
 TINY = {"proj_dim": 32, "pred_dim": 16, "out_dim": 16, "queue_size": 4096, "prototypes": 8,
         "k": 2, "delta": 2, "warmup_epochs": 0, "update_every": 1, "cluster_iters": 2}
 
-RANKS = {"local": 1}  # processes per backend; every other backend runs on 2 gloo ranks
+RANKS = {"local": 1}  # processes per backend; every other backend runs on 2 ranks
 EPOCHS, STEPS_PER_EPOCH, BATCH = 2, 3, 8
 SIZE = 16
 
@@ -51,8 +52,18 @@ def precisions() -> list[str]:
     return list(PRECISIONS)
 
 
+def device() -> str:
+    """Where the worker trains: ``cpu`` (CI) or ``cuda`` (``MATRIX_DEVICE``, the gpu tier)."""
+    return os.environ.get("MATRIX_DEVICE", "cpu")
+
+
 def ranks(backend: str) -> int:
-    return RANKS.get(backend, 2)
+    n = RANKS.get(backend, 2)
+    if device() == "cuda":  # NCCL takes one rank per GPU
+        import torch
+
+        n = min(n, max(1, torch.cuda.device_count()))
+    return n
 
 
 def preset_for(views: int) -> str:
@@ -75,12 +86,12 @@ def pretrain_section(method: str) -> dict:
 
 def recipe_dict(data: Path, out: Path, backend: str, precision: str, method: str) -> dict:
     return {
-        "name": f"matrix-{method}", "output_dir": str(out), "device": "cpu", "seed": 0,
+        "name": f"matrix-{method}", "output_dir": str(out), "device": device(), "seed": 0,
         "data": {"source": {"kind": "imagefolder", "path": str(data / "images")},
                  "shards": str(data / "shards"), "image_size": SIZE, "channels": 3,
                  "mean": [0.5] * 3, "std": [0.25] * 3},
         "engine": {"backend": backend, "precision": precision, "channels_last": True,
-                   "timeout_s": 120},
+                   "compile": os.environ.get("MATRIX_COMPILE") == "1", "timeout_s": 120},
         "pretrain": {"backbone": {"name": "resnet_tiny"}, "workers": 0, "checkpoint_every": 2,
                      "keep_checkpoints": 3,
                      "knn": {"bank_per_class": 4, "queries": 12, "k": 5}}

@@ -1,0 +1,102 @@
+"""`ltscale bench train`: pretraining throughput end to end, per input pipeline.
+
+Writes ``images`` synthetic JPEGs (``size`` + 32 px square, like resized photos) as ltscale
+shards, then runs the real pretraining stage (SimSiam on a ResNet-50 in bf16 with channels-last
+inputs by default) once per loader backend — DALI (``mixed`` nvJPEG decoding on a GPU, its CPU
+pipeline otherwise) and the torch backend (Pillow in DataLoader workers) — for ``epochs`` epochs
+of ``steps`` steps. The first epoch pays for start-up (cuDNN autotuning, DALI's pipeline build,
+worker start), so the figures are the last epoch's: images/s, the share of the epoch spent waiting
+for data, and peak device memory (CUDA: ``max_memory_allocated`` for that epoch; CPU: the
+process's peak RSS).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from ltscale.bench.synthetic import write_jpeg_folder
+
+
+def _available(loader: str) -> bool:
+    if loader != "dali":
+        return True
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _recipe(root: Path, out: Path, loader: str, *, backbone: str, method: str, size: int,
+            batch: int, steps: int, epochs: int, precision: str, device: str, workers: int):
+    from ltscale.config import recipe_from_dict
+
+    return recipe_from_dict({
+        "name": f"bench-train-{loader}", "output_dir": str(out), "device": device,
+        "data": {"source": {"kind": "imagefolder", "path": str(root / "images")},
+                 "shards": str(root / "shards"), "image_size": size, "channels": 3,
+                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                 "loader": {"backend": loader, "check": "none"}},
+        "manifest": {"imbalance": "none", "noise": "none"},
+        "engine": {"precision": precision, "channels_last": True},
+        "pretrain": {"method": {"name": method}, "epochs": epochs, "batch_size": batch,
+                     "max_steps_per_epoch": steps, "workers": workers,
+                     "backbone": {"name": backbone, "cifar_stem": size <= 64},
+                     "augment": {"preset": "simclr"}, "knn": {"enabled": False},
+                     "optim": {"warmup_epochs": 0}},
+        "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}},
+    })
+
+
+def bench_train(images: int = 2048, size: int = 224, backbone: str = "resnet50",
+                method: str = "simsiam", batch: int = 128, steps: int = 12, epochs: int = 2,
+                precision: str = "bf16", device: str = "auto", workers: int | None = None,
+                loaders: tuple[str, ...] = ("dali", "torch"), root: str | None = None) -> dict:
+    import torch
+
+    from ltscale.stages.context import make_context
+    from ltscale.stages.pretrain import run_pretrain
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    workers = workers if workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    tmp = tempfile.TemporaryDirectory(prefix="ltscale-bench-train-") if root is None else None
+    base = Path(root or tmp.name)
+    t = time.perf_counter()
+    if not (base / "images").exists():
+        write_jpeg_folder(base / "images", images, 10, size=size + 32)
+    result = {"device": device, "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+              "images": images, "size": size, "backbone": backbone, "method": method,
+              "batch": batch, "steps": steps, "epochs": epochs, "precision": precision,
+              "workers": workers, "data_seconds": 0.0, "loaders": {}}
+    for loader in loaders:
+        if not _available(loader):
+            result["loaders"][loader] = {"skipped": "NVIDIA DALI is not installed"}
+            continue
+        recipe = _recipe(base, base / f"run-{loader}", loader, backbone=backbone, method=method,
+                         size=size, batch=batch, steps=steps, epochs=epochs, precision=precision,
+                         device=device, workers=workers)
+        ctx = make_context(recipe, progress=False)  # builds the shards on first use
+        result["data_seconds"] = result["data_seconds"] or time.perf_counter() - t
+        out = run_pretrain(ctx)
+        last = out["history"][-1]
+        result["loaders"][loader] = {
+            "images_per_s": last["epoch/images_per_s"],
+            "data_wait_fraction": last["epoch/data_wait_fraction"],
+            "peak_memory_mb": last["epoch/peak_memory_mb"],
+            "epoch_seconds": last["epoch/seconds"],
+            "decode": ("mixed" if device == "cuda" else "cpu") if loader == "dali" else "pillow",
+        }
+        ctx.backend.close()
+        del out, ctx
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    speeds = {k: v["images_per_s"] for k, v in result["loaders"].items() if "images_per_s" in v}
+    if {"dali", "torch"} <= set(speeds):
+        result["dali_over_torch"] = speeds["dali"] / speeds["torch"]
+    if tmp is not None:
+        tmp.cleanup()
+    return result
