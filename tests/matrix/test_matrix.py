@@ -40,27 +40,17 @@ def _checks(launches, method, backend, precision) -> dict:
     return checks_of(launches(backend, precision, "checks"), method)
 
 
+FIXED_BATCH_CHECKS = {"loss_falls": loss_problem, "ema_targets_follow": ema_problem,
+                      "keep_fp32_is_fp32": fp32_problem, "backbone_gets_channels_last": layout_problem}
+
+
+@pytest.mark.parametrize("check", FIXED_BATCH_CHECKS)
 @pytest.mark.parametrize("method,backend,precision", CELLS, ids=IDS)
-def test_loss_falls_on_a_fixed_batch(launches, method, backend, precision):
-    problem = loss_problem(_checks(launches, method, backend, precision))
-    assert problem is None, problem
-
-
-@pytest.mark.parametrize("method,backend,precision", CELLS, ids=IDS)
-def test_every_ema_target_tensor_follows_its_online_tensor(launches, method, backend, precision):
-    problem = ema_problem(_checks(launches, method, backend, precision))
-    assert problem is None, problem
-
-
-@pytest.mark.parametrize("method,backend,precision", CELLS, ids=IDS)
-def test_tensors_declared_keep_fp32_stay_fp32(launches, method, backend, precision):
-    problem = fp32_problem(_checks(launches, method, backend, precision))
-    assert problem is None, problem
-
-
-@pytest.mark.parametrize("method,backend,precision", CELLS, ids=IDS)
-def test_backbone_receives_channels_last_images(launches, method, backend, precision):
-    problem = layout_problem(_checks(launches, method, backend, precision))
+def test_fixed_batch(launches, method, backend, precision, check):
+    """The loss falls over a few steps on a fixed batch; every EMA target follows its online
+    tensors; what the method declares keep_fp32 is stored fp32; the backbone gets channels-last
+    images."""
+    problem = FIXED_BATCH_CHECKS[check](_checks(launches, method, backend, precision))
     assert problem is None, problem
 
 
