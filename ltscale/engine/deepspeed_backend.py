@@ -280,6 +280,8 @@ class DeepSpeedBackend(LocalBackend):
 
     @contextlib.contextmanager
     def fp32_weights(self, model: nn.Module, restore: bool = True):
+        # (ZeRO-0 fp16 gives no per-parameter access to its master copies: there the fp16
+        # weights are upcast)
         module = self.unwrap(model)
         if self.precision == "fp32":  # the module's parameters are the master weights
             yield module

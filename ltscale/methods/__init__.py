@@ -3,7 +3,14 @@
 ``param_groups()``, ``after_step(step, total_steps)`` and ``set_epoch(epoch, epochs)``.
 
 A method that needs facts about its training set declares them in a class attribute ``needs``
-(names from ``METHOD_INPUTS``); the pretraining stage passes them as keyword arguments."""
+(names from ``METHOD_INPUTS``); the pretraining stage passes them as keyword arguments. Other
+class attributes the engine reads: ``replicated_buffers`` (buffers every rank updates alike, left
+out of DDP's broadcasts), ``keep_fp32`` (buffers or child modules kept fp32 under any precision,
+e.g. EMA targets and queues: ``engine/precision.py``) and ``requires_previous`` (the method whose
+stage must come right before this one's).
+
+``set_epoch`` runs when an epoch starts, once: a run resumed inside an epoch restores the
+checkpoint over it (``engine/loop.py``), so the hook may depend on the current weights."""
 
 from __future__ import annotations
 
