@@ -14,7 +14,7 @@ from torch import nn
 
 from ltscale.engine.dist import gather_with_grad, world_size
 from ltscale.losses.ssl import barlow_twins_loss, batch_standardize, cross_correlation
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 

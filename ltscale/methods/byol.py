@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ltscale.losses.ssl import byol_loss
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.ema import EMA, cosine_momentum
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp

@@ -20,7 +20,7 @@ from torch import nn
 from ltscale.engine.dist import gather, rank
 from ltscale.errors import RecipeError
 from ltscale.losses.fassl import frequency_weights, rebalanced_loss
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.ema import EMA
 from ltscale.methods.fassl_proto import FASSLProto, method_name, take_projector, unwrap
 from ltscale.methods.simclr import projector_dims, z_std

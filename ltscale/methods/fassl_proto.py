@@ -19,7 +19,7 @@ from torch import nn
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.errors import RecipeError
 from ltscale.losses.fassl import prototype_contrastive_loss
-from ltscale.methods import method_class, method_names, register_method
+from ltscale.methods._registry import method_class, method_names, register_method
 from ltscale.methods.probe import OnlineProbe
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp

@@ -10,7 +10,7 @@ from torch import nn
 
 from ltscale.engine.dist import gather, shuffle_batch, unshuffle_batch
 from ltscale.losses.ssl import infonce_with_queue
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.ema import EMA
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ltscale.losses.ssl import rotation_loss
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.simclr import z_std
 
 

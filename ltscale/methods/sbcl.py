@@ -21,7 +21,7 @@ from torch import nn
 
 from ltscale.engine.dist import gather, rank, world_size
 from ltscale.losses.supcon import kcl_loss, sbcl_loss, supcon_loss
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.sbcl_clustering import (balanced_subclasses, class_concentration,
                                              class_temperatures)
 from ltscale.methods.simclr import projector_dims, z_std

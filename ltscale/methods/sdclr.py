@@ -27,7 +27,7 @@ from torch.func import functional_call
 
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.ssl import nt_xent
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.pruning import MagnitudeMasks
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp

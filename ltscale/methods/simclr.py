@@ -8,7 +8,7 @@ from torch import nn
 
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.ssl import nt_xent
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.models.heads import mlp
 
 

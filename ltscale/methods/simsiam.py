@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ltscale.losses.ssl import simsiam_loss
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.models.heads import mlp
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from ltscale.engine.dist import gather, gather_with_grad, rank
 from ltscale.losses.supcon import kcl_loss, supcon_loss
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ltscale.finetune.classifier import CosineLinear
 from ltscale.losses.registry import classification_loss
-from ltscale.methods import register_method
+from ltscale.methods._registry import register_method
 
 
 @register_method("supervised")

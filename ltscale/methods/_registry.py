@@ -1,0 +1,43 @@
+"""The registry of pretraining methods: name → class, and the training-set facts a method may
+declare in ``needs``. Method modules register themselves here; ``ltscale.methods`` imports them
+all, so that importing the package fills the registry."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+_METHODS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_method(name: str):
+    def deco(cls):
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+# what a method may ask for in ``needs``: the training set it will see, in the dataset's order
+METHOD_INPUTS = {
+    "num_classes": "number of classes of the index",
+    "class_counts": "observed labeled samples per class (list of int)",
+    "labels": "observed label of every training sample, indexed by the batch's positions "
+              "(int64 array; -1 for unlabeled samples)",
+    "num_samples": "number of training samples (positions run 0 … num_samples − 1)",
+}
+
+
+def method_class(name: str):
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(method_names())}")
+    return _METHODS[name]
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def create_method(name: str, encoder: nn.Module, **options) -> nn.Module:
+    return method_class(name)(encoder, **options)
