@@ -17,6 +17,7 @@ logged twice) through the ledger.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import signal
@@ -67,6 +68,10 @@ class JobFailed(RuntimeError):
     """The ltscale command of a task exited with an error status."""
 
 
+# the command a job runs, named rather than imported: the launcher is a library the CLI uses
+ENTRY_POINT = "ltscale.cli:main"
+
+
 class LtscaleJob:
     """``ltscale ARGV`` in a submitit task; ``folder`` holds the per-job MLflow ledgers."""
 
@@ -83,8 +88,10 @@ class LtscaleJob:
             _leave_after_rank0(env)
         ledger = Path(self.folder) / f"{env.job_id}.mlflow-runs.json"
         os.environ[LEDGER_ENV] = str(ledger)
-        from ltscale.cli import main
         from ltscale.engine import preempt
+
+        module, _, name = ENTRY_POINT.partition(":")
+        main = getattr(importlib.import_module(module), name)
 
         # the time-limit signal becomes a stop request the training loop honours at the next
         # step, after writing that step's checkpoint on every rank; then submitit's own handler
