@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import signal
 import sys
 
 from ltscale.errors import LtscaleError
@@ -52,14 +55,22 @@ def _options(pairs: list[str]) -> dict[str, str]:
 def cmd_data_build(args):
     import os
 
-    from ltscale.data.shards import build_shards, parse_size
+    from ltscale.data.shards import build_shards, check_output_path, parse_size
     from ltscale.data.sources import open_source
 
-    source = open_source(args.kind, args.path, **_options(args.option))
+    if args.workers < 0:
+        raise LtscaleError(f"--workers {args.workers}: use 0 (one per CPU, at most 8) or a "
+                           "positive number of writers")
+    options = _options(args.option)
+    source = open_source(args.kind, args.path, **options)
+    # option values that name files or folders are inputs too: --out may not touch them
+    inputs = [v for v in options.values() if v and os.path.exists(v)]
+    check_output_path(args.out, [args.path, *inputs], "--out")
+    shard_bytes = parse_size(args.shard_size)
     index = build_shards(source, args.out, source_kind=args.kind, source_path=args.path,
-                         shard_bytes=parse_size(args.shard_size),
+                         shard_bytes=shard_bytes,
                          workers=args.workers or min(8, os.cpu_count() or 1),
-                         overwrite=args.overwrite, progress=True)
+                         overwrite=args.overwrite, progress=True, inputs=inputs)
     counts = ", ".join(f"{s} {len(index.split_ids(s))}" for s in index.splits)
     print(f"wrote {len(index)} samples ({counts}) in {len(index.shards)} shards to {args.out} "
           f"(index {index.content_hash()})")
@@ -97,10 +108,51 @@ def cmd_manifest_make(args):
                                 relevance=args.relevance, ood_split=args.ood_split,
                                 split=args.unlabeled_split),
         val=EvalSelection.parse(args.val), test=EvalSelection.parse(args.test))
-    m = build_manifest(ShardIndex.load(args.shards), spec)
+    index = ShardIndex.load(args.shards)
+    check_manifest_output(args.out, index, [args.shards, *([args.noise.split(":", 2)[2]]
+                                                            if args.noise.startswith("asym:")
+                                                            else [])])
+    m = build_manifest(index, spec)
     m.save(args.out)
     roles = ", ".join(f"{r} {n}" for r, n in m.header["role_counts"].items() if n)
     print(f"manifest {m.hash}: {roles}; noise rate {m.header['noise_rate']:.4f} -> {args.out}")
+
+
+def check_manifest_output(out: str, index, inputs) -> None:
+    """A manifest is written only where no input lies: not inside (or over) the dataset folder,
+    not over one of its shards (``webdataset`` shards live elsewhere) or another input, and not
+    over an existing file that is not an ltscale manifest."""
+    from pathlib import Path
+
+    from ltscale.data.manifest import Manifest
+    from ltscale.data.shards import check_output_path
+    from ltscale.errors import ManifestError
+
+    root = index.root
+    shards = [Path(s) if Path(s).is_absolute() else root / s for s in index.shards]
+    files = [root / "index.npz", root / "card.json"] if root is not None else []
+    try:  # the raw source the dataset was built from is an input too (webdataset: the tars)
+        source = json.loads((root / "card.json").read_text())["source"]["path"]
+        inputs = [*inputs, source]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for given in [*files, *shards, *inputs]:
+        check_output_path(out, [given], "--out")
+    resolved = Path(os.path.realpath(out))
+    if root is not None and resolved.is_relative_to(Path(os.path.realpath(root))):
+        raise ManifestError(f"--out {out} lies inside the dataset {root}; write the manifest "
+                            "outside it (nothing was changed)")
+    path = Path(out)
+    if path.is_dir():
+        raise ManifestError(f"--out {out} is a folder; name the manifest file (e.g. "
+                            f"{Path(out) / 'train.manifest.npz'})")
+    if path.exists():
+        try:
+            Manifest.load(path)
+        except ManifestError:
+            raise ManifestError(f"--out {out} exists and is not an ltscale manifest; ltscale "
+                                "only replaces a manifest it wrote. Choose another --out "
+                                "(nothing was changed)") from None
 
 
 def cmd_manifest_stats(args):
@@ -404,14 +456,77 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    previous_term = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
     except LtscaleError as exc:
         print(f"ltscale: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("ltscale: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("ltscale: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`ltscale manifest stats M | head -1`)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        print("ltscale: error: output closed early (broken pipe)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ltscale: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: every open MLflow run ends KILLED, then exit 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM raise ``Terminated`` when nobody else handles it (a submitit job or a test
+    harness may have its own handler, which is kept). Returns the handler to restore."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+_OS_HINTS = {errno.EROFS: "the file system is read-only",
+             errno.ENOSPC: "no space left on the device",
+             errno.EDQUOT: "disk quota exceeded",
+             errno.ELOOP: "a symbolic link loop",
+             errno.EMLINK: "too many links",
+             errno.EACCES: "permission denied",
+             errno.EPERM: "operation not permitted",
+             errno.ENOENT: "no such file or directory",
+             errno.ENOTDIR: "a path component is not a folder",
+             errno.EISDIR: "is a folder",
+             errno.ENAMETOOLONG: "file name too long",
+             errno.EEXIST: "already exists"}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error, naming the path(s) it concerns."""
+    what = _OS_HINTS.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(str(p) for p in paths) if paths else "(no path given by the system)"
+    line = f"{where}: {what}"
+    if exc.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES):
+        line += "; free space or choose a writable output folder"
+    return " ".join(line.split())
 
 
 if __name__ == "__main__":
