@@ -10,6 +10,7 @@ import signal
 import sys
 
 from ltscale.errors import LtscaleError
+from ltscale.lock import output_lock
 
 
 def _recipe(args):
@@ -18,7 +19,32 @@ def _recipe(args):
     overrides = list(args.overrides)
     if getattr(args, "data", None):
         overrides.append(f"data.source.path={args.data}")
-    return load_recipe(args.recipe, overrides)
+    recipe = load_recipe(args.recipe, overrides)
+    check_data_flag(recipe, getattr(args, "data", None))
+    return recipe
+
+
+def check_data_flag(recipe, data: str | None) -> None:
+    """``--data PATH`` either applies or is refused: it must exist, and when ``data.shards``
+    already holds a dataset, that dataset must have been built from PATH (else the flag would be
+    silently ignored)."""
+    if not data:
+        return
+    from pathlib import Path
+
+    if not Path(data).exists():
+        raise LtscaleError(f"--data {data}: no such file or directory")
+    shards = Path(recipe.data.shards)
+    if not (shards / "index.npz").exists():
+        return  # the dataset is built from --data
+    try:
+        built_from = json.loads((shards / "card.json").read_text())["source"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built_from = None
+    if built_from is None or os.path.realpath(built_from) != os.path.realpath(data):
+        raise LtscaleError(f"--data {data} would be ignored: data.shards {shards} already holds "
+                           f"a dataset built from {built_from or 'an unknown source'}; set "
+                           "data.shards to a new folder to build one from --data, or drop --data")
 
 
 def _tracker(recipe, enabled: bool = True):
@@ -26,7 +52,22 @@ def _tracker(recipe, enabled: bool = True):
     from ltscale.track import MlflowTracker, NullTracker
 
     enabled = enabled and DistEnv.from_env().rank == 0  # only rank 0 of a launched job tracks
-    return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment) if enabled else NullTracker()
+    if not enabled:
+        return NullTracker()
+    from ltscale.launch.preflight import check_tracking
+    from ltscale.track import default_tracking_uri
+
+    uri = recipe.tracking.uri or default_tracking_uri()
+    check_tracking(uri, timeout_s=5.0)  # an unreachable server: one line within seconds
+    try:
+        return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment)
+    except (LtscaleError, OSError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy errors
+        first = " ".join(str(exc).split())[:300]
+        raise LtscaleError(f"tracking store {uri} cannot be used ({type(exc).__name__}: "
+                           f"{first}); fix tracking.uri / MLFLOW_TRACKING_URI or pass "
+                           "--no-track") from None
 
 
 def _source_tags(ref: str) -> dict[str, str]:
@@ -79,6 +120,8 @@ def cmd_data_build(args):
 def cmd_data_verify(args):
     from ltscale.data.verify import verify_dataset
 
+    if args.max_problems < 0:
+        raise LtscaleError(f"--max-problems {args.max_problems}: must be 0 or more")
     report = verify_dataset(args.dir, deep=args.deep)
     for problem in report.problems[:args.max_problems]:
         print(problem)
@@ -201,10 +244,11 @@ def cmd_pretrain(args):
 
     recipe = _recipe(args)
     tracker = _tracker(recipe, not args.no_track)
-    with tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("pretrain"))
-        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
         result = run_pretrain(ctx)
     if ctx.backend.is_main:
         print(f"encoder written to {result['encoder']}")
@@ -222,11 +266,12 @@ def cmd_finetune(args):
     # refuse an encoder made for another backbone / channel count before any data work
     load_encoder(encoder_path, recipe.pretrain.backbone.name, recipe.data.channels)
     tracker = _tracker(recipe, not args.no_track)
-    with tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)}
                          | _source_tags(args.source))
-        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
         result = run_finetune(ctx, encoder_path, "finetune")
         metrics = evaluate_logits(ctx, result["logits"], result["targets"])
     stage = recipe.finetune.classifier_stage
@@ -260,15 +305,18 @@ def cmd_eval(args):
 
     recipe = _recipe(args)
     head_path = resolve_artifact(args.source, "head", recipe.tracking.uri)
-    encoder_ref = load_checkpoint(head_path).get("encoder")
+    saved = load_checkpoint(head_path)
+    encoder_ref = saved.get("encoder")
     if not encoder_ref:
         raise CheckpointError(f"{head_path} does not name the encoder it was trained on")
+    check_head_encoder(head_path, encoder_ref, saved.get("encoder_sha256"))
     tracker = _tracker(recipe, not args.no_track)
-    with tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)}
                          | _source_tags(args.source))
-        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
         encoder = load_encoder(encoder_ref).to(ctx.device)
         feats, targets = encode(encoder, test_loader(ctx), ctx.device)
         with torch.no_grad():
@@ -282,6 +330,30 @@ def cmd_eval(args):
     print(paths["md"].read_text())
 
 
+def check_head_encoder(head_path, encoder_ref: str, recorded: str | None) -> None:
+    """A head is evaluated only with the very encoder it was trained on: the file at its
+    recorded path must still hold the content whose SHA-256 the head recorded."""
+    from pathlib import Path
+
+    from ltscale.errors import CheckpointError
+    from ltscale.finetune.cache import file_sha256
+
+    encoder = Path(encoder_ref)
+    if not encoder.is_file():
+        raise CheckpointError(f"{head_path} was trained on the encoder {encoder}, which no longer "
+                              "exists; fine-tune again (`ltscale finetune`)")
+    if not recorded:
+        raise CheckpointError(f"{head_path} records no SHA-256 of its encoder {encoder} (made by "
+                              "an older ltscale), so the encoder cannot be proven unchanged; "
+                              "fine-tune again (`ltscale finetune`)")
+    found = file_sha256(encoder)
+    if found != recorded:
+        raise CheckpointError(f"{head_path} was trained on encoder {encoder} with SHA-256 "
+                              f"{recorded[:16]}…, but that file now has {found[:16]}… (it was "
+                              "replaced, e.g. by a later pretraining); fine-tune again on it or "
+                              "evaluate the matching head")
+
+
 def cmd_run(args):
     from ltscale.sweep import expand
 
@@ -289,6 +361,8 @@ def cmd_run(args):
     if getattr(args, "data", None):
         overrides.append(f"data.source.path={args.data}")
     points = expand(args.recipe, overrides)  # every sweep point validated before any work
+    for _, recipe in points:
+        check_data_flag(recipe, getattr(args, "data", None))
     shared: dict = {}  # label-free pretrainings, reused by later points on the same images
     for i, (point, recipe) in enumerate(points):
         if point:
@@ -302,7 +376,8 @@ def _run_one(recipe, args, shared: dict | None = None):
     from ltscale.track import default_tracking_uri
 
     tracker = _tracker(recipe, not args.no_track)
-    summary = run_pipeline(recipe, tracker, shared=shared)
+    with output_lock(recipe.output_dir):
+        summary = run_pipeline(recipe, tracker, shared=shared)
     uri = recipe.tracking.uri or default_tracking_uri()
     print()
     print(summary["table"])

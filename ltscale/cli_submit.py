@@ -67,7 +67,11 @@ def cmd_submit(args):
                          extra={k.replace("_", "-"): v for k, v in extra.items()})
     overrides = list(args.overrides)
     if args.data:
+        from ltscale.cli import check_data_flag
+        from ltscale.config import load_recipe
+
         overrides.append(f"data.source.path={args.data}")
+        check_data_flag(load_recipe(args.recipe, overrides), args.data)
     plan = plan_submission(args.command_name, args.recipe, overrides, args.sweep, opts,
                            cluster=args.cluster, folder=args.folder,
                            dry_run=args.dry_run or bool(args.sbatch))

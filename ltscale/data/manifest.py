@@ -249,6 +249,16 @@ def _labeled(index: ShardIndex, spec: ManifestSpec, exclude: np.ndarray):
     n_max = spec.max_per_class or int(available.min())
     by_rank = np.array(longtail_counts(n_max, C, spec.imbalance))
     wanted = by_rank[_class_order(C, spec.imbalance, spec.seed)]
+    empty = np.flatnonzero(wanted < 1)
+    if len(empty):
+        c = int(empty[0])
+        imb = spec.imbalance
+        limit = (f"γ must be at most n_max = {n_max} for every class to keep an image"
+                 if imb.profile == "exp" else f"n_max/γ = {n_max / imb.ratio:.3g} must be >= 1")
+        raise ManifestError(f"imbalance {imb.profile}:{imb.ratio:g} in split {spec.split!r} "
+                            f"leaves class {c} ({index.classes[c]}) with no image "
+                            f"({len(empty)} of {C} classes empty; n_max = {n_max}); {limit}: "
+                            "lower the ratio or raise max_per_class")
     _check_available(wanted, available, index.classes,
                      f"imbalance {spec.imbalance.profile} in split {spec.split!r}",
                      "lower max_per_class")

@@ -157,9 +157,10 @@ def test_a_recipe_whose_shards_folder_is_a_user_folder_is_refused(w, capsys):
                  "shards": str(mine), "image_size": 16, "channels": 3,
                  "mean": [0.5] * 3, "std": [0.25] * 3},
         "pretrain": {"backbone": {"name": "resnet_tiny"}, "epochs": 1, "batch_size": 4}}))
-    before = snapshot(w)
+    inputs = (w / "images", mine, recipe, w / "shards")
+    before = snapshot(*inputs)
     refused(capsys, ["pretrain", recipe, "--no-track"], str(mine), "not an ltscale dataset")
-    assert snapshot(w) == before
+    assert snapshot(*inputs) == before
 
 
 # --- manifest make: --out against the dataset ----------------------------------------------------
