@@ -297,7 +297,7 @@ class Recipe(Section):
 
 
 MAX_RECIPE_BYTES = 1 << 20   # a recipe is a page of settings; anything larger is a mistake
-MAX_YAML_ALIASES = 100       # aliases can expand exponentially ("billion laughs")
+MAX_YAML_ALIASES = 20        # aliases expand exponentially ("billion laughs"); 20 bound it to ~1,600x
 
 
 class _LimitedLoader(yaml.SafeLoader):
