@@ -21,7 +21,14 @@ def _recipe(args):
         overrides.append(f"data.source.path={args.data}")
     recipe = load_recipe(args.recipe, overrides)
     check_data_flag(recipe, getattr(args, "data", None))
+    _check_output_dir(recipe)
     return recipe
+
+
+def _check_output_dir(recipe) -> None:
+    from ltscale.stages.context import check_output_dir
+
+    check_output_dir(recipe)  # before the output_dir lock creates anything there
 
 
 def check_data_flag(recipe, data: str | None) -> None:
@@ -363,6 +370,7 @@ def cmd_run(args):
     points = expand(args.recipe, overrides)  # every sweep point validated before any work
     for _, recipe in points:
         check_data_flag(recipe, getattr(args, "data", None))
+        _check_output_dir(recipe)
     shared: dict = {}  # label-free pretrainings, reused by later points on the same images
     for i, (point, recipe) in enumerate(points):
         if point:

@@ -108,6 +108,20 @@ def effective_recipe(recipe: Recipe) -> Recipe:
     return r
 
 
+def check_output_dir(recipe: Recipe) -> None:
+    """A run writes its manifest, checkpoints and reports under ``output_dir``: never into the
+    dataset (it would no longer be a folder ltscale can prove it wrote) or the raw source."""
+    import os
+
+    out = Path(os.path.realpath(recipe.output_dir))
+    for key, given in (("data.shards", recipe.data.shards),
+                       ("data.source.path", recipe.data.source.path)):
+        inside = Path(os.path.realpath(given))
+        if out == inside or out.is_relative_to(inside):
+            raise DataError(f"output_dir {recipe.output_dir} lies in {key} {given}; a run writes "
+                            "its files outside the data it reads: choose another output_dir")
+
+
 def _usable(shards: Path, recipe: Recipe) -> bool:
     """Whether ``shards`` holds an index this version reads. Shards an older release built from
     the recipe's own source are rebuilt; anything else is left alone and reported."""
@@ -166,6 +180,7 @@ def create_backend(recipe: Recipe) -> LocalBackend:
 def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context:
     """Build shards if absent, then the recipe's manifest (saved under the output directory)."""
     recipe = effective_recipe(recipe)
+    check_output_dir(recipe)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     out = Path(recipe.output_dir)
