@@ -101,8 +101,6 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_data_build(args):
-    import os
-
     from ltscale.data.shards import build_shards, check_output_path, parse_size
     from ltscale.data.sources import open_source
 

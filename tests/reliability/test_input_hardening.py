@@ -6,7 +6,6 @@ that the input files are byte-for-byte unchanged."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
