@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import signal
 import sys
 
 from ltscale.errors import LtscaleError
+from ltscale.lock import output_lock
 
 
 def _recipe(args):
@@ -15,7 +19,39 @@ def _recipe(args):
     overrides = list(args.overrides)
     if getattr(args, "data", None):
         overrides.append(f"data.source.path={args.data}")
-    return load_recipe(args.recipe, overrides)
+    recipe = load_recipe(args.recipe, overrides)
+    check_data_flag(recipe, getattr(args, "data", None))
+    _check_output_dir(recipe)
+    return recipe
+
+
+def _check_output_dir(recipe) -> None:
+    from ltscale.stages.context import check_output_dir
+
+    check_output_dir(recipe)  # before the output_dir lock creates anything there
+
+
+def check_data_flag(recipe, data: str | None) -> None:
+    """``--data PATH`` either applies or is refused: it must exist, and when ``data.shards``
+    already holds a dataset, that dataset must have been built from PATH (else the flag would be
+    silently ignored)."""
+    if not data:
+        return
+    from pathlib import Path
+
+    if not Path(data).exists():
+        raise LtscaleError(f"--data {data}: no such file or directory")
+    shards = Path(recipe.data.shards)
+    if not (shards / "index.npz").exists():
+        return  # the dataset is built from --data
+    try:
+        built_from = json.loads((shards / "card.json").read_text())["source"]["path"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built_from = None
+    if built_from is None or os.path.realpath(built_from) != os.path.realpath(data):
+        raise LtscaleError(f"--data {data} would be ignored: data.shards {shards} already holds "
+                           f"a dataset built from {built_from or 'an unknown source'}; set "
+                           "data.shards to a new folder to build one from --data, or drop --data")
 
 
 def _tracker(recipe, enabled: bool = True):
@@ -23,7 +59,22 @@ def _tracker(recipe, enabled: bool = True):
     from ltscale.track import MlflowTracker, NullTracker
 
     enabled = enabled and DistEnv.from_env().rank == 0  # only rank 0 of a launched job tracks
-    return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment) if enabled else NullTracker()
+    if not enabled:
+        return NullTracker()
+    from ltscale.launch.preflight import check_tracking
+    from ltscale.track import default_tracking_uri
+
+    uri = recipe.tracking.uri or default_tracking_uri()
+    check_tracking(uri, timeout_s=5.0)  # an unreachable server: one line within seconds
+    try:
+        return MlflowTracker(recipe.tracking.uri, recipe.tracking.experiment)
+    except (LtscaleError, OSError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, SQLAlchemy errors
+        first = " ".join(str(exc).split())[:300]
+        raise LtscaleError(f"tracking store {uri} cannot be used ({type(exc).__name__}: "
+                           f"{first}); fix tracking.uri / MLFLOW_TRACKING_URI or pass "
+                           "--no-track") from None
 
 
 def _source_tags(ref: str) -> dict[str, str]:
@@ -50,16 +101,22 @@ def _options(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_data_build(args):
-    import os
-
-    from ltscale.data.shards import build_shards, parse_size
+    from ltscale.data.shards import build_shards, check_output_path, parse_size
     from ltscale.data.sources import open_source
 
-    source = open_source(args.kind, args.path, **_options(args.option))
+    if args.workers < 0:
+        raise LtscaleError(f"--workers {args.workers}: use 0 (one per CPU, at most 8) or a "
+                           "positive number of writers")
+    options = _options(args.option)
+    source = open_source(args.kind, args.path, **options)
+    # option values that name files or folders are inputs too: --out may not touch them
+    inputs = [v for v in options.values() if v and os.path.exists(v)]
+    check_output_path(args.out, [args.path, *inputs], "--out")
+    shard_bytes = parse_size(args.shard_size)
     index = build_shards(source, args.out, source_kind=args.kind, source_path=args.path,
-                         shard_bytes=parse_size(args.shard_size),
+                         shard_bytes=shard_bytes,
                          workers=args.workers or min(8, os.cpu_count() or 1),
-                         overwrite=args.overwrite, progress=True)
+                         overwrite=args.overwrite, progress=True, inputs=inputs)
     counts = ", ".join(f"{s} {len(index.split_ids(s))}" for s in index.splits)
     print(f"wrote {len(index)} samples ({counts}) in {len(index.shards)} shards to {args.out} "
           f"(index {index.content_hash()})")
@@ -68,6 +125,8 @@ def cmd_data_build(args):
 def cmd_data_verify(args):
     from ltscale.data.verify import verify_dataset
 
+    if args.max_problems < 0:
+        raise LtscaleError(f"--max-problems {args.max_problems}: must be 0 or more")
     report = verify_dataset(args.dir, deep=args.deep)
     for problem in report.problems[:args.max_problems]:
         print(problem)
@@ -97,10 +156,51 @@ def cmd_manifest_make(args):
                                 relevance=args.relevance, ood_split=args.ood_split,
                                 split=args.unlabeled_split),
         val=EvalSelection.parse(args.val), test=EvalSelection.parse(args.test))
-    m = build_manifest(ShardIndex.load(args.shards), spec)
+    index = ShardIndex.load(args.shards)
+    check_manifest_output(args.out, index, [args.shards, *([args.noise.split(":", 2)[2]]
+                                                            if args.noise.startswith("asym:")
+                                                            else [])])
+    m = build_manifest(index, spec)
     m.save(args.out)
     roles = ", ".join(f"{r} {n}" for r, n in m.header["role_counts"].items() if n)
     print(f"manifest {m.hash}: {roles}; noise rate {m.header['noise_rate']:.4f} -> {args.out}")
+
+
+def check_manifest_output(out: str, index, inputs) -> None:
+    """A manifest is written only where no input lies: not inside (or over) the dataset folder,
+    not over one of its shards (``webdataset`` shards live elsewhere) or another input, and not
+    over an existing file that is not an ltscale manifest."""
+    from pathlib import Path
+
+    from ltscale.data.manifest import Manifest
+    from ltscale.data.shards import check_output_path
+    from ltscale.errors import ManifestError
+
+    root = index.root
+    shards = [Path(s) if Path(s).is_absolute() else root / s for s in index.shards]
+    files = [root / "index.npz", root / "card.json"] if root is not None else []
+    try:  # the raw source the dataset was built from is an input too (webdataset: the tars)
+        source = json.loads((root / "card.json").read_text())["source"]["path"]
+        inputs = [*inputs, source]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for given in [*files, *shards, *inputs]:
+        check_output_path(out, [given], "--out")
+    resolved = Path(os.path.realpath(out))
+    if root is not None and resolved.is_relative_to(Path(os.path.realpath(root))):
+        raise ManifestError(f"--out {out} lies inside the dataset {root}; write the manifest "
+                            "outside it (nothing was changed)")
+    path = Path(out)
+    if path.is_dir():
+        raise ManifestError(f"--out {out} is a folder; name the manifest file (e.g. "
+                            f"{Path(out) / 'train.manifest.npz'})")
+    if path.exists():
+        try:
+            Manifest.load(path)
+        except ManifestError:
+            raise ManifestError(f"--out {out} exists and is not an ltscale manifest; ltscale "
+                                "only replaces a manifest it wrote. Choose another --out "
+                                "(nothing was changed)") from None
 
 
 def cmd_manifest_stats(args):
@@ -160,10 +260,11 @@ def cmd_pretrain(args):
 
     recipe = _recipe(args)
     tracker = _tracker(recipe, not args.no_track)
-    with tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("pretrain"))
-        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
         result = run_pretrain(ctx)
     if ctx.backend.is_main:
         print(f"encoder written to {result['encoder']}")
@@ -181,11 +282,12 @@ def cmd_finetune(args):
     # refuse an encoder made for another backbone / channel count before any data work
     load_encoder(encoder_path, recipe.pretrain.backbone.name, recipe.data.channels)
     tracker = _tracker(recipe, not args.no_track)
-    with tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)}
                          | _source_tags(args.source))
-        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
         result = run_finetune(ctx, encoder_path, "finetune")
         metrics = evaluate_logits(ctx, result["logits"], result["targets"])
     stage = recipe.finetune.classifier_stage
@@ -219,15 +321,18 @@ def cmd_eval(args):
 
     recipe = _recipe(args)
     head_path = resolve_artifact(args.source, "head", recipe.tracking.uri)
-    encoder_ref = load_checkpoint(head_path).get("encoder")
+    saved = load_checkpoint(head_path)
+    encoder_ref = saved.get("encoder")
     if not encoder_ref:
         raise CheckpointError(f"{head_path} does not name the encoder it was trained on")
+    check_head_encoder(head_path, encoder_ref, saved.get("encoder_sha256"))
     tracker = _tracker(recipe, not args.no_track)
-    with tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
         ctx = make_context(recipe, tracker)
         tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)}
                          | _source_tags(args.source))
-        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
         encoder = load_encoder(encoder_ref).to(ctx.device)
         feats, targets = encode(encoder, test_loader(ctx), ctx.device)
         with torch.no_grad():
@@ -241,6 +346,30 @@ def cmd_eval(args):
     print(paths["md"].read_text())
 
 
+def check_head_encoder(head_path, encoder_ref: str, recorded: str | None) -> None:
+    """A head is evaluated only with the very encoder it was trained on: the file at its
+    recorded path must still hold the content whose SHA-256 the head recorded."""
+    from pathlib import Path
+
+    from ltscale.errors import CheckpointError
+    from ltscale.finetune.cache import file_sha256
+
+    encoder = Path(encoder_ref)
+    if not encoder.is_file():
+        raise CheckpointError(f"{head_path} was trained on the encoder {encoder}, which no longer "
+                              "exists; fine-tune again (`ltscale finetune`)")
+    if not recorded:
+        raise CheckpointError(f"{head_path} records no SHA-256 of its encoder {encoder} (made by "
+                              "an older ltscale), so the encoder cannot be proven unchanged; "
+                              "fine-tune again (`ltscale finetune`)")
+    found = file_sha256(encoder)
+    if found != recorded:
+        raise CheckpointError(f"{head_path} was trained on encoder {encoder} with SHA-256 "
+                              f"{recorded[:16]}…, but that file now has {found[:16]}… (it was "
+                              "replaced, e.g. by a later pretraining); fine-tune again on it or "
+                              "evaluate the matching head")
+
+
 def cmd_run(args):
     from ltscale.sweep import expand
 
@@ -248,6 +377,9 @@ def cmd_run(args):
     if getattr(args, "data", None):
         overrides.append(f"data.source.path={args.data}")
     points = expand(args.recipe, overrides)  # every sweep point validated before any work
+    for _, recipe in points:
+        check_data_flag(recipe, getattr(args, "data", None))
+        _check_output_dir(recipe)
     shared: dict = {}  # label-free pretrainings, reused by later points on the same images
     for i, (point, recipe) in enumerate(points):
         if point:
@@ -261,7 +393,8 @@ def _run_one(recipe, args, shared: dict | None = None):
     from ltscale.track import default_tracking_uri
 
     tracker = _tracker(recipe, not args.no_track)
-    summary = run_pipeline(recipe, tracker, shared=shared)
+    with output_lock(recipe.output_dir):
+        summary = run_pipeline(recipe, tracker, shared=shared)
     uri = recipe.tracking.uri or default_tracking_uri()
     print()
     print(summary["table"])
@@ -428,14 +561,77 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    previous_term = _terminate_like_interrupt()
     try:
         return int(args.func(args) or 0)
     except LtscaleError as exc:
         print(f"ltscale: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("ltscale: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("ltscale: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output went away (`ltscale manifest stats M | head -1`)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        print("ltscale: error: output closed early (broken pipe)", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ltscale: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: every open MLflow run ends KILLED, then exit 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _terminate_like_interrupt():
+    """Make SIGTERM raise ``Terminated`` when nobody else handles it (a submitit job or a test
+    harness may have its own handler, which is kept). Returns the handler to restore."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+_OS_HINTS = {errno.EROFS: "the file system is read-only",
+             errno.ENOSPC: "no space left on the device",
+             errno.EDQUOT: "disk quota exceeded",
+             errno.ELOOP: "a symbolic link loop",
+             errno.EMLINK: "too many links",
+             errno.EACCES: "permission denied",
+             errno.EPERM: "operation not permitted",
+             errno.ENOENT: "no such file or directory",
+             errno.ENOTDIR: "a path component is not a folder",
+             errno.EISDIR: "is a folder",
+             errno.ENAMETOOLONG: "file name too long",
+             errno.EEXIST: "already exists"}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error, naming the path(s) it concerns."""
+    what = _OS_HINTS.get(exc.errno) or (exc.strerror or str(exc) or type(exc).__name__)
+    paths = [p for p in (exc.filename, exc.filename2) if p is not None]
+    where = " -> ".join(str(p) for p in paths) if paths else "(no path given by the system)"
+    line = f"{where}: {what}"
+    if exc.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES):
+        line += "; free space or choose a writable output folder"
+    return " ".join(line.split())
 
 
 if __name__ == "__main__":

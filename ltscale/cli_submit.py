@@ -50,6 +50,27 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return sm
 
 
+def _check_sbatch_file(path: str, inputs) -> None:
+    """``--sbatch FILE`` never lands on an input, and replaces only a script it rendered."""
+    from pathlib import Path
+
+    from ltscale.data.shards import check_output_path
+    from ltscale.errors import LtscaleError
+
+    check_output_path(path, [i for i in inputs if i], "--sbatch")
+    f = Path(path)
+    if f.is_dir():
+        raise LtscaleError(f"--sbatch {path} is a folder; name the script file")
+    if f.exists():
+        try:
+            ours = "Rendered by `ltscale submit" in f.read_text(errors="replace")[:2000]
+        except OSError:
+            ours = False
+        if not ours:
+            raise LtscaleError(f"--sbatch {path} exists and is not a script ltscale rendered; "
+                               "choose another file (nothing was changed)")
+
+
 def cmd_submit(args):
     from pathlib import Path
 
@@ -57,6 +78,8 @@ def cmd_submit(args):
     from ltscale.launch.submit import dry_run_text, plan_submission, submit
     from ltscale.launch.templates import render_sbatch
 
+    if args.sbatch:
+        _check_sbatch_file(args.sbatch, [args.recipe, args.data])
     extra = _options(args.sbatch_option) if args.sbatch_option else {}
     opts = SubmitOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                          tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
@@ -67,7 +90,11 @@ def cmd_submit(args):
                          extra={k.replace("_", "-"): v for k, v in extra.items()})
     overrides = list(args.overrides)
     if args.data:
+        from ltscale.cli import check_data_flag
+        from ltscale.config import load_recipe
+
         overrides.append(f"data.source.path={args.data}")
+        check_data_flag(load_recipe(args.recipe, overrides), args.data)
     plan = plan_submission(args.command_name, args.recipe, overrides, args.sweep, opts,
                            cluster=args.cluster, folder=args.folder,
                            dry_run=args.dry_run or bool(args.sbatch))

@@ -7,7 +7,7 @@ was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -74,7 +74,7 @@ class ManifestCfg(Section):
     imbalance: str = "exp:100"
     class_order: Literal["index", "perm"] = "index"
     noise: str = "sym:0.4"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     max_per_class: int | None = Field(None, gt=0)
     few_labels: float | None = Field(None, gt=0, le=1)
     unlabeled: UnlabeledCfg = UnlabeledCfg()
@@ -193,8 +193,8 @@ class PretrainCfg(Section):
 
 class EvalCfg(Section):
     split: str = "test"
-    many_threshold: int = 100   # classes with > this many training images are Many-shot
-    few_threshold: int = 20     # classes with < this many are Few-shot
+    many_threshold: int = Field(100, ge=0)   # classes with > this many training images are Many-shot
+    few_threshold: int = Field(20, ge=0)     # classes with < this many are Few-shot
     allow_overlap: bool = False  # allow test samples that are also training (labeled/unlabeled) ones
 
     @field_validator("few_threshold")
@@ -243,10 +243,10 @@ class ReferenceCfg(Section):
 
 class Recipe(Section):
     name: str = "quickstart"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     # `ltscale run` repeats the training stages for each seed (the manifest keeps manifest.seed)
     # and reports mean ± std; None: just `seed`
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(None, min_length=1)
     output_dir: str = "runs/quickstart"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine: EngineCfg = EngineCfg()
@@ -296,6 +296,37 @@ class Recipe(Section):
         return self
 
 
+MAX_RECIPE_BYTES = 1 << 20   # a recipe is a page of settings; anything larger is a mistake
+MAX_YAML_ALIASES = 20        # aliases expand exponentially ("billion laughs"); 20 bound it to ~1,600x
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses more than ``MAX_YAML_ALIASES`` alias references."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases = getattr(self, "_aliases", 0) + 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); a recipe "
+                                     "needs none")
+        return super().compose_node(parent, index)
+
+
+def safe_load_limited(text: str):
+    """``yaml.safe_load`` with the alias limit (values are data: no tags, no objects)."""
+    loader = _LimitedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value) if not isinstance(value, (dict, list)) or len(str(value)) < 4 * limit \
+        else f"{type(value).__name__} of {len(value)} items"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
     lines = [f"recipe {source} is invalid:"]
     for err in exc.errors():
@@ -309,7 +340,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             if isinstance(got, dict):  # a whole section: its message says what is wrong
                 lines.append(f"  {key or 'recipe'}: {msg}")
             else:
-                lines.append(f"  {key}: {msg} (got {got!r})")
+                lines.append(f"  {key}: {msg} (got {_short(got)})")
     return "\n".join(lines)
 
 
@@ -318,7 +349,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise RecipeError(f"override {text!r} must look like key.sub=value")
     key, value = text.split("=", 1)
     try:  # values are data: safe_load refuses tags such as !!python/object
-        return key.strip().split("."), yaml.safe_load(value)
+        return key.strip().split("."), safe_load_limited(value)
     except yaml.YAMLError as exc:
         raise RecipeError(f"override {text!r}: {key.strip()} is not a valid YAML value "
                           f"({' '.join(str(exc).split())})") from None
@@ -340,11 +371,25 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        if path.is_dir():
+            raise RecipeError(f"recipe {path} is a folder; pass a recipe file (e.g. "
+                              "recipes/quickstart.yaml)")
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"recipe {path} is {size} bytes; a recipe is at most "
+                              f"{MAX_RECIPE_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+        raw = safe_load_limited(text)
     except FileNotFoundError:
         raise RecipeError(f"recipe not found: {path}") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"recipe {path} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from None
+        detail = " ".join(str(exc).split())[:300]
+        raise RecipeError(f"recipe {path} is not valid YAML: {detail}") from None
+    if raw is None:
+        raise RecipeError(f"recipe {path} is empty; start from recipes/quickstart.yaml (an empty "
+                          "recipe would silently run every default)")
     if not isinstance(raw, dict):
         raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
     return recipe_from_dict(apply_overrides(raw, overrides or []), str(path))

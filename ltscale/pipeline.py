@@ -47,6 +47,9 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print,
 
     ``shared`` (a dict kept across the points of a sweep) lets a point reuse an earlier point's
     label-free pretraining of the same images (see ``_pretrain``); None: always pretrain."""
+    from ltscale.stages.context import effective_recipe
+
+    recipe = effective_recipe(recipe)  # manifest.file: params describe the manifest used
     seeds = recipe.seeds or [recipe.seed]
     several = len(seeds) > 1
     runs = []
@@ -158,7 +161,7 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None 
         ctx = make_context(recipe, tracker, progress)
         stats = manifest_stats(ctx.manifest)
         tracker.set_tags(ctx.tags("data"))
-        tracker.log_params(flatten(recipe.model_dump()))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
         tracker.log_text(json.dumps(ctx.manifest.header, indent=2, default=str),
                          "manifest_header.json")
         tracker.log_metrics({"manifest/samples": stats["samples"],

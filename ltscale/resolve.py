@@ -16,9 +16,15 @@ def resolve_artifact(ref: str, kind: str, tracking_uri: str | None = None) -> Pa
     if path.is_file():
         return path
     if path.is_dir():
+        if (path / name).is_file():  # the folder of one stage
+            return path / name
         hits = sorted(path.rglob(name))
         if not hits:
             raise CheckpointError(f"no {name} under {path}")
+        if len(hits) > 1:
+            shown = ", ".join(str(h) for h in hits[:6]) + (", …" if len(hits) > 6 else "")
+            raise CheckpointError(f"--from {path}: {len(hits)} {name} files under it ({shown}); "
+                                  "pass the file (or its stage folder) you mean")
         return hits[0]
     if "/" in ref or ref.endswith(".pt"):
         raise CheckpointError(f"{ref}: no such file or directory")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,8 @@ COLUMNS = ("key", "split", "shard", "offset", "size", "ext", "label", "path")
 _DTYPES = {"split": np.int8, "shard": np.int32, "offset": np.int64, "size": np.int64,
            "label": np.int64}
 _EXTRA_PREFIX = "extra__"
+# what numpy raises on a damaged .npz (a flipped byte, a cut file) besides OSError/ValueError
+NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError)
 
 
 class ShardIndex:
@@ -66,7 +70,7 @@ class ShardIndex:
         except KeyError:
             raise DataError(f"{self._source}: index has no column {name!r}; rebuild the dataset "
                             "with this version of ltscale") from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, *NPZ_ERRORS) as exc:
             raise DataError(f"{self._source}: unreadable shard index ({exc}); rebuild or "
                             "`ltscale data verify` the dataset") from None
 
@@ -143,7 +147,7 @@ class ShardIndex:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 split = z["split"]
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, *NPZ_ERRORS) as exc:
             raise DataError(f"{path}: unreadable shard index ({exc}); rebuild the dataset with "
                             "`ltscale data build`") from None
         return cls(shards=meta["shards"], splits=meta["splits"], classes=meta["classes"],

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ltscale.atomic import atomic_path
-from ltscale.data.index import ShardIndex
+from ltscale.data.index import NPZ_ERRORS, ShardIndex
 from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSpec, NoiseSpec,
                                         UnlabeledSpec)
 from ltscale.data.noise import apply_noise, transition_counts, transition_matrix
@@ -167,9 +167,15 @@ class Manifest:
                 m = cls(ids=z["ids"], observed=z["observed"], clean=z["clean"], role=z["role"],
                         header=json.loads(str(z["header"])),
                         transition=z["transition"] if "transition" in z.files else None)
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, *NPZ_ERRORS) as exc:
             raise ManifestError(f"{path}: not a readable ltscale manifest ({exc})") from None
-        if _content_hash(m.ids, m.observed, m.clean, m.role, m.header) != m.header.get("hash"):
+        try:
+            matches = _content_hash(m.ids, m.observed, m.clean, m.role, m.header) == \
+                m.header.get("hash")
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise ManifestError(f"{path}: not a readable ltscale manifest (its header lacks the "
+                                "spec or index hash)") from None
+        if not matches:
             raise ManifestError(f"{path}: content does not match its recorded hash; the file was "
                                 "modified or corrupted. Rebuild it with `ltscale manifest make`.")
         _check_labels(m, path)
@@ -243,6 +249,16 @@ def _labeled(index: ShardIndex, spec: ManifestSpec, exclude: np.ndarray):
     n_max = spec.max_per_class or int(available.min())
     by_rank = np.array(longtail_counts(n_max, C, spec.imbalance))
     wanted = by_rank[_class_order(C, spec.imbalance, spec.seed)]
+    empty = np.flatnonzero(wanted < 1)
+    if len(empty):
+        c = int(empty[0])
+        imb = spec.imbalance
+        limit = (f"γ must be at most n_max = {n_max} for every class to keep an image"
+                 if imb.profile == "exp" else f"n_max/γ = {n_max / imb.ratio:.3g} must be >= 1")
+        raise ManifestError(f"imbalance {imb.profile}:{imb.ratio:g} in split {spec.split!r} "
+                            f"leaves class {c} ({index.classes[c]}) with no image "
+                            f"({len(empty)} of {C} classes empty; n_max = {n_max}); {limit}: "
+                            "lower the ratio or raise max_per_class")
     _check_available(wanted, available, index.classes,
                      f"imbalance {spec.imbalance.profile} in split {spec.split!r}",
                      "lower max_per_class")

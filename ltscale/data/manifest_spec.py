@@ -143,8 +143,10 @@ class EvalSelection:
         if not text:
             return None
         split, _, n = str(text).partition(":")
-        if n and not n.isdigit():
+        if (n and not n.isdigit()) or not split:
             raise ManifestError(f"selection {text!r}: use SPLIT or SPLIT:PER_CLASS (e.g. test:100)")
+        if n and int(n) < 1:
+            raise ManifestError(f"selection {text!r}: PER_CLASS must be at least 1")
         return cls(split, int(n) if n else None)
 
 
@@ -163,6 +165,8 @@ class ManifestSpec:
     def __post_init__(self):
         if self.few_labels is not None and not 0 < self.few_labels <= 1:
             raise ManifestError(f"few_labels must be a fraction in (0, 1], got {self.few_labels}")
+        if not 0 <= self.seed < 2**32:
+            raise ManifestError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.max_per_class is not None and self.max_per_class < 1:
             raise ManifestError(f"max_per_class must be >= 1, got {self.max_per_class}")
 

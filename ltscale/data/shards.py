@@ -68,21 +68,38 @@ def parse_size(text: str | int) -> int:
 
 def build_shards(source: Source, out: str | Path, *, source_kind: str, source_path: str,
                  shard_bytes: int = DEFAULT_SHARD_BYTES, workers: int = 1,
-                 overwrite: bool = False, progress: bool = True) -> ShardIndex:
-    """Write every split of ``source`` into shards under ``out``; return the index."""
+                 overwrite: bool = False, progress: bool = True,
+                 inputs: list[str | Path] = ()) -> ShardIndex:
+    """Write every split of ``source`` into shards under ``out``; return the index.
+
+    ``out`` may not be, contain or lie inside ``source_path`` or any of ``inputs`` (further
+    folders the source reads, e.g. ``images=ROOT``). An existing ``out`` is replaced only with
+    ``overwrite`` and only when it is a dataset ltscale wrote (``owned_dataset``)."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out} already exists; pass --overwrite to replace it (the old dataset "
-                        "stays in place until the new one is complete)")
+    check_output_path(out, [source_path, *inputs], "--out")
+    if out.exists() or out.is_symlink():
+        problem = owned_dataset(out)
+        if problem is not None:
+            raise DataError(f"{out} already exists and {problem}; ltscale only replaces a "
+                            "dataset it wrote itself. Choose another --out (nothing was changed)")
+        if not overwrite:
+            raise DataError(f"{out} already exists (an ltscale dataset); pass --overwrite to "
+                            "replace it (the old dataset stays in place until the new one is "
+                            "complete)")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.with_name(f".{out.name}.building")
+    _check_work_dir(work)
     splits = source.splits()
     refs = {s: source.refs(s) for s in splits}
     _validate(source, refs)
     if getattr(source, "in_place", False):
+        in_place = [Path(p) for p in source.in_place]
+        for shard in in_place:  # the source's own tars must never be touched by the output
+            check_output_path(out, [shard], "--out")
         if work.exists():
             shutil.rmtree(work)
         work.mkdir()
+        write_json_atomic(work / _PLAN_FILE, {"digest": "in-place", "shards": len(in_place)})
         index = _index_in_place(source, refs)
         shard_info = [_shard_entry(Path(n), n) for n in index.shards]
     else:
@@ -96,13 +113,100 @@ def build_shards(source: Source, out: str | Path, *, source_kind: str, source_pa
     write_json_atomic(work / CARD_FILE, _card(source, index, shard_info, source_kind, source_path))
     (work / _PLAN_FILE).unlink(missing_ok=True)
     if out.exists():
+        problem = owned_dataset(out)  # checked again: nothing of the user's may have moved in
+        if problem is not None:
+            raise DataError(f"{out} {problem}; the new dataset is left in {work}")
         trash = out.with_name(f".{out.name}.replaced-{os.getpid()}")
         os.replace(out, trash)
         os.replace(work, out)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove_owned(trash)
     else:
         os.replace(work, out)
     return ShardIndex.load(out)
+
+
+# --- what ltscale may delete -------------------------------------------------------------------
+# A dataset card written by ltscale carries this marker and the list of files the build wrote;
+# only such a folder, holding nothing else, is ever replaced.
+OWNER_MARKER = "ltscale dataset"
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
+
+
+def check_output_path(out: str | Path, inputs, what: str = "--out") -> None:
+    """Refuse an output that is an input, or a folder containing or contained by one."""
+    o = _resolved(out)
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        i = _resolved(given)
+        if o == i:
+            raise DataError(f"{what} {out} is the input {given} itself; write to a separate "
+                            "folder (nothing was changed)")
+        if i.is_relative_to(o):
+            raise DataError(f"{what} {out} contains the input {given}; write to a folder "
+                            "outside it (nothing was changed)")
+        if o.is_relative_to(i) and i.is_dir():
+            raise DataError(f"{what} {out} lies inside the input {given}; write to a folder "
+                            "outside it (nothing was changed)")
+
+
+def _card_files(card: dict) -> set[str]:
+    files = {CARD_FILE, "index.npz"}
+    if not card.get("in_place"):
+        files |= {s["name"] for s in card.get("shards", []) if isinstance(s, dict)}
+    return files
+
+
+def owned_dataset(path: str | Path) -> str | None:
+    """None when ``path`` is a dataset folder ltscale wrote and holds nothing else; otherwise
+    why it is not (a phrase for an error message)."""
+    path = Path(path)
+    if path.is_symlink():
+        return "is a symbolic link"
+    if not path.is_dir():
+        return "is not a folder"
+    try:
+        card = json.loads((path / CARD_FILE).read_text())
+    except FileNotFoundError:
+        return f"has no {CARD_FILE}: it is not an ltscale dataset"
+    except (OSError, ValueError):
+        return f"has an unreadable {CARD_FILE}"
+    legacy = "ltscale_version" in card and str(card.get("format", "")).startswith("webdataset")
+    if not isinstance(card, dict) or not (card.get("written_by") == OWNER_MARKER or legacy):
+        return f"its {CARD_FILE} carries no ltscale marker"
+    files = set(card.get("files") or _card_files(card))
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in files)
+    if foreign:
+        return (f"holds files ltscale did not write ({', '.join(foreign[:5])}"
+                f"{', …' if len(foreign) > 5 else ''})")
+    return None
+
+
+def _remove_owned(folder: Path) -> None:
+    """Delete a replaced dataset: the files its card lists, then the (then empty) folder."""
+    try:
+        card = json.loads((folder / CARD_FILE).read_text())
+        files = set(card.get("files") or _card_files(card))
+    except (OSError, ValueError):
+        files = {CARD_FILE}
+    for name in files:
+        (folder / name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # something unexpected is left: keep it rather than delete what is not ours
+
+
+def _check_work_dir(work: Path) -> None:
+    """The build's work folder is reused or removed only when it holds a build plan."""
+    if (work.exists() or work.is_symlink()) and (
+            work.is_symlink() or not work.is_dir()
+            or (any(work.iterdir()) and not (work / _PLAN_FILE).exists())):
+        raise DataError(f"{work} exists but is not an unfinished ltscale build (no "
+                        f"{_PLAN_FILE}); move it away (nothing was changed)")
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -324,7 +428,11 @@ def _card(source: Source, index: ShardIndex, shard_info: list[dict], kind: str, 
             col = index.extra(name)[ids]
             entry[f"{name}_known"] = int((col >= 0).sum())
         per_split[split] = entry
+    files = sorted({CARD_FILE, "index.npz"} | (set() if getattr(source, "in_place", False)
+                                                 else {s["name"] for s in shard_info}))
     return {
+        "written_by": OWNER_MARKER,
+        "files": files,
         "name": getattr(source, "name", Path(path).name),
         "source": {"kind": kind, "path": str(path)},
         "classes": index.classes,

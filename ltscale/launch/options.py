@@ -25,6 +25,12 @@ def parse_time(text: str | int) -> int:
     if not m:
         raise RecipeError(f"--time {text!r}: use minutes (90), HH:MM:SS or D-HH:MM:SS")
     days, a, b, c = m.groups()
+    if days is not None and int(a) > 23:
+        raise RecipeError(f"--time {text!r}: hours must be 0-23 after a day count (D-HH:MM:SS)")
+    # MM:SS has seconds in b; HH:MM[:SS] (and D-HH:MM) minutes in b and seconds in c
+    if any(v is not None and int(v) > 59 for v in (b, c)):
+        raise RecipeError(f"--time {text!r}: minutes and seconds must be 0-59 (minutes, MM:SS, "
+                          "HH:MM:SS or D-HH:MM:SS)")
     if days is None and b is None:
         minutes = int(a)
     elif c is None and days is None:        # MM:SS
@@ -62,6 +68,20 @@ class SubmitOptions:
             raise RecipeError("--gpus-per-node must not be negative")
         if self.tasks_per_node is not None and self.tasks_per_node < 1:
             raise RecipeError("--tasks-per-node must be at least 1")
+        if self.cpus_per_task is not None and self.cpus_per_task < 1:
+            raise RecipeError(f"--cpus-per-task {self.cpus_per_task}: must be at least 1")
+        if self.max_requeue < 0:
+            raise RecipeError(f"--max-requeue {self.max_requeue}: must be 0 (never requeue) or "
+                              "more")
+        if not 0 <= self.signal_delay_s < self.time_min * 60:
+            raise RecipeError(f"--signal-delay {self.signal_delay_s}: must be in [0, "
+                              f"{self.time_min * 60}) seconds, below the --time limit of "
+                              f"{self.time_min} min")
+        if self.mem is not None and not re.fullmatch(r"\d+[KMGT]?B?", self.mem.strip().upper()):
+            raise RecipeError(f"--mem {self.mem!r}: use SLURM's syntax, e.g. 64G or 4000M")
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,128}", self.name):
+            raise RecipeError(f"--name {self.name!r}: use letters, digits, . _ + - (at most "
+                              "128)")
 
     @property
     def ntasks_per_node(self) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ltscale.config import Recipe, flatten
+from ltscale.config import Recipe, flatten, safe_load_limited
 from ltscale.errors import RecipeError
 from ltscale.launch.env import _split_top_level
 
@@ -28,7 +28,7 @@ def _values(key: str, text: str) -> list[Any]:
     out = []
     for part in parts:
         try:
-            out.append(yaml.safe_load(part))
+            out.append(safe_load_limited(part))
         except yaml.YAMLError as exc:
             raise RecipeError(f"--sweep {key}: value {part!r} is not valid YAML ({exc})") from None
     return out

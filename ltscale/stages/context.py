@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -67,6 +68,60 @@ def manifest_spec(recipe: Recipe) -> ManifestSpec:
                         val=EvalSelection.parse(m.val), test=EvalSelection.parse(m.test))
 
 
+def _number_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def spec_fields(spec: ManifestSpec) -> dict:
+    """The recipe's ``manifest`` keys that describe ``spec`` (the inverse of ``manifest_spec``)."""
+    imb, noise = spec.imbalance, spec.noise
+    imbalance = {"exp": f"exp:{_number_text(imb.ratio)}",
+                 "step": f"step:{_number_text(imb.ratio)}:{_number_text(imb.mu)}",
+                 "pareto": f"pareto:{_number_text(imb.ratio)}:{_number_text(imb.alpha)}",
+                 }.get(imb.profile, imb.profile)
+    if noise.kind == "sym":
+        noise_text = f"sym:{_number_text(noise.rate)}" + (
+            ":others" if noise.convention == "others" else "")
+    elif noise.kind == "asym":
+        noise_text = f"asym:{_number_text(noise.rate)}:{noise.mapping}"
+    else:
+        noise_text = noise.kind
+    sel = lambda e: None if e is None else (  # noqa: E731
+        e.split if e.per_class is None else f"{e.split}:{e.per_class}")
+    return {"split": spec.split, "imbalance": imbalance, "class_order": imb.order,
+            "noise": noise_text, "seed": spec.seed, "max_per_class": spec.max_per_class,
+            "few_labels": spec.few_labels, "unlabeled": dataclasses.asdict(spec.unlabeled),
+            "val": sel(spec.val), "test": sel(spec.test)}
+
+
+def effective_recipe(recipe: Recipe) -> Recipe:
+    """With ``manifest.file``, the recipe whose ``manifest`` section describes that file (its
+    recorded spec) instead of the unused imbalance/noise defaults: params, reports and
+    ``ltscale compare --group-by manifest.*`` then say what the run really trained on."""
+    if not recipe.manifest.file:
+        return recipe
+    from ltscale.config import ManifestCfg
+
+    spec = Manifest.load(recipe.manifest.file).spec
+    r = recipe.model_copy(deep=True)
+    r.manifest = ManifestCfg(file=recipe.manifest.file, **spec_fields(spec))
+    return r
+
+
+def check_output_dir(recipe: Recipe) -> None:
+    """A run writes its manifest, checkpoints and reports under ``output_dir``: never into the
+    dataset (it would no longer be a folder ltscale can prove it wrote) or the raw source."""
+    import os
+
+    out = Path(os.path.realpath(recipe.output_dir))
+    for key, given in (("data.shards", recipe.data.shards),
+                       ("data.source.path", recipe.data.source.path)):
+        inside = Path(os.path.realpath(given))
+        if out == inside or out.is_relative_to(inside):
+            raise DataError(f"output_dir {recipe.output_dir} lies in {key} {given}; a run writes "
+                            "its files outside the data it reads: choose another output_dir")
+
+
 def _usable(shards: Path, recipe: Recipe) -> bool:
     """Whether ``shards`` holds an index this version reads. Shards an older release built from
     the recipe's own source are rebuilt; anything else is left alone and reported."""
@@ -124,6 +179,8 @@ def create_backend(recipe: Recipe) -> LocalBackend:
 
 def make_context(recipe: Recipe, tracker=None, progress: bool = True) -> Context:
     """Build shards if absent, then the recipe's manifest (saved under the output directory)."""
+    recipe = effective_recipe(recipe)
+    check_output_dir(recipe)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     out = Path(recipe.output_dir)

@@ -304,7 +304,9 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
             torch.save({"format": HEAD_FORMAT, "spec": head.spec, "state_dict": head.state_dict(),
                         "num_classes": ctx.index.num_classes, "mode": mode,
                         "classifier_stage": f.classifier_stage,
-                        "encoder": str(head_encoder) if head_encoder else None}, tmp)
+                        "encoder": str(head_encoder) if head_encoder else None,
+                        # the encoder's file content: evaluation refuses one that changed since
+                        "encoder_sha256": digest if head_encoder else None}, tmp)
     z_test = _classifier_input(head, test_cache, cached_projected, "cpu")
     logits = predict(ClassifierPart(head), z_test)
     ctx.tracker.set_tags({"ltscale.head": str(head_path.resolve()), "ltscale.finetune_mode": mode,

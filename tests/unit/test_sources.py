@@ -288,7 +288,7 @@ def write_clothing1m(root):
 
 
 def test_clothing1m_keeps_both_labels_and_puts_test_first(tmp_path):
-    root, paths = write_clothing1m(tmp_path)
+    root, paths = write_clothing1m(tmp_path / "raw")  # the dataset is written beside, not inside
     src = open_source("clothing1m", root)
     assert len(src.classes) == 14 and src.splits() == ["noisy_train", "clean_train", "clean_val",
                                                         "clean_test"]
