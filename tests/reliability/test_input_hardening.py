@@ -136,7 +136,7 @@ def test_from_an_ambiguous_folder_is_refused_naming_the_candidates(trained, tmp_
 
 def test_params_come_from_the_manifest_file_used(tiny, capsys, monkeypatch):
     """``--group-by manifest.noise`` groups by what the run trained on, not recipe defaults."""
-    import ltscale.cli as cli_module
+    import ltscale.cli.common as cli_common
     import ltscale.stages.pretrain as pretrain
 
     params: dict = {}
@@ -145,7 +145,7 @@ def test_params_come_from_the_manifest_file_used(tiny, capsys, monkeypatch):
         def log_params(self, p):
             params.update(p)
 
-    monkeypatch.setattr(cli_module, "_tracker", lambda recipe, enabled=True: Recording())
+    monkeypatch.setattr(cli_common, "tracker", lambda recipe, enabled=True: Recording())
     monkeypatch.setattr(pretrain, "run_pretrain",
                         lambda ctx: {"encoder": ctx.out / "encoder.pt"})
     # the recipe says exp:4, sym:0.4, seed 0; the file was made with exp:2, sym:0.2, seed 3

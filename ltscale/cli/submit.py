@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ltscale.cli import _options
+from ltscale.cli import common
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def cmd_submit(args):
 
     if args.sbatch:
         _check_sbatch_file(args.sbatch, [args.recipe, args.data])
-    extra = _options(args.sbatch_option) if args.sbatch_option else {}
+    extra = common.options(args.sbatch_option) if args.sbatch_option else {}
     opts = SubmitOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                          tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task,
                          partition=args.partition, time_min=parse_time(args.time),
@@ -90,11 +90,10 @@ def cmd_submit(args):
                          extra={k.replace("_", "-"): v for k, v in extra.items()})
     overrides = list(args.overrides)
     if args.data:
-        from ltscale.cli import check_data_flag
         from ltscale.config import load_recipe
 
         overrides.append(f"data.source.path={args.data}")
-        check_data_flag(load_recipe(args.recipe, overrides), args.data)
+        common.check_data_flag(load_recipe(args.recipe, overrides), args.data)
     plan = plan_submission(args.command_name, args.recipe, overrides, args.sweep, opts,
                            cluster=args.cluster, folder=args.folder,
                            dry_run=args.dry_run or bool(args.sbatch))

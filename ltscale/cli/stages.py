@@ -1,0 +1,119 @@
+"""`ltscale pretrain | finetune | eval | run`: the stages of a recipe, and the whole pipeline."""
+
+from __future__ import annotations
+
+from ltscale.cli import common
+from ltscale.lock import output_lock
+
+
+def add_parser(sub) -> None:
+    for name, func, needs_from in (("pretrain", cmd_pretrain, False),
+                                   ("finetune", cmd_finetune, True), ("eval", cmd_eval, True),
+                                   ("run", cmd_run, False)):
+        s = sub.add_parser(name, help=f"{name} stage from a recipe" if name != "run"
+                           else "the whole pipeline from a recipe")
+        s.add_argument("recipe")
+        s.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
+        if needs_from:
+            s.add_argument("--from", dest="source", required=True, metavar="RUN_ID|PATH")
+        s.add_argument("--data", help="folder of the raw dataset (sets data.source.path)")
+        s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        s.set_defaults(func=func)
+
+
+def cmd_pretrain(args):
+    from ltscale.stages.context import make_context
+    from ltscale.stages.pretrain import run_pretrain
+
+    recipe = common.recipe_from_args(args)
+    tracker = common.tracker(recipe, not args.no_track)
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
+        ctx = make_context(recipe, tracker)
+        tracker.set_tags(ctx.tags("pretrain"))
+        tracker.log_params(common.flatten(ctx.recipe.model_dump()))
+        result = run_pretrain(ctx)
+    if ctx.backend.is_main:
+        print(f"encoder written to {result['encoder']}")
+
+
+def cmd_finetune(args):
+    from ltscale.resolve import resolve_artifact
+    from ltscale.stages.context import make_context
+    from ltscale.stages.evaluate import evaluate_logits
+    from ltscale.stages.finetune import run_finetune
+    from ltscale.stages.pretrain import load_encoder
+
+    recipe = common.recipe_from_args(args)
+    encoder_path = resolve_artifact(args.source, "encoder", recipe.tracking.uri)
+    # refuse an encoder made for another backbone / channel count before any data work
+    load_encoder(encoder_path, recipe.pretrain.backbone.name, recipe.data.channels)
+    tracker = common.tracker(recipe, not args.no_track)
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
+        ctx = make_context(recipe, tracker)
+        tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)}
+                         | common.source_tags(args.source))
+        tracker.log_params(common.flatten(ctx.recipe.model_dump()))
+        result = run_finetune(ctx, encoder_path, "finetune")
+        metrics = evaluate_logits(ctx, result["logits"], result["targets"])
+    stage = recipe.finetune.classifier_stage
+    print(f"head ({recipe.finetune.mode}{'' if stage == 'none' else ' + ' + stage}) written to "
+          f"{result['head']}; test top-1 {metrics['top1']:.4f}")
+
+
+def cmd_eval(args):
+    from ltscale.resolve import resolve_artifact
+    from ltscale.stages.context import make_context
+    from ltscale.stages.eval_head import evaluate_head, head_encoder
+
+    recipe = common.recipe_from_args(args)
+    head_path = resolve_artifact(args.source, "head", recipe.tracking.uri)
+    encoder_ref = head_encoder(head_path)  # refused before any work if it changed
+    tracker = common.tracker(recipe, not args.no_track)
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
+        ctx = make_context(recipe, tracker)
+        tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)}
+                         | common.source_tags(args.source))
+        tracker.log_params(common.flatten(ctx.recipe.model_dump()))
+        _, paths = evaluate_head(ctx, head_path, encoder_ref)
+        for p in paths.values():
+            tracker.log_artifact(p, "report")
+    print(paths["md"].read_text())
+
+
+def cmd_run(args):
+    from ltscale.sweep import expand
+
+    overrides = list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.source.path={args.data}")
+    points = expand(args.recipe, overrides)  # every sweep point validated before any work
+    for _, recipe in points:
+        common.check_data_flag(recipe, getattr(args, "data", None))
+        common.check_output_dir(recipe)
+    shared: dict = {}  # label-free pretrainings, reused by later points on the same images
+    for i, (point, recipe) in enumerate(points):
+        if point:
+            print(f"sweep point {i + 1}/{len(points)}: "
+                  + ", ".join(f"{k}={v}" for k, v in point.items()))
+        _run_one(recipe, args, shared)
+
+
+def _run_one(recipe, args, shared: dict | None = None):
+    from ltscale.pipeline import run_pipeline
+    from ltscale.track import default_tracking_uri
+
+    tracker = common.tracker(recipe, not args.no_track)
+    with output_lock(recipe.output_dir):
+        summary = run_pipeline(recipe, tracker, shared=shared)
+    uri = recipe.tracking.uri or default_tracking_uri()
+    print()
+    print(summary["table"])
+    print()
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings"].items()))
+    print(f"report: {summary['report']}")
+    if not args.no_track:
+        print(f"MLflow parent run {summary['parent_run_id']} in {uri}")
+        print(f"browse it with: mlflow ui --backend-store-uri {uri}")
