@@ -300,18 +300,28 @@ def test_fail_policy_raises_naming_the_sample(corrupt):
         list(loader)
 
 
-def test_decoder_error_names_the_batch(tmp_path):
-    """Damage inside the entropy-coded data passes the check; DALI's error becomes a DataError."""
+@pytest.mark.parametrize("batch_size,which", [(6, 0), (2, 0), (2, -1)])
+def test_decoder_error_names_the_batch(tmp_path, batch_size, which):
+    """Damage inside the entropy-coded data passes the check; DALI's error becomes a DataError
+    naming the keys of the batch that failed — also when the pipeline was working ahead."""
     idx = shards_of(make_tree(tmp_path / "d", n_per_class=2, fmt="jpg"), tmp_path / "d-ds")
-    row = 0
+    ds = dataset(idx, on_error="skip")
+    row = int(ds.rows[which])
     start, size = int(idx.offset[row]), int(idx.size[row])
     with open(idx.root / idx.shards[idx.shard[row]], "r+b") as f:  # keep SOI..SOF, wreck the rest
         f.seek(start + 20)
         f.write(b"\xff\x01" * ((size - 24) // 2))
-    ds = dataset(idx, on_error="skip")
-    loader = dali(ds, sampler(len(ds), shuffle="none", batch_size=6), spec=eval_spec(32))
-    with pytest.raises(DataError, match=str(idx.key[row])):
-        list(loader)
+    loader = dali(ds, sampler(len(ds), shuffle="none", batch_size=batch_size, tail="keep"),
+                  spec=eval_spec(32))
+    seen = []
+    with pytest.raises(DataError, match=str(idx.key[row])) as err:
+        for _, _, pos in loader:
+            seen += pos.tolist()
+    others = [str(idx.key[r]) for r in ds.rows if r != row]
+    named = [k for k in others if k in str(err.value)]
+    assert len(named) == batch_size - 1  # the failing batch's other samples, no more
+    # the batches before the bad one were delivered, in order
+    assert seen == list(range(len(ds) - batch_size if which < 0 else 0))
 
 
 def test_missing_dali_is_a_data_error_naming_the_fix(rgb, monkeypatch):
