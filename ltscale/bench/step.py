@@ -7,8 +7,8 @@ per step, as wall time and as process CPU time (``time.process_time``: the CPU s
 thread of this process). On a shared machine the wall time also counts the time other processes
 held the cores; the CPU time counts only the work this process did, so the engine's overhead
 shows there even when the wall-time difference is buried in noise. With more than one intra-op
-thread, CPU time also counts threads spinning while they wait for work, so it is measured with
-the thread count the run has (printed).
+thread the CPU time also counts threads spinning at barriers while a sibling thread waits for a
+core, which load from other processes inflates; ``threads=1`` (``--threads 1``) removes that.
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def _bare(method_name, backbone, batch, size, steps) -> tuple[float, float]:
 
 
 def bench_step(method: str = "simsiam", backbone: str = "cifar_resnet20", batch: int = 64,
-               size: int = 32, steps: int = 30, repeats: int = 3) -> dict:
+               size: int = 32, steps: int = 30, repeats: int = 3,
+               threads: int | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
     _bare(method, backbone, batch, size, 3)  # warm-up (allocator, kernels)
     runs = {"bare": [], "engine": []}   # (wall s/step, CPU s/step) per run
     for r in range(repeats):  # A B, B A, A B …: no side always runs second

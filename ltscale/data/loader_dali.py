@@ -179,8 +179,8 @@ class _Source:
         if not encoded:
             raise DataError(f"every sample of a batch of {len(batch)} failed to load; first: "
                             f"{skipped[0][1]}")
-        info = {k: after[k] - before[k] for k in after} | {"skipped": skipped}
-        meta = [np.frombuffer(json.dumps(info).encode(), dtype=np.uint8)]
+        record = {k: after[k] - before[k] for k in after} | {"skipped": skipped}
+        meta = [np.frombuffer(json.dumps(record).encode(), dtype=np.uint8)]
         meta += [np.empty(0, dtype=np.uint8)] * (len(encoded) - 1)
         return encoded, positions, meta
 
