@@ -38,6 +38,9 @@ def add_parser(sub) -> None:
     bs.add_argument("--size", type=int, default=32, help="image side in pixels")
     bs.add_argument("--steps", type=int, default=30)
     bs.add_argument("--repeats", type=int, default=3)
+    bs.add_argument("--threads", type=int, default=None,
+                    help="intra-op threads (default: torch's); 1 makes the CPU time immune to "
+                         "threads spinning while another process holds a core")
     bt = bsub.add_parser("train", help="pretraining images/s per input pipeline (DALI, torch): "
                          "synthetic JPEG shards, the real stage, data-wait share, peak memory")
     bt.add_argument("--images", type=int, default=2048)
@@ -93,7 +96,7 @@ def cmd_bench(args):
         from ltscale.bench.step import bench_step
 
         result = bench_step(args.method, args.backbone, args.batch, args.size, args.steps,
-                            args.repeats)
+                            args.repeats, args.threads)
     else:
         from ltscale.bench.build import bench_build
 

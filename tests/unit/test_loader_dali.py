@@ -16,7 +16,7 @@ from ltscale.data.augment_torch import EvalView, TrainViews  # noqa: E402
 from ltscale.data.dataset import ManifestDataset  # noqa: E402
 from ltscale.data.index import ShardIndex  # noqa: E402
 from ltscale.data.loader import LoaderSettings, Normalizer  # noqa: E402
-from ltscale.data.loader_dali import DaliLoader, check_image_bytes  # noqa: E402
+from ltscale.data.loader_dali import DaliLoader, _Source, check_image_bytes  # noqa: E402
 from ltscale.data.loader_torch import TorchLoader  # noqa: E402
 from ltscale.data.sampling import EpochSampler  # noqa: E402
 from ltscale.data.shards import build_shards  # noqa: E402
@@ -77,10 +77,10 @@ def sampler(n, **kw):
     return EpochSampler(n, **kw)
 
 
-def dali(ds, s, *, preset=None, spec=None, channels=3, log=None, workers=1):
+def dali(ds, s, *, preset=None, spec=None, channels=3, log=None, workers=1, py_workers=0):
     return DaliLoader(ds, s, LoaderSettings(backend="dali", workers=workers), device=CPU,
                       mean=MEAN[:channels], std=STD[:channels], log=log or (lambda m: None),
-                      preset=preset, eval_spec=spec, channels=channels)
+                      preset=preset, eval_spec=spec, channels=channels, py_workers=py_workers)
 
 
 def positions(loader):
@@ -108,6 +108,76 @@ def test_same_positions_as_the_torch_backend_per_epoch_and_rank(rgb, tail):
             assert dali_loader.stats.bytes_read > 0 and dali_loader.stats.reads > 0
         if tail == "keep":  # 24 samples, batches of 5 over 2 ranks: a short last batch
             assert any(len(b) < 5 for b in got)
+
+
+@pytest.mark.parametrize("py_workers", [0, 1])
+def test_skip_policy_keeps_the_sampler_ids_minus_the_bad_sample(corrupt, py_workers):
+    """The pipeline works batches ahead, in this process or in a worker: every batch still holds
+    the sampler's ids in order, less the bad sample (a short batch), epoch after epoch, and the
+    counters are this epoch's."""
+    idx, key = corrupt
+    ds = dataset(idx, on_error="skip")
+    bad = int(np.flatnonzero(idx.key[ds.rows] == key)[0])  # its manifest position
+    s = sampler(len(ds), tail="keep", rank=1, world_size=2)
+    loader = dali(ds, s, spec=eval_spec(32), py_workers=py_workers)
+    hit = 0
+    for epoch in (0, 1, 2):
+        s.set_epoch(epoch)
+        want = [[p for p in b.positions.tolist() if p != bad] for b in s.batches()]
+        got = positions(loader)
+        assert got == want
+        st = loader.stats
+        assert (st.batches, st.samples) == (len(want), sum(map(len, want)))
+        assert st.bytes_read > 0 and st.reads > 0
+        dropped = bad in s.rank_positions()
+        hit += dropped
+        assert [k for k, _ in st.skipped] == ([key] if dropped else [])
+    assert hit  # the bad sample was on this rank in some epoch
+
+
+def test_fail_policy_in_a_worker_process_raises_naming_the_sample(corrupt):
+    idx, key = corrupt
+    ds = dataset(idx, on_error="fail")
+    loader = dali(ds, sampler(len(ds), tail="keep"), preset=make_preset("cifar", 24),
+                  py_workers=1)
+    with pytest.raises(DataError, match=f"^sample {key} in shard .*FF D9"):
+        list(loader)
+
+
+def test_the_source_is_stateless_and_ends_the_epoch(rgb):
+    """DALI asks ahead and in any order: batch i depends on i only, and every i past the plan
+    raises StopIteration."""
+    from nvidia.dali.types import BatchInfo
+
+    ds = dataset(rgb)
+    plan = [b.positions for b in sampler(len(ds), tail="keep").batches()]
+    src = _Source(ds, plan)
+    late = src(BatchInfo(len(plan) - 1, 0))
+    first = src(BatchInfo(0, 0))
+    assert [int(p[0]) for p in late[1]] == plan[-1].tolist() and len(late[0]) < 5  # short
+    assert [int(p[0]) for p in first[1]] == plan[0].tolist()
+    assert all(len(m) == 0 for m in first[2][1:]) and len(first[2][0]) > 0
+    for i in (len(plan), len(plan) + 1, len(plan) + 5):
+        with pytest.raises(StopIteration):
+            src(BatchInfo(i, 0))
+    import pickle
+
+    assert [int(p[0]) for p in pickle.loads(pickle.dumps(src))(BatchInfo(0, 0))[1]] == \
+        plan[0].tolist()  # picklable (spawned workers get a copy)
+
+
+def test_stopping_early_and_iterating_again(rgb):
+    """A consumer that stops mid-epoch (batches were already being prepared ahead) and starts
+    again gets the sampler's remaining batches, from a fresh pipeline."""
+    ds = dataset(rgb)
+    s = sampler(len(ds), batch_size=4)
+    loader = dali(ds, s, preset=make_preset("cifar", 24))
+    full = [b.positions.tolist() for b in s.batches()]
+    it = iter(loader)
+    first = next(it)[2].tolist()
+    it.close()
+    s.advance()
+    assert [first] + positions(loader) == full
 
 
 # --- shapes, values ------------------------------------------------------------------------------
@@ -230,18 +300,28 @@ def test_fail_policy_raises_naming_the_sample(corrupt):
         list(loader)
 
 
-def test_decoder_error_names_the_batch(tmp_path):
-    """Damage inside the entropy-coded data passes the check; DALI's error becomes a DataError."""
+@pytest.mark.parametrize("batch_size,which", [(6, 0), (2, 0), (2, -1)])
+def test_decoder_error_names_the_batch(tmp_path, batch_size, which):
+    """Damage inside the entropy-coded data passes the check; DALI's error becomes a DataError
+    naming the keys of the batch that failed — also when the pipeline was working ahead."""
     idx = shards_of(make_tree(tmp_path / "d", n_per_class=2, fmt="jpg"), tmp_path / "d-ds")
-    row = 0
+    ds = dataset(idx, on_error="skip")
+    row = int(ds.rows[which])
     start, size = int(idx.offset[row]), int(idx.size[row])
     with open(idx.root / idx.shards[idx.shard[row]], "r+b") as f:  # keep SOI..SOF, wreck the rest
         f.seek(start + 20)
         f.write(b"\xff\x01" * ((size - 24) // 2))
-    ds = dataset(idx, on_error="skip")
-    loader = dali(ds, sampler(len(ds), shuffle="none", batch_size=6), spec=eval_spec(32))
-    with pytest.raises(DataError, match=str(idx.key[row])):
-        list(loader)
+    loader = dali(ds, sampler(len(ds), shuffle="none", batch_size=batch_size, tail="keep"),
+                  spec=eval_spec(32))
+    seen = []
+    with pytest.raises(DataError, match=str(idx.key[row])) as err:
+        for _, _, pos in loader:
+            seen += pos.tolist()
+    others = [str(idx.key[r]) for r in ds.rows if r != row]
+    named = [k for k in others if k in str(err.value)]
+    assert len(named) == batch_size - 1  # the failing batch's other samples, no more
+    # the batches before the bad one were delivered, in order
+    assert seen == list(range(len(ds) - batch_size if which < 0 else 0))
 
 
 def test_missing_dali_is_a_data_error_naming_the_fix(rgb, monkeypatch):
@@ -251,16 +331,17 @@ def test_missing_dali_is_a_data_error_naming_the_fix(rgb, monkeypatch):
 
 
 # --- resume --------------------------------------------------------------------------------------
-def test_mid_epoch_resume_yields_exactly_the_rest(rgb):
+@pytest.mark.parametrize("py_workers", [0, 1])
+def test_mid_epoch_resume_yields_exactly_the_rest(rgb, py_workers):
     ds = dataset(rgb)
     preset = make_preset("cifar", 24)
     full_sampler = sampler(len(ds), batch_size=4, world_size=2, rank=1)
     full_sampler.set_epoch(2)
-    full = positions(dali(ds, full_sampler, preset=preset))
+    full = positions(dali(ds, full_sampler, preset=preset, py_workers=py_workers))
 
     s = sampler(len(ds), batch_size=4, world_size=2, rank=1)
     s.set_epoch(2)
-    loader = dali(ds, s, preset=preset)
+    loader = dali(ds, s, preset=preset, py_workers=py_workers)
     done = []
     for i, (_, _, pos) in enumerate(loader):  # as the training loop: advance after each step
         done.append(pos.tolist())
@@ -270,7 +351,7 @@ def test_mid_epoch_resume_yields_exactly_the_rest(rgb):
     state = s.state_dict()
     resumed = sampler(len(ds), batch_size=4, world_size=2, rank=1)
     resumed.load_state_dict(state)
-    loader2 = dali(ds, resumed, preset=preset)
+    loader2 = dali(ds, resumed, preset=preset, py_workers=py_workers)
     assert len(loader2) == len(full) - 2
     rest = positions(loader2)
     assert done + rest == full
