@@ -27,7 +27,7 @@ class SourceCfg(Section):
 
 class LoaderCfg(Section):
     # torch: DataLoader workers; dali: needs `pip install nvidia-dali-cuda130`; stream: webdataset
-    # pipeline for shards that can only be streamed (see ltscale/data/streaming.py)
+    # pipeline for shards that can only be streamed (see ltscale/data/loading/stream_loader.py)
     backend: Literal["torch", "dali", "stream"] = "torch"
     urls: str | None = None                    # stream: URL template with {shard}
     shuffle_buffer: int = Field(5000, gt=0)    # stream: shuffle buffer (samples)

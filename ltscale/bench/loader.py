@@ -36,7 +36,7 @@ from ltscale.data.augment import make_preset
 from ltscale.data.augment_torch import TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.index import ShardIndex
-from ltscale.data.loader import LoaderSettings, build_loader
+from ltscale.data.loading import LoaderSettings, build_loader
 from ltscale.data.manifest import build_manifest
 from ltscale.data.manifest_spec import ImbalanceSpec, ManifestSpec, NoiseSpec
 from ltscale.data.reader import IndexedReader

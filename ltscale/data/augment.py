@@ -1,7 +1,7 @@
 """Augmentation presets: one definition per recipe name, read by both loader backends.
 
 A preset is data — a tuple of view specifications — not code: the torch backend
-(``augment_torch``) and the DALI backend (``loader_dali``) each turn it into their own operations,
+(``augment_torch``) and the DALI backend (``data/loading/dali_loader``) each turn it into their own operations,
 so a recipe's ``augment.preset`` means the same views on either backend.
 
 | preset      | views | what (from the papers' standard settings)                                        |

@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ltscale.data.loader import EpochStats, report_skipped
+from ltscale.data.loading import EpochStats, report_skipped
 from ltscale.engine import preempt
 from ltscale.engine.optim import lr_factor, set_lr
 from ltscale.errors import CheckpointError, DataError

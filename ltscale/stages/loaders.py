@@ -7,7 +7,7 @@ import numpy as np
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset, balanced_rows
-from ltscale.data.loader import LoaderSettings, build_loader
+from ltscale.data.loading import LoaderSettings, build_loader
 from ltscale.data.sampling import EpochSampler
 from ltscale.data.verify import check_shards
 from ltscale.stages.context import Context

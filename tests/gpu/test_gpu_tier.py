@@ -135,8 +135,8 @@ def test_dali_mixed_decoding_matches_the_cpu_path(tmp_path):
     from ltscale.data.augment import eval_spec
     from ltscale.data.dataset import ManifestDataset
     from ltscale.data.index import ShardIndex
-    from ltscale.data.loader import LoaderSettings
-    from ltscale.data.loader_dali import DaliLoader
+    from ltscale.data.loading import LoaderSettings
+    from ltscale.data.loading.dali_loader import DaliLoader
     from ltscale.data.sampling import EpochSampler
     from ltscale.data.shards import build_shards
     from ltscale.data.sources import open_source

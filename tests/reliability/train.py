@@ -47,7 +47,7 @@ from ltscale.data.augment import make_preset  # noqa: E402
 from ltscale.data.augment_torch import TrainViews  # noqa: E402
 from ltscale.data.dataset import ManifestDataset  # noqa: E402
 from ltscale.data.index import ShardIndex  # noqa: E402
-from ltscale.data.loader import LoaderSettings, build_loader  # noqa: E402
+from ltscale.data.loading import LoaderSettings, build_loader  # noqa: E402
 from ltscale.data.manifest import Manifest  # noqa: E402
 from ltscale.data.sampling import EpochSampler  # noqa: E402
 from ltscale.data.verify import check_shards  # noqa: E402

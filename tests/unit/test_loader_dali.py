@@ -15,9 +15,9 @@ from ltscale.data.augment import eval_spec, make_preset  # noqa: E402
 from ltscale.data.augment_torch import EvalView, TrainViews  # noqa: E402
 from ltscale.data.dataset import ManifestDataset  # noqa: E402
 from ltscale.data.index import ShardIndex  # noqa: E402
-from ltscale.data.loader import LoaderSettings, Normalizer  # noqa: E402
-from ltscale.data.loader_dali import DaliLoader, _Source, check_image_bytes  # noqa: E402
-from ltscale.data.loader_torch import TorchLoader  # noqa: E402
+from ltscale.data.loading import LoaderSettings, Normalizer  # noqa: E402
+from ltscale.data.loading.dali_loader import DaliLoader, _Source, check_image_bytes  # noqa: E402
+from ltscale.data.loading.torch_loader import TorchLoader  # noqa: E402
 from ltscale.data.sampling import EpochSampler  # noqa: E402
 from ltscale.data.shards import build_shards  # noqa: E402
 from ltscale.data.sources import open_source  # noqa: E402

@@ -13,8 +13,8 @@ from ltscale.data.augment import EvalSpec, eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews, _crop_box
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.index import ShardIndex
-from ltscale.data.loader import LoaderSettings, Normalizer
-from ltscale.data.loader_torch import TorchLoader
+from ltscale.data.loading import LoaderSettings, Normalizer
+from ltscale.data.loading.torch_loader import TorchLoader
 from ltscale.data.sampling import Batch, EpochSampler
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source

@@ -7,7 +7,7 @@ import torch
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
-from ltscale.data.loader import LoaderSettings, build_loader
+from ltscale.data.loading import LoaderSettings, build_loader
 from ltscale.data.manifest import build_manifest
 from ltscale.data.manifest_spec import ImbalanceSpec, ManifestSpec
 from ltscale.data.sampling import EpochSampler

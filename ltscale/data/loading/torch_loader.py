@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ltscale.data.loader import EpochStats, LoaderSettings, Normalizer, report_skipped
+from ltscale.data.loading.base import EpochStats, LoaderSettings, Normalizer, report_skipped
 from ltscale.data.sampling import EpochSampler
 from ltscale.errors import LtscaleError
 

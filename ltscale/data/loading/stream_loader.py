@@ -28,7 +28,7 @@ from itertools import islice
 import numpy as np
 import torch
 
-from ltscale.data.loader import EpochStats, LoaderSettings, Normalizer, report_skipped
+from ltscale.data.loading.base import EpochStats, LoaderSettings, Normalizer, report_skipped
 from ltscale.errors import DataError
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError)

@@ -88,7 +88,7 @@ import re
 import numpy as np
 import torch
 
-from ltscale.data.loader import EpochStats, LoaderSettings, Normalizer, report_skipped
+from ltscale.data.loading.base import EpochStats, LoaderSettings, Normalizer, report_skipped
 from ltscale.data.sampling import EpochSampler
 from ltscale.errors import DataError
 

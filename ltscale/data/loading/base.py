@@ -1,19 +1,11 @@
-"""One loader interface over the backends: what the stages iterate.
-
-``build_loader`` takes a dataset description (index, rows, labels), one ``EpochSampler`` and the
-view maker, and returns an iterable of ``(images, labels, positions)`` with images already on the
-training device as normalised float tensors — from the torch backend (DataLoader workers), the
-DALI backend (``decoders.image`` on ``mixed``/``cpu``) or the streaming path (``webdataset``, for
-shards that can only be streamed; see ``streaming.py``). The sampler decides the ids; the two
-indexed backends read exactly those, in that order.
-
-Every loader keeps ``stats`` for the epoch it last ran (batches, samples, bytes read, read calls,
-skipped samples with keys and reasons) and logs the skipped keys when the epoch ends.
-"""
+"""What every loader backend shares: its settings, per-epoch statistics, the normaliser from
+uint8 to the model's float input, the report of skipped samples, and the ``Loader`` protocol the
+stages and the training loop rely on."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterator, Protocol
 
 import torch
 
@@ -79,27 +71,14 @@ def report_skipped(stats: EpochStats, log, what: str = "epoch") -> None:
         log(f"{what}: skipped {len(stats.skipped)} unreadable samples: {shown}{more}")
 
 
-def build_loader(dataset, sampler, settings: LoaderSettings, *, device: torch.device,
-                 mean, std, log=print, preset=None, eval_spec=None, channels: int = 3):
-    """The loader for ``settings.backend`` over ``dataset`` in ``sampler`` order."""
-    if settings.backend == "torch":
-        from ltscale.data.loader_torch import TorchLoader
+class Loader(Protocol):
+    """What a backend gives: batches ``(images, labels, positions)`` on the training device in
+    the sampler's order, the batches left in the epoch, and that epoch's statistics."""
 
-        loader = TorchLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
-                             log=log)
-    elif settings.backend == "dali":
-        from ltscale.data.loader_dali import DaliLoader
+    sampler: object
+    stats: EpochStats
+    preset: object
 
-        loader = DaliLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
-                            log=log, preset=preset, eval_spec=eval_spec, channels=channels)
-    elif settings.backend == "stream":
-        from ltscale.data.streaming import StreamingLoader, shard_urls
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]: ...
 
-        urls = shard_urls(dataset.reader.index, dataset.rows, settings.urls)
-        loader = StreamingLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
-                                 urls=urls, shuffle_buffer=settings.shuffle_buffer,
-                                 train=sampler.tail != "keep", log=log)
-    else:
-        raise DataError(f"unknown loader backend {settings.backend!r}; choose one of {BACKENDS}")
-    loader.preset = preset
-    return loader
+    def __len__(self) -> int: ...
