@@ -15,7 +15,8 @@ from ltscale.atomic import atomic_path
 from ltscale.config import flatten
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.knn import KnnMonitor
-from ltscale.engine.loop import LoopConfig, fit, latest_checkpoint
+from ltscale.engine.checkpoint import latest_checkpoint
+from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import CheckpointError, RecipeError
 from ltscale.methods import METHOD_INPUTS, create_method, method_class

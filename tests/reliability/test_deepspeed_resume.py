@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ltscale.engine.loop import checkpoint_files
+from ltscale.engine.checkpoint import checkpoint_files
 from tests.reliability.conftest import EPOCHS, STEPS_PER_EPOCH, Job, load_state, read_steps
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install 'ltscale[deepspeed]')")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.loop import checkpoint_files
+from ltscale.engine.checkpoint import checkpoint_files
 from tests.reliability.conftest import (EPOCHS, STEPS_PER_EPOCH, Job, assert_same_state,
                                         load_state, read_steps)
 

@@ -20,7 +20,8 @@ from torch import nn
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine.backend import LocalBackend
 from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.loop import LoopConfig, checkpoint_files, fit
+from ltscale.engine.checkpoint import checkpoint_files
+from ltscale.engine.loop import LoopConfig, fit
 from ltscale.launch.env import DistEnv, expand_nodelist
 from ltscale.track import NullTracker
 

@@ -21,7 +21,7 @@ deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed 
 from ltscale.data.sampling import EpochSampler  # noqa: E402
 from ltscale.engine.checkpoint import save_checkpoint  # noqa: E402
 from ltscale.engine.deepspeed_backend import data_dir, peek_checkpoint  # noqa: E402
-from ltscale.engine.loop import checkpoint_files  # noqa: E402
+from ltscale.engine.checkpoint import checkpoint_files  # noqa: E402
 from ltscale.engine.optim import lr_factor  # noqa: E402
 from ltscale.errors import CheckpointError  # noqa: E402
 

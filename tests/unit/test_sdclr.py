@@ -104,8 +104,8 @@ def test_masks_are_recomputed_from_the_current_weights_at_each_epoch_start():
 def test_the_training_loop_reprunes_at_each_epoch_start_and_checkpoints_the_masks(tmp_path):
     from ltscale.data.sampling import EpochSampler
     from ltscale.engine.backend import LocalBackend
-    from ltscale.engine.checkpoint import load_checkpoint
-    from ltscale.engine.loop import LoopConfig, fit, latest_checkpoint
+    from ltscale.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from ltscale.engine.loop import LoopConfig, fit
     from ltscale.track import NullTracker
 
     method = sdclr()
