@@ -7,7 +7,7 @@ was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -16,7 +16,7 @@ from ltscale.config_base import AugmentCfg, OptimCfg, Section
 from ltscale.config_supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
 from ltscale.errors import LtscaleError, RecipeError
-from ltscale.method_configs import MethodCfg, SimSiamCfg
+from ltscale.methods import method_config, method_configs
 
 
 class SourceCfg(Section):
@@ -123,6 +123,11 @@ class KnnCfg(Section):
 Balance = Literal["instance", "class", "sqrt", "progressive"]
 
 
+# the recipe's method section: the options class of whichever method `name` picks, each defined
+# beside its method (ltscale/methods/<method>.py)
+MethodCfg = Annotated[Union[method_configs()], Field(discriminator="name")]
+
+
 class PretrainStageCfg(Section):
     """One stage of a multi-stage pretraining (``pretrain.stages``). Settings left out are taken
     from ``pretrain``; stage k > 0 starts from stage k − 1's encoder (and whatever else its method
@@ -138,7 +143,7 @@ class PretrainStageCfg(Section):
 
 
 class PretrainCfg(Section):
-    method: MethodCfg = SimSiamCfg()
+    method: MethodCfg = method_config("simsiam")()
     # several methods in sequence, each from the previous one's encoder (e.g. SDCLR → FASSL's
     # prototype stage → FASSL's student/teacher stage); replaces `method` when given
     stages: list[PretrainStageCfg] = []

@@ -1,4 +1,8 @@
-"""Pretraining methods by name. A method is an nn.Module holding the encoder and its heads whose
+"""Pretraining methods by name. Each method file holds its options class (a ``Section`` with a
+``name`` literal, the recipe's ``pretrain.method``) beside the method and registers both with
+``@register_method(name, Config)``: adding a method is one file plus its test.
+
+ A method is an nn.Module holding the encoder and its heads whose
 ``forward(batch)`` returns a dict with a scalar ``loss``; optional hooks the engine calls:
 ``param_groups()``, ``after_step(step, total_steps)`` and ``set_epoch(epoch, epochs)``.
 
@@ -14,13 +18,26 @@ checkpoint over it (``engine/loop.py``), so the hook may depend on the current w
 
 from __future__ import annotations
 
-from ltscale.methods._registry import (METHOD_INPUTS, create_method, method_class,  # noqa: F401
-                                       method_names, register_method)
-
-# every method module registers itself on import
-from ltscale.methods import (barlow as _barlow, byol as _byol, moco as _moco,  # noqa: F401
-                             rotation as _rotation, simclr as _simclr, simsiam as _simsiam,
-                             supervised as _supervised)
-from ltscale.methods import (fassl as _fassl, fassl_proto as _fassl_proto,  # noqa: F401
-                             sdclr as _sdclr)
-from ltscale.methods import sbcl as _sbcl, supcon as _supcon  # noqa: F401
+from ltscale.methods import (  # noqa: F401  (every method module registers itself on import)
+    barlow,
+    byol,
+    fassl,
+    fassl_proto,
+    moco,
+    rotation,
+    sbcl,
+    sdclr,
+    simclr,
+    simsiam,
+    supcon,
+    supervised,
+)
+from ltscale.methods._registry import (  # noqa: F401
+    METHOD_INPUTS,
+    create_method,
+    method_class,
+    method_config,
+    method_configs,
+    method_names,
+    register_method,
+)

@@ -1,6 +1,7 @@
-"""The registry of pretraining methods: name → class, and the training-set facts a method may
-declare in ``needs``. Method modules register themselves here; ``ltscale.methods`` imports them
-all, so that importing the package fills the registry."""
+"""The registry of pretraining methods: name → class and options class (the recipe's
+``pretrain.method`` section for that name), and the training-set facts a method may declare in
+``needs``. Method modules register themselves here; ``ltscale.methods`` imports them all, so that
+importing the package fills the registry."""
 
 from __future__ import annotations
 
@@ -9,14 +10,33 @@ from typing import Callable
 from torch import nn
 
 _METHODS: dict[str, Callable[..., nn.Module]] = {}
+_CONFIGS: dict[str, type] = {}
 
 
-def register_method(name: str):
+def register_method(name: str, config: type | None = None):
+    """Register a method class under ``name``, with its options class (``config``) when recipes
+    may name it; internal methods (the supervised baseline's) have none."""
     def deco(cls):
         _METHODS[name] = cls
+        if config is not None:
+            if config.model_fields["name"].default != name:
+                raise ValueError(f"{config.__name__}.name defaults to "
+                                 f"{config.model_fields['name'].default!r}, not {name!r}")
+            _CONFIGS[name] = config
         return cls
 
     return deco
+
+
+def method_configs() -> tuple[type, ...]:
+    """The options class of every method a recipe can name, in registration order."""
+    return tuple(_CONFIGS.values())
+
+
+def method_config(name: str) -> type:
+    if name not in _CONFIGS:
+        raise KeyError(f"method {name!r} has no recipe options; known: {', '.join(_CONFIGS)}")
+    return _CONFIGS[name]
 
 
 # what a method may ask for in ``needs``: the training set it will see, in the dataset's order

@@ -9,12 +9,17 @@ on every rank, gradients summed by the gather and averaged by data parallelism).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from ltscale.config_base import Section
 from ltscale.engine.dist import gather_with_grad, world_size
 from ltscale.losses.ssl import barlow_twins_loss, batch_standardize, cross_correlation
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
@@ -33,8 +38,16 @@ def global_standardize(z: torch.Tensor, n: int, eps: float = 1e-5) -> torch.Tens
     return batch_standardize(z, mean, var, eps)
 
 
-@register_method("barlow_twins")
-class BarlowTwins(nn.Module):
+class BarlowTwinsCfg(Section):
+    name: Literal["barlow_twins"] = "barlow_twins"
+    proj_dim: int = Field(2048, gt=0)         # seed 000: 2048 hidden and output beat 8192
+    out_dim: int = Field(2048, gt=0)
+    proj_layers: int = Field(3, ge=2)
+    lam: float = Field(0.005, ge=0)           # weight of the off-diagonal terms
+
+
+@register_method("barlow_twins", BarlowTwinsCfg)
+class BarlowTwins(PretrainMethod):
     views = 2
     uses_labels = False
 

@@ -5,18 +5,32 @@ with τ rising from τ_base to 1 on a cosine schedule. Heads 4096 → 256; seed 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from ltscale.config_base import Section
 from ltscale.losses.ssl import byol_loss
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.methods.ema import EMA, cosine_momentum
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
 
-@register_method("byol")
-class BYOL(nn.Module):
+class BYOLCfg(Section):
+    name: Literal["byol"] = "byol"
+    proj_dim: int = Field(4096, gt=0)
+    out_dim: int = Field(256, gt=0)
+    pred_dim: int = Field(4096, gt=0)         # predictor hidden width
+    proj_layers: int = Field(2, ge=2)
+    tau_base: float = Field(0.996, ge=0, le=1)  # target EMA, cosine-scheduled to 1
+
+
+@register_method("byol", BYOLCfg)
+class BYOL(PretrainMethod):
     views = 2
     uses_labels = False
 

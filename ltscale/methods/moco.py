@@ -5,19 +5,36 @@ expected to use SyncBN. Defaults: queue 65536, m 0.999, T 0.2, head 2048 → 128
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from ltscale.config_base import Section
 from ltscale.engine.dist import gather, shuffle_batch, unshuffle_batch
 from ltscale.losses.ssl import infonce_with_queue
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.methods.ema import EMA
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
 
-@register_method("moco")
-class MoCo(nn.Module):
+class MoCoCfg(Section):
+    name: Literal["moco"] = "moco"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)
+    proj_layers: int = Field(2, ge=2)
+    queue_size: int = Field(65536, gt=0)      # negatives kept (keys of past batches, all ranks)
+    momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
+    temperature: float = Field(0.2, gt=0)
+    shuffle_bn: bool = True                   # false: the recipe is expected to use SyncBN
+    symmetric: bool = False                   # ½(L(q1, k2) + L(q2, k1)), both keys enqueued
+
+
+@register_method("moco", MoCoCfg)
+class MoCo(PretrainMethod):
     views = 2
     uses_labels = False
     replicated_buffers = ("queue", "queue_ptr")  # every rank enqueues the same gathered keys

@@ -13,9 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ltscale.methods.base import PretrainMethod
+
 
 class OnlineProbe(nn.Module):
-    def __init__(self, method: nn.Module, num_classes: int):
+    def __init__(self, method: PretrainMethod, num_classes: int):
         super().__init__()
         self.method = method
         self.probe = nn.Linear(method.encoder.feat_dim, num_classes)
@@ -30,19 +32,13 @@ class OnlineProbe(nn.Module):
         return getattr(self.method, "projector", None)
 
     def param_groups(self):
-        groups = (self.method.param_groups() if hasattr(self.method, "param_groups")
-                  else [{"params": list(self.method.parameters())}])
-        return groups + [{"params": list(self.probe.parameters())}]
+        return self.method.param_groups() + [{"params": list(self.probe.parameters())}]
 
     def after_step(self, step: int, total: int) -> None:
-        hook = getattr(self.method, "after_step", None)
-        if hook is not None:
-            hook(step, total)
+        self.method.after_step(step, total)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
-        hook = getattr(self.method, "set_epoch", None)
-        if hook is not None:
-            hook(epoch, epochs)
+        self.method.set_epoch(epoch, epochs)
 
     def forward(self, batch):
         out = self.method(batch)

@@ -4,16 +4,24 @@ the encoder's features classifies each image's rotation among 0/90/180/270°. It
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
+from ltscale.config_base import Section
 from ltscale.losses.ssl import rotation_loss
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.methods.simclr import z_std
 
 
-@register_method("rotation")
-class Rotation(nn.Module):
+class RotationCfg(Section):
+    name: Literal["rotation"] = "rotation"    # linear head on the encoder; augment.preset rotation
+
+
+@register_method("rotation", RotationCfg)
+class Rotation(PretrainMethod):
     views = 4
     uses_labels = False  # the rotation labels come from the view order, not the manifest
 

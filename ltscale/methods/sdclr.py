@@ -20,14 +20,18 @@ released code does."""
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
+from ltscale.config_base import Section
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.ssl import nt_xent
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.methods.pruning import MagnitudeMasks
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
@@ -59,8 +63,21 @@ class BranchNorms(nn.Module):
         return out
 
 
-@register_method("sdclr")
-class SDCLR(nn.Module):
+class SDCLRCfg(Section):
+    name: Literal["sdclr"] = "sdclr"
+    proj_dim: int = Field(512, gt=0)          # SDCLR's ResNet-18 head: hidden = feature width 512
+    out_dim: int = Field(128, gt=0)           # SDCLR: 128
+    proj_layers: int = Field(3, ge=2)         # SDCLR's head: 3 Linear layers
+    temperature: float = Field(0.2, gt=0)     # NT-Xent T; SDCLR's CIFAR-LT runs: 0.2
+    prune_ratio: float = Field(0.9, ge=0, lt=1)  # fraction of conv/linear weights the pruned
+    #                                           branch zeroes; SDCLR: 0.9 CIFAR, 0.3 ImageNet
+    prune_scope: Literal["layer", "global"] = "layer"  # ratio per weight tensor, or one global
+    #                                           threshold (SDCLR's released code)
+    dual_bn: bool = True                      # pruned branch has its own BN (SDCLR --prune_dual_bn)
+
+
+@register_method("sdclr", SDCLRCfg)
+class SDCLR(PretrainMethod):
     views = 2
     uses_labels = False
 

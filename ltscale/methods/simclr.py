@@ -4,11 +4,16 @@ Seed 000 trains it with Adam (lr 0.001, weight decay 1e-6, batch 512); T = 0.5 f
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 from torch import nn
 
+from ltscale.config_base import Section
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.ssl import nt_xent
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.models.heads import mlp
 
 
@@ -26,8 +31,16 @@ def z_std(z):
     return nn.functional.normalize(z.detach().float(), dim=1).std(0).mean()
 
 
-@register_method("simclr")
-class SimCLR(nn.Module):
+class SimCLRCfg(Section):
+    name: Literal["simclr"] = "simclr"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)
+    proj_layers: int = Field(2, ge=2)
+    temperature: float = Field(0.5, gt=0)     # 0.1–0.5 for CIFAR in the SimCLR paper
+
+
+@register_method("simclr", SimCLRCfg)
+class SimCLR(PretrainMethod):
     views = 2
     uses_labels = False
 

@@ -3,15 +3,28 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
 from torch import nn
 
+from ltscale.config_base import Section
 from ltscale.losses.ssl import simsiam_loss
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.models.heads import mlp
 
 
-@register_method("simsiam")
-class SimSiam(nn.Module):
+class SimSiamCfg(Section):
+    name: Literal["simsiam"] = "simsiam"
+    proj_dim: int = Field(2048, gt=0)
+    pred_dim: int = Field(512, gt=0)
+    proj_layers: int = Field(2, ge=1)
+    fix_pred_lr: bool = True
+
+
+@register_method("simsiam", SimSiamCfg)
+class SimSiam(PretrainMethod):
     views = 2
     uses_labels = False  # trains on labeled and unlabeled images alike
 

@@ -6,12 +6,17 @@ KCL k = 6."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from ltscale.config_base import Section
 from ltscale.engine.dist import gather, gather_with_grad, rank
 from ltscale.losses.supcon import kcl_loss, supcon_loss
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
@@ -30,8 +35,16 @@ def global_batch(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> di
             "labels_all": gather(labels), "offset": rank() * z1.shape[0]}
 
 
-@register_method("supcon")
-class SupCon(nn.Module):
+class SupConCfg(Section):
+    name: Literal["supcon"] = "supcon"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)           # SupCon: 128
+    proj_layers: int = Field(2, ge=2)
+    temperature: float = Field(0.1, gt=0)     # τ; SupCon paper and SBCL's SCL runs: 0.1
+
+
+@register_method("supcon", SupConCfg)
+class SupCon(PretrainMethod):
     views = 2
     uses_labels = True  # trains on the labeled role only
 
@@ -51,7 +64,17 @@ class SupCon(nn.Module):
         return {"loss": self.contrast(z1, z2, batch[1]), "z_std": z_std(z1)}
 
 
-@register_method("kcl")
+class KCLCfg(Section):
+    name: Literal["kcl"] = "kcl"
+    proj_dim: int = Field(2048, gt=0)
+    out_dim: int = Field(128, gt=0)
+    proj_layers: int = Field(2, ge=2)
+    temperature: float = Field(0.1, gt=0)     # τ, as SupCon's (SBCL's KCL baseline)
+    k: int = Field(6, ge=1)                   # positives drawn per anchor besides its own other
+    #                                           view; KCL: 6
+
+
+@register_method("kcl", KCLCfg)
 class KCL(SupCon):
     """SupCon with a fixed number ``k`` of positives per anchor (class-balanced positives)."""
 

@@ -15,10 +15,11 @@ from torch import nn
 from ltscale.finetune.classifier import CosineLinear
 from ltscale.losses.registry import classification_loss
 from ltscale.methods._registry import register_method
+from ltscale.methods.base import PretrainMethod
 
 
 @register_method("supervised")
-class Supervised(nn.Module):
+class Supervised(PretrainMethod):
     views = 1
     uses_labels = True  # trains on the labeled role only
 

@@ -13,9 +13,8 @@ import torch
 
 from ltscale.atomic import atomic_path
 from ltscale.config import flatten
-from ltscale.engine.checkpoint import load_checkpoint
+from ltscale.engine.checkpoint import latest_checkpoint, load_checkpoint
 from ltscale.engine.knn import KnnMonitor
-from ltscale.engine.checkpoint import latest_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import CheckpointError, RecipeError
@@ -112,9 +111,7 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
         raise RecipeError(f"{name}: augmentation preset {augment.preset!r} gives {outputs} "
                           f"view(s) per image but method {type(method).__name__} takes "
                           f"{method.views}; set {name}.augment.preset or .views")
-    groups = method.param_groups() if hasattr(method, "param_groups") else [
-        {"params": list(method.parameters())}]
-    optimizer = build_optimizer(groups, optim_cfg, batch_size)
+    optimizer = build_optimizer(method.param_groups(), optim_cfg, batch_size)
     on_epoch_end = None
     if monitor and ctx.recipe.pretrain.knn.enabled:
         knn = ctx.recipe.pretrain.knn
@@ -184,7 +181,7 @@ def label_free_key(ctx: Context) -> str | None:
     p = ctx.recipe.pretrain
     for stage in p.resolved_stages():
         cls = method_class(stage.method.name)
-        if cls.uses_labels or {"labels", "class_counts"} & set(getattr(cls, "needs", ())):
+        if cls.uses_labels or {"labels", "class_counts"} & set(cls.needs):
             return None
         if stage.balance != "instance":
             return None
@@ -207,7 +204,7 @@ def training_roles(method) -> tuple[str, ...]:
 def method_inputs(ctx: Context, name: str) -> dict:
     """The facts about its training set that method ``name`` declares in ``needs``."""
     cls = method_class(name)
-    needs = tuple(getattr(cls, "needs", ()))
+    needs = tuple(cls.needs)
     unknown = [n for n in needs if n not in METHOD_INPUTS]
     if unknown:
         raise RecipeError(f"method {name} needs {unknown}, which the pretraining stage does not "
@@ -235,9 +232,7 @@ def _start_from(ctx: Context, method, previous, stage: str) -> None:
     the new method takes over itself (``init_from``, e.g. FASSL's prototypes)."""
     new, old = _unwrap(method), _unwrap(previous)
     new.encoder.load_state_dict(old.encoder.state_dict())
-    hook = getattr(new, "init_from", None)
-    if hook is not None:
-        hook(old)
+    new.init_from(old)
     ctx.log(f"pretrain/{stage}: starts from the previous stage's {type(old).__name__}")
 
 
