@@ -9,7 +9,6 @@ from pydantic import Field, model_validator
 
 from ltscale.config_base import AugmentCfg, OptimCfg, Section
 
-
 LOSS_NAMES = Literal["ce", "la", "sl", "la_sl", "balanced_softmax", "focal", "cb", "cb_focal",
                     "drw", "ldam", "ldam_drw"]
 

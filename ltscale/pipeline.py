@@ -13,9 +13,9 @@ import yaml
 
 from ltscale.config import Recipe, flatten
 from ltscale.data.manifest_stats import manifest_stats
+from ltscale.eval.aggregate import merge_seeds
 from ltscale.eval.report import SUMMARY_HEADER, markdown_table, summary_rows, write_report
 from ltscale.stages.context import Context, make_context
-from ltscale.eval.aggregate import merge_seeds
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
 from ltscale.stages.finetune import predict_images, run_finetune
 from ltscale.stages.pretrain import label_free_key, new_encoder, run_pretrain, run_scratch

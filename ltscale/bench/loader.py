@@ -64,7 +64,8 @@ class _TwoCrops:
 
 
 def _baseline_loader(root: Path, size: int, batch: int, workers: int):
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     aug = T.Compose([
         T.RandomResizedCrop(size, scale=(0.2, 1.0)),
@@ -246,7 +247,8 @@ def bench_loader(images: int = 600, width: int = 500, height: int = 375, size: i
         if "ltscale_dali_cpu" in t:
             result["dali_cpu_vs_torch"] = t["ltscale_dali_cpu"]["img_s"] / t["ltscale_torch"]["img_s"]
         result["dali_note"] = dali_note
-        del base, cand, cand1, fns
+        fns.clear()
+        base = cand = cand1 = dali_loader = None  # noqa: F841 - drop the loaders
         gc.collect()  # persistent workers of the loaders above exit with their iterators
         before = set(_children())
         fresh = ours(workers)
@@ -360,5 +362,5 @@ def _print(r: dict) -> None:
           f"{r['read']['cat']['mb_s']:.0f} MB/s → {r['read_vs_cat']:.2f}x")
     q = ", ".join(f"{k} {v:.2f}" for k, v in r["shuffle_same_shard_ratio"].items())
     print(f"  same-shard pairs per batch / ideal shuffle: {q}")
-    print(f"  worker PSS (MB) at start/middle/end of the 2nd epoch: "
+    print("  worker PSS (MB) at start/middle/end of the 2nd epoch: "
           + " | ".join(", ".join(f"{x:.0f}" for x in p) for p in r["worker_pss_mb"]))

@@ -54,8 +54,13 @@ def add_parser(sub) -> None:
 def cmd_manifest_make(args):
     from ltscale.data.index import ShardIndex
     from ltscale.data.manifest import build_manifest
-    from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSpec,
-                                            NoiseSpec, UnlabeledSpec)
+    from ltscale.data.manifest_spec import (
+        EvalSelection,
+        ImbalanceSpec,
+        ManifestSpec,
+        NoiseSpec,
+        UnlabeledSpec,
+    )
 
     spec = ManifestSpec(
         split=args.split, imbalance=ImbalanceSpec.parse(args.imbalance, order=args.class_order),

@@ -25,8 +25,13 @@ import numpy as np
 
 from ltscale.atomic import atomic_path
 from ltscale.data.index import NPZ_ERRORS, ShardIndex
-from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSpec, NoiseSpec,
-                                        UnlabeledSpec)
+from ltscale.data.manifest_spec import (
+    EvalSelection,
+    ImbalanceSpec,
+    ManifestSpec,
+    NoiseSpec,
+    UnlabeledSpec,
+)
 from ltscale.data.noise import apply_noise, transition_counts, transition_matrix
 from ltscale.errors import ManifestError
 

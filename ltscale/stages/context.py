@@ -16,8 +16,13 @@ from ltscale import __version__
 from ltscale.config import Recipe
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest, build_manifest
-from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSpec, NoiseSpec,
-                                        UnlabeledSpec)
+from ltscale.data.manifest_spec import (
+    EvalSelection,
+    ImbalanceSpec,
+    ManifestSpec,
+    NoiseSpec,
+    UnlabeledSpec,
+)
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
 from ltscale.engine.backend import LocalBackend

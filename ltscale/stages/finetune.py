@@ -32,10 +32,23 @@ from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.sampling import EpochSampler
 from ltscale.errors import CheckpointError, RecipeError
-from ltscale.finetune.cache import (FORMAT, FeatureCache, encode_share, file_sha256, is_cached,
-                                    load_cache, module_sha256)
-from ltscale.finetune.classifier import (ClassifierPart, Head, build_head, head_spec,
-                                         pretrained_projector_layer, projector_layer)
+from ltscale.finetune.cache import (
+    FORMAT,
+    FeatureCache,
+    encode_share,
+    file_sha256,
+    is_cached,
+    load_cache,
+    module_sha256,
+)
+from ltscale.finetune.classifier import (
+    ClassifierPart,
+    Head,
+    build_head,
+    head_spec,
+    pretrained_projector_layer,
+    projector_layer,
+)
 from ltscale.finetune.endtoend import run_end_to_end
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
 from ltscale.finetune.two_stage import apply_classifier_stage

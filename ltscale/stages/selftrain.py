@@ -28,14 +28,24 @@ from ltscale.engine.optim import build_optimizer
 from ltscale.errors import RecipeError
 from ltscale.finetune.cache import file_sha256
 from ltscale.finetune.classifier import Head, head_spec
-from ltscale.finetune.selftrain import (TrainingSet, combined_training_set, pseudo_label_metrics,
-                                        pseudo_label_pool, unlabeled_rows)
+from ltscale.finetune.selftrain import (
+    TrainingSet,
+    combined_training_set,
+    pseudo_label_metrics,
+    pseudo_label_pool,
+    unlabeled_rows,
+)
 from ltscale.methods import create_method
 from ltscale.stages.context import Context
 from ltscale.stages.finetune import HEAD_FORMAT, head_from_file, predict_images
 from ltscale.stages.loaders import stage_loader
-from ltscale.stages.pretrain import (engine_fingerprint, load_encoder, new_encoder, run_scratch,
-                                     save_encoder)
+from ltscale.stages.pretrain import (
+    engine_fingerprint,
+    load_encoder,
+    new_encoder,
+    run_scratch,
+    save_encoder,
+)
 
 NAME = "selftrain"
 

@@ -51,8 +51,15 @@ CELLS = [(b, p) for b in backend_names() for p in precisions()]
 
 @pytest.mark.parametrize("backend,precision", CELLS, ids=[f"{b}-{p}" for b, p in CELLS])
 def test_matrix_checks_on_cuda(cuda_env, data, tmp_path, backend, precision):
-    from tests.matrix.harness import (Launch, checks_of, ema_problem, export_problem,
-                                      fp32_problem, layout_problem, loss_problem)
+    from tests.matrix.harness import (
+        Launch,
+        checks_of,
+        ema_problem,
+        export_problem,
+        fp32_problem,
+        layout_problem,
+        loss_problem,
+    )
 
     if backend == "deepspeed":
         pytest.importorskip("deepspeed", reason="DeepSpeed is not installed on this machine")

@@ -17,8 +17,15 @@ import pytest
 import torch
 
 from tests.matrix.cells import backend_names, method_names, precisions
-from tests.matrix.harness import (checks_of, ema_problem, export_problem, fp32_problem,
-                                  layout_problem, loss_problem, resume_problem)
+from tests.matrix.harness import (
+    checks_of,
+    ema_problem,
+    export_problem,
+    fp32_problem,
+    layout_problem,
+    loss_problem,
+    resume_problem,
+)
 
 pytestmark = pytest.mark.matrix
 

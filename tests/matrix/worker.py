@@ -41,7 +41,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ltscale.config import recipe_from_dict  # noqa: E402
+from ltscale.data.index import ShardIndex  # noqa: E402
 from ltscale.data.manifest import Manifest  # noqa: E402
+from ltscale.engine.checkpoint import load_checkpoint  # noqa: E402
 from ltscale.engine.optim import build_optimizer  # noqa: E402
 from ltscale.engine.precision import kept_tensors  # noqa: E402
 from ltscale.methods import method_class  # noqa: E402
@@ -49,9 +51,6 @@ from ltscale.methods.ema import EMA  # noqa: E402
 from ltscale.stages.context import Context, create_backend  # noqa: E402
 from ltscale.stages.loaders import train_loader  # noqa: E402
 from ltscale.stages.pretrain import build_method, new_encoder, run_pretrain  # noqa: E402
-from ltscale.data.index import ShardIndex  # noqa: E402
-from ltscale.engine.checkpoint import load_checkpoint  # noqa: E402
-
 from tests.matrix.cells import device, recipe_dict  # noqa: E402
 
 STEPS = 8  # fixed-batch steps

@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.checkpoint import checkpoint_files
+from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
 from tests.reliability import train
 from tests.reliability.conftest import Data, Job, alive, descendants, load_state, read_steps
 from tests.reliability.tinydata import make_dataset

@@ -24,9 +24,21 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.slurm.cluster import (REPO, assert_same_training_state, checkpoint_steps, final_state,
-                                 job_records, job_state, ltscale, make_idx, mlflow_runs,
-                                 needs_slurm, release, wait_until, write_recipe)
+from tests.slurm.cluster import (
+    REPO,
+    assert_same_training_state,
+    checkpoint_steps,
+    final_state,
+    job_records,
+    job_state,
+    ltscale,
+    make_idx,
+    mlflow_runs,
+    needs_slurm,
+    release,
+    wait_until,
+    write_recipe,
+)
 
 pytestmark = pytest.mark.reliability
 

@@ -12,10 +12,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.checkpoint import checkpoint_files
-from tests.reliability.conftest import (EPOCHS, STEPS_PER_EPOCH, Job, assert_same_state,
-                                        load_state, read_steps)
+from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
+from tests.reliability.conftest import (
+    EPOCHS,
+    STEPS_PER_EPOCH,
+    Job,
+    assert_same_state,
+    load_state,
+    read_steps,
+)
 
 pytestmark = pytest.mark.reliability
 TOTAL = EPOCHS * STEPS_PER_EPOCH
@@ -151,7 +156,7 @@ def test_save_on_two_ranks_resume_on_one_and_back(clean_data, reference_nodrop, 
     ck8 = load_checkpoint(tmp_path / "ck-000000008.pt")
     assert ck8["world_size"] == 1
 
-    back = Job(clean_data, tmp_path, tag="w2b", args=args).finish()
+    Job(clean_data, tmp_path, tag="w2b", args=args).finish()
     assert_same_state(load_state(tmp_path / "resumed.pt"), ck8)
 
     ref = _global_batches(reference_nodrop, "run", (0, 1))

@@ -4,8 +4,15 @@ cluster: tests/reliability/test_preemption.py.)"""
 
 import pytest
 
-from tests.slurm.cluster import (final_state, job_records, ltscale, make_idx, mlflow_runs,
-                                 needs_slurm, write_recipe)
+from tests.slurm.cluster import (
+    final_state,
+    job_records,
+    ltscale,
+    make_idx,
+    mlflow_runs,
+    needs_slurm,
+    write_recipe,
+)
 
 pytestmark = needs_slurm
 

@@ -19,8 +19,7 @@ from torch import nn
 
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine.backend import LocalBackend
-from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.checkpoint import checkpoint_files
+from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.launch.env import DistEnv, expand_nodelist
 from ltscale.track import NullTracker

@@ -19,9 +19,11 @@ deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed 
                                 "(pip install 'ltscale[deepspeed]')")
 
 from ltscale.data.sampling import EpochSampler  # noqa: E402
-from ltscale.engine.checkpoint import save_checkpoint  # noqa: E402
+from ltscale.engine.checkpoint import (
+    checkpoint_files,  # noqa: E402
+    save_checkpoint,  # noqa: E402
+)
 from ltscale.engine.deepspeed_backend import data_dir, peek_checkpoint  # noqa: E402
-from ltscale.engine.checkpoint import checkpoint_files  # noqa: E402
 from ltscale.engine.optim import lr_factor  # noqa: E402
 from ltscale.errors import CheckpointError  # noqa: E402
 
@@ -185,7 +187,6 @@ def test_bf16_runs_the_module_in_bf16_and_learns(first_launch):
 
 def test_a_second_launch_resumes_from_the_deepspeed_checkpoint(first_launch):
     tmp, runs, (z2, _, bf) = first_launch
-    ck = tmp / "z2" / "ck.pt"
     last = 3 * STEPS_PER_EPOCH
     # a newer checkpoint cut short by a kill, and a temporary directory of a killed save
     (tmp / "z2" / "ck-000000099.pt").write_bytes(b"\x80\x02garbage")

@@ -8,9 +8,14 @@ import pytest
 import torch
 
 from ltscale.errors import RecipeError
-from ltscale.losses.fassl import (consistency_loss, frequency_weights,
-                                  prototype_contrastive_loss, prototype_similarity_sums,
-                                  rebalanced_loss, similarity_distributions)
+from ltscale.losses.fassl import (
+    consistency_loss,
+    frequency_weights,
+    prototype_contrastive_loss,
+    prototype_similarity_sums,
+    rebalanced_loss,
+    similarity_distributions,
+)
 from ltscale.methods import create_method
 from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone

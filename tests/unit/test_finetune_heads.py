@@ -7,8 +7,12 @@ from torch import nn
 
 from ltscale.finetune.classifier import Head, build_head, head_spec, projector_layer
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
-from ltscale.finetune.two_stage import (apply_classifier_stage, classifier_retraining,
-                                        learnable_weight_scaling, tau_normalize)
+from ltscale.finetune.two_stage import (
+    apply_classifier_stage,
+    classifier_retraining,
+    learnable_weight_scaling,
+    tau_normalize,
+)
 from ltscale.losses.registry import classification_loss
 
 

@@ -12,7 +12,7 @@ pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip ins
                     "nvidia-dali-cuda130); the DALI loader backend cannot be tested")
 
 from ltscale.data.augment import eval_spec, make_preset  # noqa: E402
-from ltscale.data.augment_torch import EvalView, TrainViews  # noqa: E402
+from ltscale.data.augment_torch import EvalView  # noqa: E402
 from ltscale.data.dataset import ManifestDataset  # noqa: E402
 from ltscale.data.index import ShardIndex  # noqa: E402
 from ltscale.data.loading import LoaderSettings, Normalizer  # noqa: E402

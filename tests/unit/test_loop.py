@@ -4,8 +4,7 @@ from torch import nn
 
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine.backend import LocalBackend
-from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.checkpoint import checkpoint_files, latest_checkpoint
+from ltscale.engine.checkpoint import checkpoint_files, latest_checkpoint, load_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.track import NullTracker
 

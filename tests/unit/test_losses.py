@@ -8,13 +8,27 @@ from scipy.special import lambertw as scipy_lambertw
 
 from ltscale.config_supervised import LossCfg
 from ltscale.errors import RecipeError
-from ltscale.losses.classification import (RunningMean, balanced_softmax_loss,
-                                           class_balanced_weights, focal_loss, la_superloss,
-                                           ldam_loss, ldam_margins, logit_adjusted_loss,
-                                           posthoc_logit_adjustment, superloss,
-                                           superloss_confidence, weighted_cross_entropy)
+from ltscale.losses.classification import (
+    RunningMean,
+    balanced_softmax_loss,
+    class_balanced_weights,
+    focal_loss,
+    la_superloss,
+    ldam_loss,
+    ldam_margins,
+    logit_adjusted_loss,
+    posthoc_logit_adjustment,
+    superloss,
+    superloss_confidence,
+    weighted_cross_entropy,
+)
 from ltscale.losses.lambertw import lambertw
-from ltscale.losses.registry import ClassificationLoss, classification_loss, loss_defaults, loss_names
+from ltscale.losses.registry import (
+    ClassificationLoss,
+    classification_loss,
+    loss_defaults,
+    loss_names,
+)
 from ltscale.losses.ssl import simsiam_loss
 
 

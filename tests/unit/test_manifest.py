@@ -5,8 +5,13 @@ import pytest
 
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest, build_manifest, longtail_counts
-from ltscale.data.manifest_spec import (EvalSelection, ImbalanceSpec, ManifestSpec, NoiseSpec,
-                                        UnlabeledSpec)
+from ltscale.data.manifest_spec import (
+    EvalSelection,
+    ImbalanceSpec,
+    ManifestSpec,
+    NoiseSpec,
+    UnlabeledSpec,
+)
 from ltscale.data.manifest_stats import format_diff, manifest_diff, manifest_stats
 from ltscale.errors import ManifestError
 

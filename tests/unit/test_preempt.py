@@ -9,8 +9,7 @@ import torch
 
 from ltscale.engine import preempt
 from ltscale.engine.backend import LocalBackend
-from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.engine.checkpoint import checkpoint_files
+from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.track import NullTracker
 from tests.unit.test_loop import Regress, _sgd, _toy_data

@@ -8,9 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from ltscale.methods import create_method
-from ltscale.methods.sbcl_clustering import (balanced_kmeans, balanced_subclasses,
-                                             capped_greedy_assign, class_concentration,
-                                             class_temperatures, fill_least_full, subclass_cap)
+from ltscale.methods.sbcl_clustering import (
+    balanced_kmeans,
+    balanced_subclasses,
+    capped_greedy_assign,
+    class_concentration,
+    class_temperatures,
+    fill_least_full,
+    subclass_cap,
+)
 from ltscale.models import create_backbone
 from tests.unit.test_methods_contract import _Rows  # a pass-through 'encoder': known features
 

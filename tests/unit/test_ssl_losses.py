@@ -7,9 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltscale.losses.ssl import (barlow_twins_loss, barlow_twins_single, batch_standardize,
-                                byol_loss, cross_correlation, infonce_with_queue, nt_xent,
-                                rotation_loss)
+from ltscale.losses.ssl import (
+    barlow_twins_loss,
+    barlow_twins_single,
+    batch_standardize,
+    byol_loss,
+    cross_correlation,
+    infonce_with_queue,
+    nt_xent,
+    rotation_loss,
+)
 
 
 def _unit(x):

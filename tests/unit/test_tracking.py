@@ -38,8 +38,9 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline_runs(tmp_path_factory, store):
-    from tests.conftest import write_idx  # the tiny_idx data, built once for the module
     import numpy as np
+
+    from tests.conftest import write_idx  # the tiny_idx data, built once for the module
 
     tmp = tmp_path_factory.mktemp("tracked")
     root = tmp / "idx"

@@ -17,8 +17,14 @@ from __future__ import annotations
 
 import torch
 
-from ltscale.data.loading.base import (BACKENDS, EpochStats, Loader,  # noqa: F401
-                                       LoaderSettings, Normalizer, report_skipped)
+from ltscale.data.loading.base import (  # noqa: F401
+    BACKENDS,
+    EpochStats,
+    Loader,
+    LoaderSettings,
+    Normalizer,
+    report_skipped,
+)
 from ltscale.errors import DataError
 
 

@@ -11,6 +11,7 @@ import io
 import struct
 import zlib
 from pathlib import Path
+
 import numpy as np
 from PIL import Image
 
