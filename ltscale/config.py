@@ -17,6 +17,7 @@ from ltscale.config_supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
 from ltscale.errors import LtscaleError, RecipeError
 from ltscale.methods import method_config, method_configs
+from ltscale.safe_yaml import MAX_RECIPE_BYTES, safe_load_limited
 
 
 class SourceCfg(Section):
@@ -299,31 +300,6 @@ class Recipe(Section):
                              f"projector, but method {method.name} has none; use "
                              "finetune.mode linear")
         return self
-
-
-MAX_RECIPE_BYTES = 1 << 20   # a recipe is a page of settings; anything larger is a mistake
-MAX_YAML_ALIASES = 20        # aliases expand exponentially ("billion laughs"); 20 bound it to ~1,600x
-
-
-class _LimitedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses more than ``MAX_YAML_ALIASES`` alias references."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            self._aliases = getattr(self, "_aliases", 0) + 1
-            if self._aliases > MAX_YAML_ALIASES:
-                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); a recipe "
-                                     "needs none")
-        return super().compose_node(parent, index)
-
-
-def safe_load_limited(text: str):
-    """``yaml.safe_load`` with the alias limit (values are data: no tags, no objects)."""
-    loader = _LimitedLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
 
 
 def _short(value: Any, limit: int = 120) -> str:

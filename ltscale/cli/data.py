@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
 
 
 def cmd_data_build(args):
-    from ltscale.data.shards import build_shards, check_output_path, parse_size
+    from ltscale.data.ownership import check_output_path
+    from ltscale.data.shards import build_shards, parse_size
     from ltscale.data.sources import open_source
 
     if args.workers < 0:

@@ -87,7 +87,7 @@ def check_manifest_output(out: str, index, inputs) -> None:
     from pathlib import Path
 
     from ltscale.data.manifest import Manifest
-    from ltscale.data.shards import check_output_path
+    from ltscale.data.ownership import check_output_path
     from ltscale.errors import ManifestError
 
     root = index.root

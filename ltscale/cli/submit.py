@@ -54,7 +54,7 @@ def _check_sbatch_file(path: str, inputs) -> None:
     """``--sbatch FILE`` never lands on an input, and replaces only a script it rendered."""
     from pathlib import Path
 
-    from ltscale.data.shards import check_output_path
+    from ltscale.data.ownership import check_output_path
     from ltscale.errors import LtscaleError
 
     check_output_path(path, [i for i in inputs if i], "--sbatch")

@@ -45,7 +45,6 @@ import contextlib
 import copy
 import logging
 import os
-import re
 import shutil
 import socket
 from datetime import timedelta
@@ -56,68 +55,20 @@ import torch.distributed as tdist
 from torch import nn
 
 from ltscale.engine.backend import PRECISIONS, LocalBackend
-from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltscale.engine.checkpoint import save_checkpoint
+from ltscale.engine.deepspeed_checkpoint import (
+    MODEL_STATES,
+    _name,
+    _prune_orphans,
+    _tmp_dir,
+    data_dir,
+    peek_checkpoint,
+)
 from ltscale.engine.dist import any_true, control_group
 from ltscale.engine.precision import apply_fp32_policy
 from ltscale.errors import CheckpointError, RecipeError
 
 ZERO_STAGES = (0, 1, 2)
-DATA_SUFFIX = ".ds"
-MODEL_STATES = "mp_rank_00_model_states.pt"  # written last-but-one by DeepSpeed's rank 0
-
-
-def data_dir(path: Path) -> Path:
-    """The DeepSpeed checkpoint directory belonging to checkpoint file ``path``."""
-    path = Path(path)
-    return path.with_name(path.stem + DATA_SUFFIX)
-
-
-def _name(path: Path) -> str:
-    """``NAME`` of checkpoint file ``NAME-<step>.pt``."""
-    return Path(path).stem.rsplit("-", 1)[0]
-
-
-def _tmp_dir(path: Path) -> Path:
-    path = Path(path)
-    return path.with_name(f".{path.stem}{DATA_SUFFIX}.partial")
-
-
-def peek_checkpoint(path: Path) -> dict | None:
-    """The loop state saved with DeepSpeed checkpoint ``path`` without restoring anything; None
-    when there is no such file; ``CheckpointError`` when it is unreadable, not a DeepSpeed
-    checkpoint or its data directory is missing or incomplete."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    meta = load_checkpoint(path)
-    info = meta.get("deepspeed") if isinstance(meta, dict) else None
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{path}: not a DeepSpeed checkpoint (written by another backend); "
-                              "resume it with that backend or start afresh")
-    data = path.parent / info.get("dir", "")
-    if not (data / MODEL_STATES).is_file():
-        raise CheckpointError(f"{path}: its DeepSpeed data directory {data} is missing or "
-                              "incomplete")
-    return meta
-
-
-def _prune_orphans(parent: Path, name: str) -> None:
-    """Delete checkpoint ``name``'s ``NAME-<step>.ds`` directories whose ``NAME-<step>.pt`` file
-    no longer exists (removed by the loop's retention) and temporary directories left by killed
-    saves."""
-    if not parent.is_dir():
-        return
-    stem = re.escape(name) + r"-\d+" + re.escape(DATA_SUFFIX)
-    for d in parent.iterdir():
-        if not d.is_dir():
-            continue
-        if re.fullmatch(r"\." + stem + r"\.partial", d.name):
-            shutil.rmtree(d, ignore_errors=True)
-        elif (re.fullmatch(stem, d.name)
-              and not d.with_name(d.name[:-len(DATA_SUFFIX)] + ".pt").exists()):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ltscale.cli import main as cli
-from ltscale.data.shards import OWNER_MARKER
+from ltscale.data.ownership import OWNER_MARKER
 from tests.reliability.safety import refused, snapshot, write_tar
 from tests.reliability.tinydata import CLASSES, jpeg_bytes, make_dataset
 

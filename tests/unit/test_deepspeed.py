@@ -23,7 +23,7 @@ from ltscale.engine.checkpoint import (
     checkpoint_files,  # noqa: E402
     save_checkpoint,  # noqa: E402
 )
-from ltscale.engine.deepspeed_backend import data_dir, peek_checkpoint  # noqa: E402
+from ltscale.engine.deepspeed_checkpoint import data_dir, peek_checkpoint  # noqa: E402
 from ltscale.engine.optim import lr_factor  # noqa: E402
 from ltscale.errors import CheckpointError  # noqa: E402
 
