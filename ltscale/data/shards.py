@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,6 +264,15 @@ def _reuse(path: Path, job: _Job) -> list[tuple[int, int]] | None:
     return [(m.offset_data, m.size) for m in members if m.name in images]
 
 
+def _plain_signals() -> None:
+    """A shard writer process dies on SIGTERM and leaves Ctrl-C to its parent. Forked workers
+    inherit the CLI's handlers (SIGTERM raises like Ctrl-C); with them, the pool's own SIGTERM
+    at shutdown could raise inside a worker that held the task queue's lock, and its sibling
+    waited for that lock forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_jobs(source: Source, jobs: list[_Job], work: Path, workers: int, progress: bool):
     _WORKER.update(source=source, jobs=jobs, work=work)
     results: dict[int, tuple] = {}
@@ -275,7 +285,7 @@ def _run_jobs(source: Source, jobs: list[_Job], work: Path, workers: int, progre
                     pbar.update(len(jobs[i].refs))
             else:
                 ctx = multiprocessing.get_context("fork")
-                with ctx.Pool(min(workers, len(jobs))) as pool:
+                with ctx.Pool(min(workers, len(jobs)), initializer=_plain_signals) as pool:
                     for i, spans, sha in pool.imap_unordered(_write_job, range(len(jobs))):
                         results[i] = (spans, sha)
                         pbar.update(len(jobs[i].refs))

@@ -209,3 +209,54 @@ def test_duplicate_keys_are_refused(tiny_idx, tmp_path, monkeypatch):
     monkeypatch.setattr(src, "refs", lambda split: original(split)[:3] + original(split)[:1])
     with pytest.raises(DataError, match="duplicate key 'train-000000'"):
         build_shards(src, tmp_path / "o", source_kind="idx", source_path="x", progress=False)
+
+
+def test_shard_writers_die_on_sigterm_whatever_the_parents_handler(tiny_idx, tmp_path):
+    """The CLI makes SIGTERM raise like Ctrl-C. Forked shard writers inherited that handler, so
+    the pool's own SIGTERM at shutdown could raise inside a worker holding the task queue's lock
+    and leave its sibling waiting forever (a full test run hung 15 minutes). Writers restore the
+    default handler: under a raising parent handler, every writer runs with SIG_DFL and the
+    parallel builds finish."""
+    import subprocess
+    import sys
+    import textwrap
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = textwrap.dedent(f"""
+        import os, signal
+        from ltscale.data.shards import build_shards
+        from ltscale.data.sources import open_source
+
+        class Terminated(KeyboardInterrupt):
+            pass
+
+        def raise_terminated(signum, frame):
+            raise Terminated()
+
+        class Recording:
+            def __init__(self, source):
+                self.source = source
+
+            def __getattr__(self, name):
+                return getattr(self.source, name)
+
+            def read(self, ref):
+                plain = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+                open(os.path.join({str(marks)!r}, f"{{os.getpid()}}-{{plain}}"), "w").close()
+                return self.source.read(ref)
+
+        signal.signal(signal.SIGTERM, raise_terminated)
+        for i in range(5):
+            build_shards(Recording(open_source("idx", {str(tiny_idx)!r})),
+                         {str(tmp_path)!r} + f"/ds{{i}}", source_kind="idx",
+                         source_path={str(tiny_idx)!r}, shard_bytes=2000, workers=2,
+                         progress=False)
+        print("done", os.getpid())
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]
+    parent = proc.stdout.split()[-1]  # it reads a few samples itself to plan the shards
+    seen = {name.split("-")[1] for name in os.listdir(marks) if name.split("-")[0] != parent}
+    assert seen == {"True"}, sorted(os.listdir(marks))[:5]
