@@ -36,7 +36,13 @@ def check_data_flag(recipe, data: str | None) -> None:
     from pathlib import Path
 
     if not Path(data).exists():
-        raise LtscaleError(f"--data {data}: no such file or directory")
+        hint = ""
+        if recipe.data.source.kind == "idx":  # the quickstart's source: say how to get the data
+            from ltscale.data.sources.idx import INSTALL_HINT
+
+            hint = f". {INSTALL_HINT}"
+        raise LtscaleError(f"--data {data}: no such file or directory (data directory not "
+                           f"found){hint}")
     shards = Path(recipe.data.shards)
     if not (shards / "index.npz").exists():
         return  # the dataset is built from --data
