@@ -58,11 +58,11 @@ from ltscale.engine.backend import PRECISIONS, LocalBackend
 from ltscale.engine.checkpoint import save_checkpoint
 from ltscale.engine.deepspeed_checkpoint import (
     MODEL_STATES,
-    _name,
-    _prune_orphans,
-    _tmp_dir,
+    checkpoint_name,
     data_dir,
+    partial_dir,
     peek_checkpoint,
+    prune_orphans,
 )
 from ltscale.engine.dist import any_true, control_group
 from ltscale.engine.precision import apply_fp32_policy
@@ -317,10 +317,10 @@ class DeepSpeedBackend(LocalBackend):
         it visible (every rank must call this)."""
         engine = self._engine_of(model)
         path = Path(path)
-        final, tmp = data_dir(path), _tmp_dir(path)
+        final, tmp = data_dir(path), partial_dir(path)
         if self.is_main:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _prune_orphans(path.parent, _name(path))
+            prune_orphans(path.parent, checkpoint_name(path))
             shutil.rmtree(tmp, ignore_errors=True)
         self.barrier()
         engine.save_checkpoint(str(path.parent), tag=tmp.name, client_state=state,
@@ -335,7 +335,7 @@ class DeepSpeedBackend(LocalBackend):
             save_checkpoint(path, {**state, "deepspeed": {
                 "dir": final.name, "zero_stage": self.zero_stage, "precision": self.precision,
                 "world_size": self.world_size}})
-            self._saved_in.add((path.parent, _name(path)))
+            self._saved_in.add((path.parent, checkpoint_name(path)))
         self.barrier()
 
     def load(self, path: Path, model: nn.Module, optimizer) -> dict:
@@ -359,7 +359,7 @@ class DeepSpeedBackend(LocalBackend):
     def close(self) -> None:
         if self.is_main:
             for parent, name in self._saved_in:
-                _prune_orphans(parent, name)
+                prune_orphans(parent, name)
         self._engine = None
         if self._owns_group and tdist.is_initialized():
             self.barrier()

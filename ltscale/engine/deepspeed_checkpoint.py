@@ -22,12 +22,12 @@ def data_dir(path: Path) -> Path:
     return path.with_name(path.stem + DATA_SUFFIX)
 
 
-def _name(path: Path) -> str:
+def checkpoint_name(path: Path) -> str:
     """``NAME`` of checkpoint file ``NAME-<step>.pt``."""
     return Path(path).stem.rsplit("-", 1)[0]
 
 
-def _tmp_dir(path: Path) -> Path:
+def partial_dir(path: Path) -> Path:
     path = Path(path)
     return path.with_name(f".{path.stem}{DATA_SUFFIX}.partial")
 
@@ -51,7 +51,7 @@ def peek_checkpoint(path: Path) -> dict | None:
     return meta
 
 
-def _prune_orphans(parent: Path, name: str) -> None:
+def prune_orphans(parent: Path, name: str) -> None:
     """Delete checkpoint ``name``'s ``NAME-<step>.ds`` directories whose ``NAME-<step>.pt`` file
     no longer exists (removed by the loop's retention) and temporary directories left by killed
     saves."""
