@@ -3,6 +3,7 @@ folder checked), the tracker, lineage tags and ``NAME=VALUE`` options."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -100,3 +101,18 @@ def options(pairs: list[str]) -> dict[str, str]:
             raise LtscaleError(f"--option {pair!r}: use NAME=VALUE (e.g. --option images=/data/x)")
         out[name.replace("-", "_")] = value
     return out
+
+
+@contextlib.contextmanager
+def stage_run(recipe, tracker, stage: str, tags: dict | None = None):
+    """The context of one stage command: the output folder's lock, the stage's MLflow run with
+    its tags and the recipe as params, and the stage ``Context`` (shards, manifest, backend)."""
+    from ltscale.lock import output_lock
+    from ltscale.stages.context import make_context
+
+    with output_lock(recipe.output_dir), \
+            tracker.run(f"{recipe.name}/{stage}", tags={"ltscale.stage": stage}):
+        ctx = make_context(recipe, tracker)
+        tracker.set_tags(ctx.tags(stage) | (tags or {}))
+        tracker.log_params(flatten(ctx.recipe.model_dump()))
+        yield ctx

@@ -22,16 +22,11 @@ def add_parser(sub) -> None:
 
 
 def cmd_pretrain(args):
-    from ltscale.stages.context import make_context
     from ltscale.stages.pretrain import run_pretrain
 
     recipe = common.recipe_from_args(args)
     tracker = common.tracker(recipe, not args.no_track)
-    with output_lock(recipe.output_dir), \
-            tracker.run(f"{recipe.name}/pretrain", tags={"ltscale.stage": "pretrain"}):
-        ctx = make_context(recipe, tracker)
-        tracker.set_tags(ctx.tags("pretrain"))
-        tracker.log_params(common.flatten(ctx.recipe.model_dump()))
+    with common.stage_run(recipe, tracker, "pretrain") as ctx:
         result = run_pretrain(ctx)
     if ctx.backend.is_main:
         print(f"encoder written to {result['encoder']}")
@@ -39,7 +34,6 @@ def cmd_pretrain(args):
 
 def cmd_finetune(args):
     from ltscale.resolve import resolve_artifact
-    from ltscale.stages.context import make_context
     from ltscale.stages.evaluate import evaluate_logits
     from ltscale.stages.finetune import run_finetune
     from ltscale.stages.pretrain import load_encoder
@@ -49,12 +43,8 @@ def cmd_finetune(args):
     # refuse an encoder made for another backbone / channel count before any data work
     load_encoder(encoder_path, recipe.pretrain.backbone.name, recipe.data.channels)
     tracker = common.tracker(recipe, not args.no_track)
-    with output_lock(recipe.output_dir), \
-            tracker.run(f"{recipe.name}/finetune", tags={"ltscale.stage": "finetune"}):
-        ctx = make_context(recipe, tracker)
-        tracker.set_tags(ctx.tags("finetune") | {"ltscale.encoder": str(encoder_path)}
-                         | common.source_tags(args.source))
-        tracker.log_params(common.flatten(ctx.recipe.model_dump()))
+    with common.stage_run(recipe, tracker, "finetune", {"ltscale.encoder": str(encoder_path)}
+                          | common.source_tags(args.source)) as ctx:
         result = run_finetune(ctx, encoder_path, "finetune")
         metrics = evaluate_logits(ctx, result["logits"], result["targets"])
     stage = recipe.finetune.classifier_stage
@@ -64,19 +54,14 @@ def cmd_finetune(args):
 
 def cmd_eval(args):
     from ltscale.resolve import resolve_artifact
-    from ltscale.stages.context import make_context
     from ltscale.stages.eval_head import evaluate_head, head_encoder
 
     recipe = common.recipe_from_args(args)
     head_path = resolve_artifact(args.source, "head", recipe.tracking.uri)
     encoder_ref = head_encoder(head_path)  # refused before any work if it changed
     tracker = common.tracker(recipe, not args.no_track)
-    with output_lock(recipe.output_dir), \
-            tracker.run(f"{recipe.name}/eval", tags={"ltscale.stage": "eval"}):
-        ctx = make_context(recipe, tracker)
-        tracker.set_tags(ctx.tags("eval") | {"ltscale.head": str(head_path)}
-                         | common.source_tags(args.source))
-        tracker.log_params(common.flatten(ctx.recipe.model_dump()))
+    with common.stage_run(recipe, tracker, "eval", {"ltscale.head": str(head_path)}
+                          | common.source_tags(args.source)) as ctx:
         _, paths = evaluate_head(ctx, head_path, encoder_ref)
         for p in paths.values():
             tracker.log_artifact(p, "report")

@@ -6,10 +6,8 @@ no traceback), the training job of this tier, and the checkpoint and encoder rea
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from ltscale.errors import CheckpointError, ManifestError
 from ltscale.stages.pretrain import load_encoder
 from tests.reliability import train
 from tests.reliability.conftest import Data, read_steps
+from tests.reliability.safety import write_tar
 from tests.reliability.tinydata import jpeg_bytes, make_dataset
 
 pytestmark = pytest.mark.reliability
@@ -139,22 +138,12 @@ def test_a_manifest_label_outside_the_classes_is_refused_before_training(clean_d
     assert read_steps(tmp_path / "job") == []
 
 
-def _shard(path: Path, members: list[tuple[str, bytes]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 @pytest.mark.parametrize("label,classes", [("-1", None), ("7", 3)])
 def test_a_shard_label_outside_the_classes_stops_data_build(tmp_path, capsys, label, classes):
     rng = np.random.default_rng(0)
     members = [(f"s{i}.jpg", jpeg_bytes(rng, i % 3)) for i in range(3)]
     members += [(f"s{i}.cls", str(i % 3).encode()) for i in range(2)] + [("s2.cls", label.encode())]
-    _shard(tmp_path / "in" / "train-0.tar", members)
+    write_tar(tmp_path / "in" / "train-0.tar", members)
     options = []
     if classes:
         (tmp_path / "classes.txt").write_text("a\nb\nc\n")
