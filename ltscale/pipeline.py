@@ -19,7 +19,28 @@ from ltscale.stages.context import Context, make_context
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
 from ltscale.stages.finetune import predict_images, run_finetune
 from ltscale.stages.pretrain import label_free_key, new_encoder, run_pretrain, run_scratch
+from ltscale.stages.results import FinetuneResult, TrainResult
 from ltscale.stages.selftrain import check_pool, run_selftrain
+
+
+@dataclasses.dataclass
+class HeadRun:
+    """One head on the pretrained encoder: its report name, fine-tuning and test metrics."""
+    model: str
+    finetune: FinetuneResult
+    metrics: dict[str, float]
+    noise: dict | None          # σ*'s noisy/clean separation (SuperLoss heads with clean labels)
+
+
+@dataclasses.dataclass
+class SeedRun:
+    """One seed's stages: report name → test metrics, noise separations, seconds per stage and
+    the last pretraining epoch's kNN top-1 (None without the monitor)."""
+    ctx: Context
+    results: dict[str, dict]
+    noise: dict[str, dict]
+    timings: dict[str, float]
+    knn: float | None
 
 
 @contextlib.contextmanager
@@ -66,17 +87,17 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print,
                     runs.append(_run_seed(r, tracker, progress, log, shared))
             else:
                 runs.append(_run_seed(r, tracker, progress, log, shared))
-        ctx = runs[0]["ctx"]
-        names = list(runs[0]["results"])
-        results = {n: merge_seeds([run["results"][n] for run in runs]) if several
-                   else runs[0]["results"][n] for n in names}
-        noise = {n: runs[0]["noise"][n] for n in runs[0]["noise"]} if not several else {
-            f"{n} (seed {s})": run["noise"][n] for s, run in zip(seeds, runs) for n in run["noise"]}
-        timings = {k: sum(run["timings"][k] for run in runs) for k in runs[0]["timings"]}
+        ctx = runs[0].ctx
+        names = list(runs[0].results)
+        results = {n: merge_seeds([run.results[n] for run in runs]) if several
+                   else runs[0].results[n] for n in names}
+        noise = dict(runs[0].noise) if not several else {
+            f"{n} (seed {s})": run.noise[n] for s, run in zip(seeds, runs) for n in run.noise}
+        timings = {k: sum(run.timings[k] for run in runs) for k in runs[0].timings}
         context = {"recipe": recipe.name, "manifest": ctx.manifest.hash,
                    "imbalance": recipe.manifest.imbalance, "noise": recipe.manifest.noise,
                    "seeds": seeds,
-                   "pretrain kNN top-1 (balanced bank)": [run["knn"] for run in runs],
+                   "pretrain kNN top-1 (balanced bank)": [run.knn for run in runs],
                    "stage seconds": {k: round(v, 1) for k, v in timings.items()}}
         out = Path(recipe.output_dir)
         paths = write_report(out / "report", f"ltscale report: {recipe.name}", results,
@@ -94,16 +115,16 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print,
     return summary
 
 
-def _noise(ctx: Context, result: dict) -> dict | None:
+def _noise(ctx: Context, result: FinetuneResult) -> dict | None:
     """Noisy/clean separation of the fine-tuning's σ* when it has them and clean labels exist."""
-    conf = result.get("confidence")
+    conf = result.confidence
     lab = ctx.manifest.mask("labeled")
     if conf is None or (ctx.manifest.clean[lab] < 0).all():
         return None
     return evaluate_noise(ctx, conf)
 
 
-def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[dict, str]:
+def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[TrainResult, str]:
     """The pretrain stage, or, when an earlier run of this invocation (a sweep point) already
     pretrained on the same images with the same seed and settings and the pretraining reads no
     labels (``label_free_key``), a pretrain run that records that run's encoder as its own.
@@ -113,20 +134,21 @@ def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[dict, str]:
         pre, source = shared[key]
         with _stage(ctx, "pretrain", source=source):
             ctx.tracker.set_tags({"ltscale.pretrain_reused": "true",
-                                  "ltscale.encoder": str(pre["encoder"].resolve())})
-        log(f"pretrain: reusing the encoder of run {source} ({pre['encoder']}): same images, "
+                                  "ltscale.encoder": str(pre.encoder.resolve())})
+        log(f"pretrain: reusing the encoder of run {source} ({pre.encoder}): same images, "
             "seed and settings, and the pretraining reads no labels")
         return pre, source
     with _stage(ctx, "pretrain"):
         pre = run_pretrain(ctx)
         run_id = ctx.tracker.run_id
     if key is not None:
-        shared[key] = ({k: pre[k] for k in ("encoder", "checkpoint", "history")}, run_id)
+        # what a later point reuses: the files and history, not the trained module
+        shared[key] = (dataclasses.replace(pre, method=None), run_id)
     return pre, run_id
 
 
 def _finetune_and_eval(ctx: Context, loss: str, encoder: Path, pretrain_run: str,
-                       timings: dict) -> dict:
+                       timings: dict) -> HeadRun:
     """One head (``loss``; the recipe's finetune.loss with that name) on the pretrained encoder:
     a finetune and an eval child run. The first head trains in ``finetune/``, an extra one in
     ``finetune_<loss>/``; both read the feature cache in ``finetune/features``."""
@@ -145,13 +167,14 @@ def _finetune_and_eval(ctx: Context, loss: str, encoder: Path, pretrain_run: str
     timings["finetune"] += time.perf_counter() - t
     t = time.perf_counter()
     with _stage(ctx, "eval", source=finetune_run):
-        metrics = evaluate_logits(ctx, ft["logits"], ft["targets"], model)
+        metrics = evaluate_logits(ctx, ft.logits, ft.targets, model)
         noise = _noise(ctx, ft)
     timings["eval"] += time.perf_counter() - t
-    return {"model": model, "finetune": ft, "metrics": metrics, "noise": noise}
+    return HeadRun(model=model, finetune=ft, metrics=metrics, noise=noise)
 
 
-def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None = None) -> dict:
+def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None = None
+              ) -> SeedRun:
     """data → pretrain → finetune → eval (+ baselines) for one seed, one child run per stage."""
     timings: dict[str, float] = {}
     results: dict[str, dict] = {}
@@ -178,40 +201,40 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None 
     t = time.perf_counter()
     pre, pretrain_run = _pretrain(ctx, shared, log)
     timings["pretrain"] = time.perf_counter() - t
-    knn = pre["history"][-1].get("knn/top1")
-    log(f"pretrain: {len(pre['history'])} epochs in {timings['pretrain']:.0f}s, "
+    knn = pre.last_epoch.get("knn/top1")
+    log(f"pretrain: {len(pre.history)} epochs in {timings['pretrain']:.0f}s, "
         f"kNN top-1 {knn if knn is None else f'{knn:.4f}'}")
 
     loss = recipe.finetune.loss.name
     timings["finetune"] = timings["eval"] = 0.0
-    heads = [_finetune_and_eval(ctx, head_loss, pre["encoder"], pretrain_run, timings)
+    heads = [_finetune_and_eval(ctx, head_loss, pre.encoder, pretrain_run, timings)
              for head_loss in [loss, *recipe.finetune.extra_losses]]  # extras share the cache
-    ft = heads[0]["finetune"]  # the recipe's own head (self-training's teacher)
-    for out in heads:
-        results[out["model"]] = out["metrics"]
-        if out["noise"] is not None:
-            noise[out["model"]] = out["noise"]
+    ft = heads[0].finetune  # the recipe's own head (self-training's teacher)
+    for head in heads:
+        results[head.model] = head.metrics
+        if head.noise is not None:
+            noise[head.model] = head.noise
 
     if recipe.baselines.random_encoder:
         t = time.perf_counter()
         with _stage(ctx, "baseline_random_encoder"):
             base = run_finetune(ctx, new_encoder(ctx), "baseline_random_encoder")
             model = f"random encoder + {loss}"
-            results[model] = evaluate_logits(ctx, base["logits"], base["targets"], model)
+            results[model] = evaluate_logits(ctx, base.logits, base.targets, model)
         timings["baseline_random_encoder"] = time.perf_counter() - t
     scratch = None
     if recipe.baselines.ce_scratch.enabled:
         t = time.perf_counter()
         with _stage(ctx, "baseline_ce_scratch"):
             scratch = run_scratch(ctx)
-            logits, targets = predict_images(ctx, scratch["method"])
+            logits, targets = predict_images(ctx, scratch.method)
             model = f"scratch + {recipe.baselines.ce_scratch.loss.name}"
             results[model] = evaluate_logits(ctx, logits, targets, model)
         timings["baseline_ce_scratch"] = time.perf_counter() - t
     if recipe.selftrain.enabled:  # teacher → pseudo-labels for D_U → student (Yang & Xu 2020)
         t = time.perf_counter()
         with _stage(ctx, "selftrain"):
-            st = run_selftrain(ctx, ft, pre["encoder"], scratch)
-            results[st["name"]] = evaluate_logits(ctx, st["logits"], st["targets"], st["name"])
+            st = run_selftrain(ctx, ft, pre.encoder, scratch)
+            results[st.name] = evaluate_logits(ctx, st.logits, st.targets, st.name)
         timings["selftrain"] = time.perf_counter() - t
-    return {"ctx": ctx, "results": results, "noise": noise, "timings": timings, "knn": knn}
+    return SeedRun(ctx=ctx, results=results, noise=noise, timings=timings, knn=knn)

@@ -82,7 +82,7 @@ def bench_train(images: int = 2048, size: int = 224, backbone: str = "resnet50",
         ctx = make_context(recipe, progress=False)  # builds the shards on first use
         result["data_seconds"] = result["data_seconds"] or time.perf_counter() - t
         out = run_pretrain(ctx)
-        last = out["history"][-1]
+        last = out.last_epoch
         result["loaders"][loader] = {
             "images_per_s": last["epoch/images_per_s"],
             "data_wait_fraction": last["epoch/data_wait_fraction"],

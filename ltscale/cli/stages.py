@@ -29,7 +29,7 @@ def cmd_pretrain(args):
     with common.stage_run(recipe, tracker, "pretrain") as ctx:
         result = run_pretrain(ctx)
     if ctx.backend.is_main:
-        print(f"encoder written to {result['encoder']}")
+        print(f"encoder written to {result.encoder}")
 
 
 def cmd_finetune(args):
@@ -46,10 +46,10 @@ def cmd_finetune(args):
     with common.stage_run(recipe, tracker, "finetune", {"ltscale.encoder": str(encoder_path)}
                           | common.source_tags(args.source)) as ctx:
         result = run_finetune(ctx, encoder_path, "finetune")
-        metrics = evaluate_logits(ctx, result["logits"], result["targets"])
+        metrics = evaluate_logits(ctx, result.logits, result.targets)
     stage = recipe.finetune.classifier_stage
     print(f"head ({recipe.finetune.mode}{'' if stage == 'none' else ' + ' + stage}) written to "
-          f"{result['head']}; test top-1 {metrics['top1']:.4f}")
+          f"{result.head}; test top-1 {metrics['top1']:.4f}")
 
 
 def cmd_eval(args):

@@ -5,10 +5,19 @@ and their BatchNorm statistics."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ltscale.errors import RecipeError
+
+
+@dataclass
+class EndToEndResult:
+    method: nn.Module             # the supervised method: encoder + classifier, trained
+    history: list[dict]           # the engine loop's per-epoch records
+    trainable_parameters: int
 
 
 def encoder_stages(encoder: nn.Module) -> list[list[nn.Module]]:
@@ -84,7 +93,8 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def run_end_to_end(ctx, encoder: nn.Module, *, name: str, stage_dir, seed: int) -> dict:
+def run_end_to_end(ctx, encoder: nn.Module, *, name: str, stage_dir, seed: int
+                   ) -> EndToEndResult:
     """Train encoder + classifier on the labeled images; returns the method (its ``encoder`` and
     ``classifier`` trained), the loop history and the number of trained parameters."""
     from ltscale.config_base import OptimCfg
@@ -124,5 +134,5 @@ def run_end_to_end(ctx, encoder: nn.Module, *, name: str, stage_dir, seed: int) 
                 checkpoint=None, on_epoch_end=on_epoch_end)
     ctx.backend.finish(model)  # the fp32 master weights from here on
     model.eval()
-    return {"method": method, "history": state.history,
-            "trainable_parameters": trainable_parameters(model)}
+    return EndToEndResult(method=method, history=state.history,
+                          trainable_parameters=trainable_parameters(model))

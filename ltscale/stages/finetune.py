@@ -55,6 +55,7 @@ from ltscale.finetune.two_stage import apply_classifier_stage
 from ltscale.losses.registry import classification_loss
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import stage_loader, test_loader, test_selection
+from ltscale.stages.results import FinetuneResult
 
 HEAD_FORMAT = "ltscale-head/2"
 FROZEN_MODES = ("linear", "proj_head", "last_fc")
@@ -201,7 +202,8 @@ def _standardize_from(head: Head, z) -> None:
 # --- the stage -----------------------------------------------------------------------------------
 
 def run_finetune(ctx: Context, encoder, name: str = "finetune",
-                 encoder_path: Path | None = None, cache_dir: Path | None = None) -> dict:
+                 encoder_path: Path | None = None, cache_dir: Path | None = None
+                 ) -> FinetuneResult:
     """Fine-tune from ``encoder``: an encoder file (``encoder.pt``) or a module (then
     ``encoder_path`` may name its file, which supplies the pretrained projector). The feature
     cache lives in ``cache_dir`` (default ``<stage folder>/features``): heads that share an
@@ -229,7 +231,7 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
         t = time.perf_counter()
         e2e = run_end_to_end(ctx, encoder, name=name, stage_dir=stage_dir, seed=seed)
         timings["end_to_end"] = time.perf_counter() - t
-        method = e2e["method"]
+        method = e2e.method
         from ltscale.stages.pretrain import save_encoder
 
         head_encoder = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
@@ -238,10 +240,10 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
         head = Head(head_spec(encoder.feat_dim, ctx.index.num_classes, standardize=False,
                               kind=kind, bias=kind == "linear"))
         head.classifier.load_state_dict(method.classifier.state_dict())
-        metrics["finetune/trainable_parameters"] = e2e["trainable_parameters"]
-        last = e2e["history"][-1] if e2e["history"] else {}
+        metrics["finetune/trainable_parameters"] = e2e.trainable_parameters
+        last = e2e.history[-1] if e2e.history else {}
         history = [{"epoch": r["epoch"], "loss": r.get("epoch/loss"),
-                    "accuracy": r.get("epoch/acc")} for r in e2e["history"]]
+                    "accuracy": r.get("epoch/acc")} for r in e2e.history]
         if "epoch/loss" in last:
             metrics["finetune/final_loss"] = last["epoch/loss"]
         ctx.tracker.set_tags({"ltscale.finetuned_encoder": str(head_encoder)})
@@ -326,9 +328,10 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
                           "ltscale.classifier_stage": f.classifier_stage})
     ctx.tracker.log_params(flatten({"finetune": f.model_dump()}))
     ctx.tracker.log_metrics({f"finetune/{k}_seconds": v for k, v in timings.items()} | metrics)
-    return {"head": head_path, "logits": logits, "targets": torch.from_numpy(test_cache.labels),
-            "history": history, "confidence": confidence, "mode": mode,
-            "encoder": head_encoder, "seconds": sum(timings.values()), "timings": timings}
+    return FinetuneResult(head=head_path, logits=logits,
+                          targets=torch.from_numpy(test_cache.labels), history=history,
+                          mode=mode, encoder=head_encoder, confidence=confidence,
+                          seconds=sum(timings.values()), timings=timings)
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import knn_loaders, train_loader
+from ltscale.stages.results import TrainResult
 
 
 def new_encoder(ctx: Context, seed: int | None = None) -> torch.nn.Module:
@@ -101,7 +102,7 @@ def encoder_from_file_contents(saved: dict, path: str | Path) -> torch.nn.Module
 
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
            optim_cfg, augment, balance: str, max_steps: int | None, monitor: bool,
-           settings: dict) -> dict:
+           settings: dict) -> TrainResult:
     roles = training_roles(method)
     loader, sampler = train_loader(ctx, augment=augment, batch_size=batch_size, workers=workers,
                                    seed=ctx.recipe.seed, epochs=epochs, balance=balance,
@@ -142,8 +143,9 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
                 fingerprint=_fingerprint(ctx, settings), log=ctx.log)
     ctx.backend.finish(method)  # fp32 master weights for the export and the next stage
     encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx)  # + its projector
-    return {"encoder": encoder_path, "checkpoint": latest_checkpoint(stage_dir / "checkpoint.pt"),
-            "history": state.history, "seconds": time.perf_counter() - t0, "method": method}
+    return TrainResult(method=method, history=state.history, seconds=time.perf_counter() - t0,
+                       encoder=encoder_path,
+                       checkpoint=latest_checkpoint(stage_dir / "checkpoint.pt"))
 
 
 # settings that do not change the trajectory, so a checkpoint resumes across them: loader
@@ -236,7 +238,7 @@ def _start_from(ctx: Context, method, previous, stage: str) -> None:
     ctx.log(f"pretrain/{stage}: starts from the previous stage's {type(old).__name__}")
 
 
-def run_pretrain(ctx: Context) -> dict:
+def run_pretrain(ctx: Context) -> TrainResult:
     """Every pretraining stage in order (one unless ``pretrain.stages``); the last one's encoder
     is the result. Each stage of several is a nested MLflow run and folder ``pretrain/<name>``,
     and resumes from its own checkpoints."""
@@ -266,15 +268,15 @@ def run_pretrain(ctx: Context) -> dict:
                             optim_cfg=stage.optim, augment=stage.augment,
                             balance=stage.balance, max_steps=stage.max_steps_per_epoch,
                             monitor=True, settings=settings)
-            ctx.tracker.log_metrics({"pretrain/seconds": result["seconds"]})
+            ctx.tracker.log_metrics({"pretrain/seconds": result.seconds})
         chain.append(stage.model_dump())
-        previous = result["method"]
-    ctx.tracker.set_tags({"ltscale.encoder": str(result["encoder"].resolve()),
-                          "ltscale.checkpoint": str(result["checkpoint"].resolve())})
+        previous = result.method
+    ctx.tracker.set_tags({"ltscale.encoder": str(result.encoder.resolve()),
+                          "ltscale.checkpoint": str(result.checkpoint.resolve())})
     return result
 
 
-def run_scratch(ctx: Context) -> dict:
+def run_scratch(ctx: Context) -> TrainResult:
     """Encoder + linear classifier trained end to end on the observed labels."""
     s = ctx.recipe.baselines.ce_scratch
     method = create_method("supervised", new_encoder(ctx), num_classes=ctx.index.num_classes,

@@ -46,6 +46,7 @@ from ltscale.stages.pretrain import (
     run_scratch,
     save_encoder,
 )
+from ltscale.stages.results import FinetuneResult, SelfTrainResult, TrainResult
 
 NAME = "selftrain"
 
@@ -69,22 +70,22 @@ def check_pool(ctx: Context) -> None:
         unlabeled_rows(ctx.manifest)
 
 
-def teacher_model(ctx: Context, finetuned: dict | None, scratch: dict | None
-                  ) -> tuple[nn.Module, str]:
+def teacher_model(ctx: Context, finetuned: FinetuneResult | None,
+                  scratch: TrainResult | None) -> tuple[nn.Module, str]:
     """(teacher, its name in the report) as ``selftrain.teacher`` says. A ``ce_scratch`` teacher
     is trained here when the pipeline's baseline did not run."""
     r = ctx.recipe
     if r.selftrain.teacher == "finetune":
-        if not finetuned or finetuned.get("encoder") is None:
+        if finetuned is None or finetuned.encoder is None:
             raise RecipeError("selftrain.teacher=finetune needs the fine-tuning stage's encoder "
                               "file and head; use selftrain.teacher=ce_scratch otherwise")
-        encoder = load_encoder(finetuned["encoder"], in_chans=r.data.channels)
-        head = head_from_file(finetuned["head"], ctx.index.num_classes)
+        encoder = load_encoder(finetuned.encoder, in_chans=r.data.channels)
+        head = head_from_file(finetuned.head, ctx.index.num_classes)
         return EncoderHead(encoder, head), \
             f"{r.pretrain.final_method.name} + {r.finetune.loss.name}"
     if scratch is None:
         scratch = run_scratch(ctx)
-    return scratch["method"], f"scratch + {r.baselines.ce_scratch.loss.name}"
+    return scratch.method, f"scratch + {r.baselines.ce_scratch.loss.name}"
 
 
 def student_loader(ctx: Context, train_set: TrainingSet):
@@ -131,8 +132,9 @@ def _save_head(path: Path, method, encoder_path: Path, ctx: Context) -> None:
                         "classifier_stage": "none", "encoder": str(encoder_path)}, tmp)
 
 
-def run_selftrain(ctx: Context, finetuned: dict | None = None, pretrained: Path | None = None,
-                  scratch: dict | None = None) -> dict:
+def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
+                  pretrained: Path | None = None, scratch: TrainResult | None = None
+                  ) -> SelfTrainResult:
     """Pseudo-label D_U with the teacher, train the student on D_L ∪ D_U, predict the test set.
 
     ``finetuned``: the fine-tuning stage's result (its ``encoder`` file and ``head``);
@@ -196,6 +198,6 @@ def run_selftrain(ctx: Context, finetuned: dict | None = None, pretrained: Path 
     threshold = f", p ≥ {s.threshold:g}" if s.threshold > 0 else ""
     name = (f"self-training student ({teacher_name} teacher{threshold}, ω = {s.weight:g}, "
             f"{s.init}, {s.loss.name})")
-    return {"name": name, "logits": logits, "targets": targets, "pseudo": pseudo,
-            "train_set": train_set, "metrics": metrics, "history": state.history,
-            "method": method, "teacher": teacher_name}
+    return SelfTrainResult(name=name, logits=logits, targets=targets, method=method,
+                           teacher=teacher_name, pseudo=pseudo, train_set=train_set,
+                           metrics=metrics, history=state.history)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -147,7 +148,7 @@ def test_params_come_from_the_manifest_file_used(tiny, capsys, monkeypatch):
 
     monkeypatch.setattr(cli_common, "tracker", lambda recipe, enabled=True: Recording())
     monkeypatch.setattr(pretrain, "run_pretrain",
-                        lambda ctx: {"encoder": ctx.out / "encoder.pt"})
+                        lambda ctx: SimpleNamespace(encoder=ctx.out / "encoder.pt"))
     # the recipe says exp:4, sym:0.4, seed 0; the file was made with exp:2, sym:0.2, seed 3
     assert cli(["pretrain", str(tiny["recipe"]), f"manifest.file={tiny['manifest']}"]) == 0
     assert params["manifest.noise"] == "sym:0.2"

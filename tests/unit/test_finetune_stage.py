@@ -57,10 +57,10 @@ def test_every_mode_improves_training_accuracy(separable_idx, tmp_path, mode):
     ctx = _ctx(separable_idx, tmp_path, mode=mode, trainable_stages=2)
     path = _encoder_file(ctx, tmp_path / "encoder.pt")
     result = run_finetune(ctx, path, "ft")
-    acc = [r["accuracy"] for r in result["history"]]
+    acc = [r["accuracy"] for r in result.history]
     assert acc[-1] > acc[0] and acc[-1] >= 0.8, acc
-    assert (result["logits"].argmax(1) == result["targets"]).float().mean() > 0.5
-    saved = load_checkpoint(result["head"])
+    assert (result.logits.argmax(1) == result.targets).float().mean() > 0.5
+    saved = load_checkpoint(result.head)
     assert saved["mode"] == mode and saved["num_classes"] == 3
     if mode in ("partial", "full"):  # the fine-tuned encoder is written beside the head
         assert saved["encoder"] == str((ctx.out / "ft" / "encoder.pt").resolve())
@@ -76,7 +76,7 @@ def test_saved_head_gives_the_stage_logits_on_encoder_features(separable_idx, tm
     ctx = _ctx(separable_idx, tmp_path, mode=mode, classifier_stage=stage, crt_epochs=3)
     path = _encoder_file(ctx, tmp_path / "encoder.pt")
     result = run_finetune(ctx, path, "ft")
-    saved = load_checkpoint(result["head"])
+    saved = load_checkpoint(result.head)
     assert saved["classifier_stage"] == stage
     assert saved["spec"]["classifier"]["kind"] == {"crt": "linear"}.get(stage, stage)
     assert (saved["spec"]["projector"] is not None) == (mode in ("proj_head", "last_fc"))
@@ -84,10 +84,10 @@ def test_saved_head_gives_the_stage_logits_on_encoder_features(separable_idx, tm
     encoder = load_encoder(saved["encoder"])
     feats, targets = encode(encoder, balanced_test_loader(ctx), ctx.device, progress=False)
     with torch.no_grad():
-        logits = head_from_file(result["head"], num_classes=3)(feats)
-    assert torch.equal(targets, result["targets"])
-    torch.testing.assert_close(logits, result["logits"], atol=2e-2, rtol=1e-2)  # fp16 cache
-    assert (logits.argmax(1) == result["logits"].argmax(1)).float().mean() > 0.9
+        logits = head_from_file(result.head, num_classes=3)(feats)
+    assert torch.equal(targets, result.targets)
+    torch.testing.assert_close(logits, result.logits, atol=2e-2, rtol=1e-2)  # fp16 cache
+    assert (logits.argmax(1) == result.logits.argmax(1)).float().mean() > 0.9
 
 
 def test_partial_trains_only_the_last_stages(separable_idx, tmp_path):
@@ -106,17 +106,17 @@ def test_partial_trains_only_the_last_stages(separable_idx, tmp_path):
 def test_confidence_is_aligned_with_the_labeled_rows(separable_idx, tmp_path):
     ctx = _ctx(separable_idx, tmp_path, loss="la_sl", epochs=2)
     result = run_finetune(ctx, _encoder_file(ctx, tmp_path / "e.pt"), "ft")
-    sigma = result["confidence"]
+    sigma = result.confidence
     assert sigma.shape == (len(ctx.manifest.rows("labeled")[0]),) and np.isfinite(sigma).all()
     np.testing.assert_array_equal(np.load(ctx.out / "ft" / "confidence.npy"), sigma)
     ctx.recipe.finetune.loss.name = "ce"
-    assert run_finetune(ctx, tmp_path / "e.pt", "ft2")["confidence"] is None
+    assert run_finetune(ctx, tmp_path / "e.pt", "ft2").confidence is None
 
 
 def test_random_encoder_module_gets_a_fresh_projector(separable_idx, tmp_path):
     ctx = _ctx(separable_idx, tmp_path, mode="proj_head", epochs=2)
     result = run_finetune(ctx, new_encoder(ctx), "baseline")  # the pipeline's baseline call
-    assert load_checkpoint(result["head"])["encoder"] is None
+    assert load_checkpoint(result.head)["encoder"] is None
 
 
 def test_projector_modes_need_an_encoder_file_with_a_projector(separable_idx, tmp_path):
@@ -143,9 +143,9 @@ def test_load_encoder_refuses_another_backbone_or_channel_count(separable_idx, t
 def test_head_for_another_class_count_is_refused(separable_idx, tmp_path):
     ctx = _ctx(separable_idx, tmp_path, epochs=1)
     result = run_finetune(ctx, _encoder_file(ctx, tmp_path / "e.pt"), "ft")
-    assert head_from_file(result["head"], 3)(torch.zeros(2, 32)).shape == (2, 3)
+    assert head_from_file(result.head, 3)(torch.zeros(2, 32)).shape == (2, 3)
     with pytest.raises(CheckpointError, match=r"head for 3 classes but the dataset has 10"):
-        head_from_file(result["head"], num_classes=10)
+        head_from_file(result.head, num_classes=10)
 
 
 def test_legacy_linear_head_files_still_load(tmp_path):

@@ -67,10 +67,10 @@ def test_each_stage_starts_from_the_previous_encoder_and_resumes(tmp_path, tiny_
     (stage, start), = handed
     assert stage == "second"
     assert all(torch.equal(start[k], first[k]) for k in first)
-    final = result["method"].encoder.state_dict()
+    final = result.method.encoder.state_dict()
     assert any(not torch.equal(final[k], first[k]) for k in first if first[k].is_floating_point())
-    assert result["encoder"] == out / "second" / "encoder.pt"
-    assert len(result["history"]) == 2  # stage two's epochs
+    assert result.encoder == out / "second" / "encoder.pt"
+    assert len(result.history) == 2  # stage two's epochs
     assert (out / "first").is_dir() and pre.latest_checkpoint(out / "second" / "checkpoint.pt")
 
     # a second run finds both stages done: each resumes its own last checkpoint, same encoder
@@ -80,4 +80,4 @@ def test_each_stage_starts_from_the_previous_encoder_and_resumes(tmp_path, tiny_
     again = pre.run_pretrain(ctx)
     resumed = [line for line in lines if "resuming from" in line]
     assert [line.split(":")[0] for line in resumed] == ["pretrain/first", "pretrain/second"]
-    assert all(torch.equal(again["method"].encoder.state_dict()[k], final[k]) for k in final)
+    assert all(torch.equal(again.method.encoder.state_dict()[k], final[k]) for k in final)

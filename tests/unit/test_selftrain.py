@@ -17,6 +17,7 @@ from ltscale.finetune import selftrain as st
 from ltscale.methods import create_method
 from ltscale.models import create_backbone
 from ltscale.stages.context import make_context
+from ltscale.stages.results import TrainResult
 from ltscale.stages.selftrain import check_pool, run_selftrain
 from ltscale.track.tracker import NullTracker
 
@@ -42,6 +43,11 @@ class Recorder(NullTracker):
 
     def log_metrics(self, metrics, step=None):
         self.metrics.update(metrics)
+
+
+def _scratch(model: nn.Module) -> TrainResult:
+    """A stand-in for the CE-from-scratch baseline's result: only its trained model is read."""
+    return TrainResult(method=model, history=[], seconds=0.0, encoder=None)
 
 
 def _ctx(tiny_idx, tmp_path, out="out", multiple=2.0, **selftrain):
@@ -210,19 +216,19 @@ def test_selftrain_config_defaults_and_checks():
 
 def test_stage_trains_a_student_and_ignores_tampered_true_labels(tiny_idx, tmp_path):
     ctx = _ctx(tiny_idx, tmp_path, threshold=0.5, weight=0.5, teacher="ce_scratch")
-    out = run_selftrain(ctx, scratch={"method": PixelTeacher()})
+    out = run_selftrain(ctx, scratch=_scratch(PixelTeacher()))
     rows, _ = ctx.manifest.rows("unlabeled")
     true = ctx.index.label[rows].copy()
     saved = np.load(ctx.out / "selftrain" / "pseudo_labels.npz")
     assert saved["labels"].tolist() == np.where(true == 2, -1, true).tolist()
-    s = out["train_set"]
+    s = out.train_set
     assert len(s.rows) == 15 + int((true != 2).sum())
     assert s.weights[s.pseudo].tolist() == [0.5] * int(s.pseudo.sum())
-    assert out["logits"].shape == (12, 3)
-    assert out["targets"].tolist() == (np.arange(12) % 3).tolist()
-    assert out["history"] and np.isfinite(out["history"][-1]["epoch/loss"])
+    assert out.logits.shape == (12, 3)
+    assert out.targets.tolist() == (np.arange(12) % 3).tolist()
+    assert out.history and np.isfinite(out.history[-1]["epoch/loss"])
     assert ctx.tracker.metrics["selftrain/pseudo_accuracy"] == 1.0
-    assert "ω = 0.5" in out["name"] and "p ≥ 0.5" in out["name"]
+    assert "ω = 0.5" in out.name and "p ≥ 0.5" in out.name
     assert (ctx.out / "selftrain" / "head.pt").exists()
 
     # same run, in another folder, with D_U's true labels hidden and falsified: same student
@@ -232,7 +238,7 @@ def test_stage_trains_a_student_and_ignores_tampered_true_labels(tiny_idx, tmp_p
         ctx2.manifest.mask("unlabeled"), -1, ctx2.manifest.clean))
     ctx2.index.load_all()
     ctx2.index.label[rows] = (true + 1) % 3
-    out2 = run_selftrain(ctx2, scratch={"method": PixelTeacher()})
-    np.testing.assert_array_equal(out2["train_set"].labels, s.labels)
-    torch.testing.assert_close(out2["logits"], out["logits"])
+    out2 = run_selftrain(ctx2, scratch=_scratch(PixelTeacher()))
+    np.testing.assert_array_equal(out2.train_set.labels, s.labels)
+    torch.testing.assert_close(out2.logits, out.logits)
     assert "selftrain/pseudo_accuracy" not in ctx2.tracker.metrics
