@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from ltscale.stages.finetune import predict_images, run_finetune
 from ltscale.stages.pretrain import label_free_key, new_encoder, run_pretrain, run_scratch
 from ltscale.stages.results import FinetuneResult, TrainResult
 from ltscale.stages.selftrain import check_pool, run_selftrain
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -61,7 +64,7 @@ def _seed_recipe(recipe: Recipe, seed: int, several: bool) -> Recipe:
     return r
 
 
-def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print,
+def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
                  shared: dict | None = None) -> dict:
     """The whole pipeline; with ``recipe.seeds`` the training stages run once per seed (each its
     own nested run and output folder ``seed<S>/``) and the report gives mean ± std.
@@ -82,11 +85,11 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print,
         for seed in seeds:
             r = _seed_recipe(recipe, seed, several)
             if several:
-                log(f"seed {seed}:")
+                logger.info(f"seed {seed}:")
                 with tracker.run(f"seed={seed}", nested=True, tags={"ltscale.stage": "seed"}):
-                    runs.append(_run_seed(r, tracker, progress, log, shared))
+                    runs.append(_run_seed(r, tracker, progress, shared))
             else:
-                runs.append(_run_seed(r, tracker, progress, log, shared))
+                runs.append(_run_seed(r, tracker, progress, shared))
         ctx = runs[0].ctx
         names = list(runs[0].results)
         results = {n: merge_seeds([run.results[n] for run in runs]) if several
@@ -124,7 +127,7 @@ def _noise(ctx: Context, result: FinetuneResult) -> dict | None:
     return evaluate_noise(ctx, conf)
 
 
-def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[TrainResult, str]:
+def _pretrain(ctx: Context, shared: dict | None) -> tuple[TrainResult, str]:
     """The pretrain stage, or, when an earlier run of this invocation (a sweep point) already
     pretrained on the same images with the same seed and settings and the pretraining reads no
     labels (``label_free_key``), a pretrain run that records that run's encoder as its own.
@@ -135,7 +138,7 @@ def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[TrainResult, str]
         with _stage(ctx, "pretrain", source=source):
             ctx.tracker.set_tags({"ltscale.pretrain_reused": "true",
                                   "ltscale.encoder": str(pre.encoder.resolve())})
-        log(f"pretrain: reusing the encoder of run {source} ({pre.encoder}): same images, "
+        logger.info(f"pretrain: reusing the encoder of run {source} ({pre.encoder}): same images, "
             "seed and settings, and the pretraining reads no labels")
         return pre, source
     with _stage(ctx, "pretrain"):
@@ -173,7 +176,7 @@ def _finetune_and_eval(ctx: Context, loss: str, encoder: Path, pretrain_run: str
     return HeadRun(model=model, finetune=ft, metrics=metrics, noise=noise)
 
 
-def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None = None
+def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = None
               ) -> SeedRun:
     """data → pretrain → finetune → eval (+ baselines) for one seed, one child run per stage."""
     timings: dict[str, float] = {}
@@ -195,14 +198,14 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, log, shared: dict | None 
     timings["data"] = time.perf_counter() - t
     check_pool(ctx)  # self-training without an unlabeled pool stops before any training
     tracker.set_tags(ctx.tags("pipeline"))
-    log(f"data: {stats['samples']} training images, imbalance {stats['imbalance_ratio']:.0f}, "
+    logger.info(f"data: {stats['samples']} training images, imbalance {stats['imbalance_ratio']:.0f}, "
         f"realised noise {stats['noise_rate']:.3f}, manifest {ctx.manifest.hash}")
 
     t = time.perf_counter()
-    pre, pretrain_run = _pretrain(ctx, shared, log)
+    pre, pretrain_run = _pretrain(ctx, shared)
     timings["pretrain"] = time.perf_counter() - t
     knn = pre.last_epoch.get("knn/top1")
-    log(f"pretrain: {len(pre.history)} epochs in {timings['pretrain']:.0f}s, "
+    logger.info(f"pretrain: {len(pre.history)} epochs in {timings['pretrain']:.0f}s, "
         f"kNN top-1 {knn if knn is None else f'{knn:.4f}'}")
 
     loss = recipe.finetune.loss.name

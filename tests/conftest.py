@@ -1,4 +1,5 @@
 import gzip
+import logging
 import struct
 from pathlib import Path
 
@@ -13,6 +14,27 @@ def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
     raw = header + array.astype(np.uint8).tobytes()
     path.write_bytes(gzip.compress(raw) if gz else raw)
     return path
+
+
+class LogLines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def ltscale_log():
+    """The messages ltscale logs during the test (its ``ltscale`` logger tree), in order."""
+    handler = LogLines()
+    logger = logging.getLogger("ltscale")
+    logger.addHandler(handler)
+    try:
+        yield handler.lines
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

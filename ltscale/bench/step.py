@@ -63,7 +63,7 @@ def _engine(method_name, backbone, batch, size, steps) -> tuple[float, float]:
     t, c = time.perf_counter(), time.process_time()
     fit(method, _Repeat(data, steps), sampler, opt, LoopConfig(epochs=1, warmup_epochs=0.1,
                                                                  progress=False, log_every=10),
-        LocalBackend("cpu"), NullTracker(), log=lambda *_: None)
+        LocalBackend("cpu"), NullTracker())
     return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
 

@@ -107,7 +107,9 @@ def cmd_submit(args):
     if args.dry_run:
         print(dry_run_text(plan))
         return 0
-    jobs = submit(plan)
+    submitted = submit(plan)
+    print("\n".join(submitted.lines()))
+    jobs = submitted.jobs
     if args.wait:
         from ltscale.launch.submit import wait_for
 

@@ -4,6 +4,7 @@ of every rank, runs of another experiment)."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch
 
 from ltscale.atomic import atomic_path
 from ltscale.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -76,10 +79,9 @@ class CheckpointManager:
     loop state with every rank's RNG states, then applies the retention."""
 
     def __init__(self, path: Path | None, backend, fingerprint: str, *, keep: int = 2,
-                 desc: str = "train", log=print):
+                 desc: str = "train"):
         self.path = Path(path) if path is not None else None
-        self.backend, self.fingerprint, self.keep, self.desc, self.log = backend, fingerprint, \
-            keep, desc, log
+        self.backend, self.fingerprint, self.keep, self.desc = backend, fingerprint, keep, desc
         self.last_good: Path | None = None
         self.foreign: list[Path] = []  # another experiment's checkpoints, removed at first save
 
@@ -95,11 +97,11 @@ class CheckpointManager:
                 meta = self.backend.peek(candidate)
             except CheckpointError as exc:  # a file cut short by a kill: skip to an older one
                 if self.backend.is_main:
-                    self.log(f"{self.desc}: skipping unreadable {candidate.name} ({exc})")
+                    logger.warning(f"{self.desc}: skipping unreadable {candidate.name} ({exc})")
                 continue
             if meta is None or meta.get("fingerprint") != self.fingerprint:
                 if self.backend.is_main:
-                    self.log(f"{self.desc}: {candidate.name} belongs to another experiment; "
+                    logger.warning(f"{self.desc}: {candidate.name} belongs to another experiment; "
                              "starting afresh (its checkpoints are replaced by the first save)")
                 self.foreign = checkpoint_files(self.path)
                 return None
@@ -112,7 +114,7 @@ class CheckpointManager:
                 set_rng_state(rngs[self.backend.rank])
             self.last_good = candidate
             if self.backend.is_main:
-                self.log(f"{self.desc}: resuming from {candidate.name} (epoch "
+                logger.info(f"{self.desc}: resuming from {candidate.name} (epoch "
                          f"{saved['epoch']}, step {saved['step']})")
             return {"epoch": saved["epoch"], "step": saved["step"],
                     "epoch_step": saved.get("epoch_step", 0), "history": saved["history"]}

@@ -32,6 +32,7 @@ rank only) with a 4-byte all-reduce every ``stop_check_every`` steps, on a CPU g
 from __future__ import annotations
 
 import contextlib
+import logging
 import resource
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ from ltscale.engine.checkpoint import CheckpointManager
 from ltscale.engine.optim import lr_factor, set_lr
 from ltscale.errors import DataError
 from ltscale.progress import bar as progress_bar
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,7 +92,7 @@ def _stop_requested(backend, step: int, every: int) -> bool:
     return backend.any_rank(preempt.requested())
 
 
-def _preempted(ckpt, state, model, optimizer, sampler, cfg, backend, log):
+def _preempted(ckpt, state, model, optimizer, sampler, cfg, backend):
     """Save this step's checkpoint on every rank (unless it was just written) and stop."""
     if ckpt.path is not None and (ckpt.last_good is None or
                                   ckpt.last_good != ckpt.target(state.step)):
@@ -98,7 +101,7 @@ def _preempted(ckpt, state, model, optimizer, sampler, cfg, backend, log):
     message = (f"{cfg.desc}: stopped on request at epoch {state.epoch + 1}, step {state.step}; "
                f"saved {where}")
     if backend.is_main:
-        log(message)
+        logger.info(message)
     raise preempt.Preempted(message, ckpt.last_good)
 
 
@@ -117,9 +120,9 @@ class _Run:
     the checkpoints; ``step`` takes one optimizer step, ``end_epoch`` closes an epoch."""
 
     def __init__(self, model, optimizer, sampler, loader, cfg: LoopConfig, backend, tracker,
-                 ckpt: CheckpointManager, log, *, steps_per_epoch: int):
+                 ckpt: CheckpointManager, *, steps_per_epoch: int):
         self.model, self.optimizer, self.sampler, self.loader = model, optimizer, sampler, loader
-        self.cfg, self.backend, self.tracker, self.ckpt, self.log = cfg, backend, tracker, ckpt, log
+        self.cfg, self.backend, self.tracker, self.ckpt = cfg, backend, tracker, ckpt
         self.inner = backend.unwrap(model)
         self.micro = max(1, cfg.accumulate)
         self.steps_per_epoch = steps_per_epoch
@@ -163,7 +166,7 @@ class _Run:
         if preempt.watching() and _stop_requested(self.backend, state.step,
                                                   cfg.stop_check_every):
             _preempted(self.ckpt, state, self.model, self.optimizer, self.sampler, cfg,
-                       self.backend, self.log)
+                       self.backend)
         lr = set_lr(self.optimizer, lr_factor(state.step, self.total, self.warmup, cfg.schedule))
         outs = [self._micro_batch(batches, state, epoch, m, meter) for m in range(self.micro)]
         self.backend.step(self.optimizer, self.model)
@@ -204,7 +207,7 @@ class _Run:
             skipped = [s for part in backend.all_gather_object(list(stats.skipped)) for s in part]
             record["data/skipped"] = float(len(skipped))
             if skipped and backend.is_main:
-                report_skipped(EpochStats(skipped=skipped), self.log,
+                report_skipped(EpochStats(skipped=skipped),
                                f"{cfg.desc} epoch {epoch + 1}")
         if on_epoch_end is not None:
             record |= on_epoch_end(epoch)
@@ -218,7 +221,7 @@ class _Run:
 
 def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, backend, tracker,
         checkpoint: Path | None = None, on_epoch_end: Callable[[int], dict] | None = None,
-        fingerprint: str = "", log=print) -> LoopState:
+        fingerprint: str = "") -> LoopState:
     """Train ``method`` for ``cfg.epochs``; resume from the newest checkpoint of the same
     experiment (same ``fingerprint``: data, method and optimisation settings).
 
@@ -234,8 +237,7 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
         if epoch_hook is not None:  # e.g. re-pruning, re-clustering, deferred re-weighting
             epoch_hook(epoch, cfg.epochs)
 
-    ckpt = CheckpointManager(checkpoint, backend, fingerprint, keep=cfg.keep, desc=cfg.desc,
-                             log=log)
+    ckpt = CheckpointManager(checkpoint, backend, fingerprint, keep=cfg.keep, desc=cfg.desc)
     resumed = ckpt.resume(model, optimizer, sampler, start_epoch)
     state = LoopState(**resumed) if resumed else LoopState()
     steps_per_epoch = sampler.batches_per_epoch() // micro
@@ -244,7 +246,7 @@ def fit(method: torch.nn.Module, loader, sampler, optimizer, cfg: LoopConfig, ba
     if steps_per_epoch == 0:
         raise DataError(f"{cfg.desc}: {sampler.n} samples make no full step of {micro} × "
                         f"{sampler.batch_size} per rank; lower the batch size or accumulation")
-    run = _Run(model, optimizer, sampler, loader, cfg, backend, tracker, ckpt, log,
+    run = _Run(model, optimizer, sampler, loader, cfg, backend, tracker, ckpt,
                steps_per_epoch=steps_per_epoch)
     model.train()
     with preempt.loop_running():

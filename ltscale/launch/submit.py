@@ -156,8 +156,27 @@ def make_executor(plan: Plan):
     return ex
 
 
-def submit(plan: Plan, log=print) -> list:
-    """Queue the plan's jobs; returns submitit ``Job`` objects (one per sweep point)."""
+@dataclass
+class Submission:
+    """What ``submit`` queued: submitit ``Job`` objects (one per sweep point) and their records
+    (the lines appended to ``<folder>/jobs.jsonl``)."""
+    jobs: list
+    records: list[dict]
+    journal: Path
+    notes: list[str]
+
+    def lines(self) -> list[str]:
+        """What ``ltscale submit`` prints: each job with its command and log file."""
+        out = []
+        for rec in self.records:
+            label = "" if rec["label"] == "base" else f" [{rec['label']}]"
+            out += [f"submitted job {rec['job_id']}{label}: ltscale {shlex.join(rec['argv'])}",
+                    f"  logs: {rec['stdout']}"]
+        return out + [f"job records: {self.journal}"] + [f"note: {n}" for n in self.notes]
+
+
+def submit(plan: Plan) -> Submission:
+    """Queue the plan's jobs and append their records to ``<folder>/jobs.jsonl``."""
     from ltscale.launch.job import LtscaleJob
 
     ex = make_executor(plan)
@@ -170,22 +189,16 @@ def submit(plan: Plan, log=print) -> list:
             jobs = [ex.submit(call) for call in calls]
     records = []
     for job, argv, label in zip(jobs, plan.argvs, plan.labels):
-        rec = {"job_id": str(job.job_id), "cluster": plan.cluster, "label": label,
-               "argv": argv, "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
-               "nodes": plan.opts.nodes, "tasks_per_node": plan.opts.ntasks_per_node,
-               "tracking_uri": plan.tracking_uri, "submitted_at": time.time()}
-        records.append(rec)
-        log(f"submitted job {rec['job_id']}{'' if label == 'base' else f' [{label}]'}: "
-            f"ltscale {shlex.join(argv)}")
-        log(f"  logs: {rec['stdout']}")
+        records.append({"job_id": str(job.job_id), "cluster": plan.cluster, "label": label,
+                        "argv": argv, "stdout": str(job.paths.stdout),
+                        "stderr": str(job.paths.stderr), "nodes": plan.opts.nodes,
+                        "tasks_per_node": plan.opts.ntasks_per_node,
+                        "tracking_uri": plan.tracking_uri, "submitted_at": time.time()})
     record_jobs(plan.folder / "jobs.jsonl", records)
     placeholder = plan.job_folder  # submitit may leave the unexpanded "%j" folder behind, empty
     if placeholder.is_dir() and not any(placeholder.iterdir()):
         placeholder.rmdir()
-    log(f"job records: {plan.folder / 'jobs.jsonl'}")
-    for note in plan.notes:
-        log(f"note: {note}")
-    return jobs
+    return Submission(jobs, records, plan.folder / "jobs.jsonl", list(plan.notes))
 
 
 def record_jobs(path: Path, records: list[dict]) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,8 @@ from ltscale.engine.backend import LocalBackend
 from ltscale.errors import DataError
 from ltscale.track import NullTracker
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Context:
@@ -44,11 +46,6 @@ class Context:
     @property
     def device(self) -> torch.device:
         return self.backend.device
-
-    def log(self, message: str) -> None:
-        """A concise line on stderr, from rank 0 only."""
-        if self.backend.is_main:
-            print(f"ltscale: {message}", file=sys.stderr)
 
     def tags(self, stage: str) -> dict:
         return {"ltscale.stage": stage, "ltscale.version": __version__,
@@ -142,7 +139,7 @@ def _usable(shards: Path, recipe: Recipe) -> bool:
             card = {}
         src = recipe.data.source
         if card.get("kind") == src.kind and str(card.get("path")) == str(src.path):
-            print(f"ltscale: rebuilding {shards} from {src.path} ({exc})", file=sys.stderr)
+            logger.warning(f"rebuilding {shards} from {src.path} ({exc})")
             return False
         raise
 

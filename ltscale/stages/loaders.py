@@ -27,7 +27,7 @@ def stage_loader(ctx: Context, dataset, sampler, workers: int, preset=None, eval
         check_shards(ctx.index, dataset.rows, d.loader.check)
     return build_loader(dataset, sampler, settings(ctx, workers), device=ctx.device,
                         mean=d.mean, std=d.std, preset=preset, eval_spec=evaluation,
-                        channels=d.channels, log=ctx.log)
+                        channels=d.channels)
 
 
 def train_loader(ctx: Context, *, augment, batch_size: int, workers: int, seed: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from ltscale.models import create_backbone
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import knn_loaders, train_loader
 from ltscale.stages.results import TrainResult
+
+logger = logging.getLogger(__name__)
 
 
 def new_encoder(ctx: Context, seed: int | None = None) -> torch.nn.Module:
@@ -140,7 +143,7 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
     t0 = time.perf_counter()
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
                 checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end,
-                fingerprint=_fingerprint(ctx, settings), log=ctx.log)
+                fingerprint=_fingerprint(ctx, settings))
     ctx.backend.finish(method)  # fp32 master weights for the export and the next stage
     encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx)  # + its projector
     return TrainResult(method=method, history=state.history, seconds=time.perf_counter() - t0,
@@ -235,7 +238,7 @@ def _start_from(ctx: Context, method, previous, stage: str) -> None:
     new, old = _unwrap(method), _unwrap(previous)
     new.encoder.load_state_dict(old.encoder.state_dict())
     new.init_from(old)
-    ctx.log(f"pretrain/{stage}: starts from the previous stage's {type(old).__name__}")
+    logger.info(f"pretrain/{stage}: starts from the previous stage's {type(old).__name__}")
 
 
 def run_pretrain(ctx: Context) -> TrainResult:

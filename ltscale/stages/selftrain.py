@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -47,6 +48,8 @@ from ltscale.stages.pretrain import (
     save_encoder,
 )
 from ltscale.stages.results import FinetuneResult, SelfTrainResult, TrainResult
+
+logger = logging.getLogger(__name__)
 
 NAME = "selftrain"
 
@@ -155,7 +158,7 @@ def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
                 pseudo.save(fh)
         ctx.tracker.log_artifact(stage_dir / "pseudo_labels.npz")
     timings["pseudo_label"] = time.perf_counter() - t
-    ctx.log(f"{NAME}: teacher {teacher_name} pseudo-labelled {int(metrics['selftrain/kept'])} of "
+    logger.info(f"{NAME}: teacher {teacher_name} pseudo-labelled {int(metrics['selftrain/kept'])} of "
             f"{len(pseudo.rows)} unlabeled images"
             + (f", accuracy {metrics['selftrain/pseudo_accuracy']:.3f} on known clean labels"
                if "selftrain/pseudo_accuracy" in metrics else ""))
@@ -181,7 +184,7 @@ def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
                      progress=ctx.progress, desc=NAME)
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
                 checkpoint=stage_dir / "checkpoint.pt",
-                fingerprint=_fingerprint(ctx, train_set, init), log=ctx.log)
+                fingerprint=_fingerprint(ctx, train_set, init))
     timings["student"] = time.perf_counter() - t
     ctx.backend.finish(method)  # the fp32 master weights from here on
     encoder_path = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()

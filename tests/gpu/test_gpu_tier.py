@@ -159,8 +159,7 @@ def test_dali_mixed_decoding_matches_the_cpu_path(tmp_path):
         ds = ManifestDataset.from_split(index, "train", None)
         sampler = EpochSampler(len(ds), batch_size=8, seed=0, tail="keep")
         loader = DaliLoader(ds, sampler, LoaderSettings(backend="dali", workers=2),
-                            device=torch.device(device), mean=mean, std=std,
-                            log=lambda m: None, eval_spec=spec)
+                            device=torch.device(device), mean=mean, std=std, eval_spec=spec)
         out[device] = [(x.float().cpu(), pos.cpu()) for x, _, pos in loader]
     assert [p.tolist() for _, p in out["cpu"]] == [p.tolist() for _, p in out["cuda"]]
     level = 1 / 255 / 0.25  # one 8-bit level in normalised units

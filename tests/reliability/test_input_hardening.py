@@ -66,7 +66,7 @@ def trained(tmp_path_factory) -> dict:
         write_idx(idx / f"{split}-labels-idx1-ubyte.gz", labels)
     raw = tiny_pipeline_recipe(idx, root / "run", root / "shards")
     raw["finetune"]["extra_losses"] = ["ce"]
-    run_pipeline(recipe_from_dict(raw), NullTracker(), progress=False, log=lambda *_: None)
+    run_pipeline(recipe_from_dict(raw), NullTracker(), progress=False)
     recipe = root / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
     return {"recipe": recipe, "out": root / "run", "idx": idx, "shards": root / "shards"}

@@ -202,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     check_shards(index, dataset.rows, args.check)
     settings = LoaderSettings(backend=args.loader, workers=args.workers, on_error=args.on_error)
     loader = build_loader(dataset, sampler, settings, device=backend.device, mean=(0.5,) * 3,
-                          std=(0.25,) * 3, preset=preset, channels=3,
-                          log=lambda m: print(m, file=sys.stderr))
+                          std=(0.25,) * 3, preset=preset, channels=3)
 
     torch.manual_seed(args.seed)
     model = TinyNet(index.num_classes, args.dropout, out, backend.rank)
@@ -218,9 +217,6 @@ def main(argv: list[str] | None = None) -> int:
                      checkpoint_every=args.checkpoint_every, keep=args.keep, progress=False,
                      desc="reliability")
     ckpt = out / "ck.pt"
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     def on_epoch_end(epoch: int) -> dict:
         pause = os.environ.get("RELI_PAUSE", "")
@@ -241,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sampler.load_state_dict = load_and_dump
     state = fit(model, loader, sampler, optimizer, cfg, backend, NullTracker(),
-                checkpoint=ckpt, on_epoch_end=on_epoch_end, fingerprint=fingerprint, log=log)
+                checkpoint=ckpt, on_epoch_end=on_epoch_end, fingerprint=fingerprint)
     if backend.is_main:
         torch.save(_state(model, optimizer) | {"history": state.history,
                                                "step": state.step}, out / "final.pt")

@@ -132,7 +132,7 @@ def _train(backend, batch, ck, rank=0, world=1, epochs=2, every=3):
     cfg = LoopConfig(epochs=epochs, progress=False, schedule="cosine", checkpoint_every=every,
                      keep=10)
     state = fit(model, loader, sampler, opt, cfg, backend, NullTracker(), checkpoint=ck,
-                fingerprint="f", log=lambda *_: None)
+                fingerprint="f")
     return model, opt, state
 
 

@@ -31,13 +31,21 @@ N, BATCH, ACC, LR = 128, 8, 2, 0.2
 STEPS_PER_EPOCH = N // (2 * BATCH * ACC)  # 2 ranks
 
 WORKER = textwrap.dedent('''
-    import json, sys
+    import json, logging, sys
     import torch
     from torch import nn
     from ltscale.data.sampling import EpochSampler
     from ltscale.engine.deepspeed_backend import DeepSpeedBackend
     from ltscale.engine.loop import LoopConfig, fit
     from ltscale.track import NullTracker
+
+    class Keep(logging.Handler):  # ltscale's log lines of one run
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
 
     class Regress(nn.Module):
         views = 1
@@ -69,15 +77,17 @@ WORKER = textwrap.dedent('''
         opt = torch.optim.SGD(model.parameters(), lr=run["lr"])
         for g_ in opt.param_groups:
             g_["base_lr"] = run["lr"]
-        logs = []
+        keep = Keep()
+        logging.getLogger('ltscale').addHandler(keep)
         cfg = LoopConfig(epochs=run["epochs"], progress=False, schedule="cosine",
                          warmup_epochs=1, accumulate=run["accumulate"])
         state = fit(model, loader, sampler, opt, cfg, backend, NullTracker(),
-                    checkpoint=run["ck"], fingerprint="f", log=logs.append)
+                    checkpoint=run["ck"], fingerprint="f")
+        logging.getLogger("ltscale").removeHandler(keep)
         if backend.is_main:
             torch.save({"params": {k: v.float() for k, v in model.state_dict().items()},
                         "dtype": str(model.lin.weight.dtype), "first": model.first,
-                        "step": state.step, "history": state.history, "logs": logs,
+                        "step": state.step, "history": state.history, "logs": keep.lines,
                         "world_size": backend.world_size}, run["out"])
     for b in reversed(backends):  # the first one owns the process group
         b.close()

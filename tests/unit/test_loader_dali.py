@@ -77,9 +77,9 @@ def sampler(n, **kw):
     return EpochSampler(n, **kw)
 
 
-def dali(ds, s, *, preset=None, spec=None, channels=3, log=None, workers=1, py_workers=0):
+def dali(ds, s, *, preset=None, spec=None, channels=3, workers=1, py_workers=0):
     return DaliLoader(ds, s, LoaderSettings(backend="dali", workers=workers), device=CPU,
-                      mean=MEAN[:channels], std=STD[:channels], log=log or (lambda m: None),
+                      mean=MEAN[:channels], std=STD[:channels],
                       preset=preset, eval_spec=spec, channels=channels, py_workers=py_workers)
 
 
@@ -96,7 +96,7 @@ def test_same_positions_as_the_torch_backend_per_epoch_and_rank(rgb, tail):
         kw = {"tail": tail, "rank": rank, "world_size": 2, "shuffle": "global"}
         st, sd = sampler(len(ds_t), **kw), sampler(len(ds_d), **kw)
         torch_loader = TorchLoader(ds_t, st, LoaderSettings(workers=0), device=CPU,
-                                   mean=MEAN, std=STD, log=lambda m: None)
+                                   mean=MEAN, std=STD)
         dali_loader = dali(ds_d, sd, spec=spec)
         for epoch in (0, 1):
             st.set_epoch(epoch), sd.set_epoch(epoch)
@@ -280,16 +280,14 @@ def corrupt(tmp_path):
     return idx, str(idx.key[row])
 
 
-def test_skip_policy_leaves_the_sample_out_and_reports_it(corrupt):
+def test_skip_policy_leaves_the_sample_out_and_reports_it(corrupt, ltscale_log):
     idx, key = corrupt
     ds = dataset(idx, on_error="skip")
-    logged = []
-    loader = dali(ds, sampler(len(ds), tail="keep"), preset=make_preset("cifar", 24),
-                  log=logged.append)
+    loader = dali(ds, sampler(len(ds), tail="keep"), preset=make_preset("cifar", 24))
     seen = [p for _, _, pos in loader for p in pos.tolist()]
     assert len(seen) == len(ds) - 1
     assert [k for k, _ in loader.stats.skipped] == [key]
-    assert "FF D9" in loader.stats.skipped[0][1] and key in logged[0]
+    assert "FF D9" in loader.stats.skipped[0][1] and key in ltscale_log[0]
 
 
 def test_fail_policy_raises_naming_the_sample(corrupt):

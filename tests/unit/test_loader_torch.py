@@ -72,15 +72,14 @@ def load(directory):
 
 
 def make(index, views, *, workers=0, batch_size=8, seed=3, epoch=0, on_error="fail",
-         tail="drop", shuffle="global", log=None, mean=MEAN, std=STD):
+         tail="drop", shuffle="global", mean=MEAN, std=STD):
     rows = np.arange(len(index))
     ds = ManifestDataset(index, rows, index.label[rows], views, on_error=on_error)
     sampler = EpochSampler(len(ds), batch_size=batch_size, seed=seed, tail=tail, shuffle=shuffle)
     sampler.set_epoch(epoch)
     loader = TorchLoader(ds, sampler, LoaderSettings(workers=workers, prefetch=2,
                                                      on_error=on_error),
-                         device=CPU, mean=mean, std=std,
-                         log=(log.append if log is not None else (lambda *_: None)))
+                         device=CPU, mean=mean, std=std)
     return loader, sampler, ds
 
 
@@ -318,17 +317,16 @@ def test_fail_policy_names_the_corrupt_sample_and_its_shard(jpeg_copy, workers):
     assert loader.loader._iterator is None
 
 
-def test_skip_policy_finishes_the_epoch_and_reports_the_key(jpeg_copy):
+def test_skip_policy_finishes_the_epoch_and_reports_the_key(jpeg_copy, ltscale_log):
     key, _ = corrupt(jpeg_copy, 13)
-    logged = []
     loader, _, _ = make(jpeg_copy, TrainViews(make_preset("simclr", 16, 3), 3), tail="keep",
-                        on_error="skip", log=logged)
+                        on_error="skip")
     batches = collect(loader)
     assert len(batches) == 4  # 30 in batches of 8: 8, 8, 8, 6
     assert [k for k, _ in loader.stats.skipped] == [key]
     assert loader.stats.samples == 29 == sum(len(y) for _, y, _ in batches)
     assert 13 not in torch.cat([p for _, _, p in batches]).tolist()
-    assert len(logged) == 1 and key in logged[0] and "skipped 1" in logged[0]
+    assert len(ltscale_log) == 1 and key in ltscale_log[0] and "skipped 1" in ltscale_log[0]
 
 
 def test_skip_policy_counts_the_samples_a_truncated_shard_lost(jpeg_copy):

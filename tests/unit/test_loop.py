@@ -48,7 +48,7 @@ def _run(tmp_path, epochs, fingerprint="a", seed=0):
     opt = _sgd(model)
     state = fit(model, loader, sampler, opt, LoopConfig(epochs=epochs, progress=False, schedule="constant"),
                 LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt",
-                fingerprint=fingerprint, log=lambda *_: None)
+                fingerprint=fingerprint)
     return model, state
 
 
@@ -107,7 +107,7 @@ def _run_noisy(ck, epochs=2, fail_at=None, every=3, accumulate=1, batch=8, keep=
     cfg = LoopConfig(epochs=epochs, progress=False, checkpoint_every=every, keep=keep,
                      accumulate=accumulate)
     state = fit(model, loader, sampler, opt, cfg, LocalBackend("cpu"), NullTracker(),
-                checkpoint=ck, fingerprint="f", log=lambda *_: None)
+                checkpoint=ck, fingerprint="f")
     return model, state
 
 
@@ -147,7 +147,7 @@ def test_a_nan_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path):
     opt = _sgd(model)
     with pytest.raises(FloatingPointError, match=r"step 5; .*ck-000000003\.pt"):
         fit(model, loader, sampler, opt, LoopConfig(epochs=1, progress=False, checkpoint_every=3),
-            LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt", log=lambda *_: None)
+            LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt")
 
 
 def test_gradient_accumulation_matches_the_larger_batch():
@@ -162,7 +162,7 @@ def test_gradient_accumulation_matches_the_larger_batch():
         opt = _sgd(model)
         state = fit(model, loader, sampler, opt,
                     LoopConfig(epochs=1, progress=False, accumulate=acc, schedule="constant"),
-                    LocalBackend("cpu"), NullTracker(), log=lambda *_: None)
+                    LocalBackend("cpu"), NullTracker())
         assert state.step == 8
         results.append(model.lin.weight.detach().clone())
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
@@ -211,7 +211,7 @@ def test_mixed_precision_trains_on_the_local_backend(tmp_path, precision):
     backend = LocalBackend("cpu", precision=precision)
     state = fit(model, loader, sampler, opt, LoopConfig(epochs=4, progress=False,
                                                           schedule="constant"),
-                backend, NullTracker(), checkpoint=tmp_path / "ck.pt", log=lambda *_: None)
+                backend, NullTracker(), checkpoint=tmp_path / "ck.pt")
     losses = [h["epoch/loss"] for h in state.history]
     assert losses[-1] < 0.5 * losses[0]
     saved = load_checkpoint(latest_checkpoint(tmp_path / "ck.pt"))

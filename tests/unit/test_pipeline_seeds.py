@@ -13,7 +13,7 @@ def test_seeds_give_one_output_per_seed_and_mean_std_in_the_report(tiny_idx, tmp
     raw = tiny_pipeline_recipe(tiny_idx, tmp_path / "out", tmp_path / "shards")
     raw["data"]["loader"] = {"check": "checksum"}
     recipe = recipe_from_dict(raw | {"name": "seeds", "seeds": [0, 1]})
-    summary = run_pipeline(recipe, NullTracker(), progress=False, log=lambda *_: None)
+    summary = run_pipeline(recipe, NullTracker(), progress=False)
     assert summary["seeds"] == [0, 1]
     for s in (0, 1):
         assert (tmp_path / "out" / f"seed{s}" / "finetune" / "head.pt").exists()

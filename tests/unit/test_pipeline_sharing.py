@@ -3,6 +3,8 @@
 labels reuses an earlier point's encoder of the same images. Both must give exactly what the
 unshared runs give."""
 
+import logging
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ from ltscale.pipeline import run_pipeline
 from ltscale.stages.context import make_context
 from ltscale.stages.pretrain import label_free_key
 from ltscale.track import NullTracker
-from tests.conftest import tiny_pipeline_recipe
+from tests.conftest import LogLines, tiny_pipeline_recipe
 
 
 def _recipe(tiny_idx, tmp_path, out, **changes):
@@ -28,10 +30,14 @@ def _recipe(tiny_idx, tmp_path, out, **changes):
 
 
 def _run(recipe, shared=None):
-    lines = []
-    summary = run_pipeline(recipe, NullTracker(), progress=False, log=lines.append,
-                           shared=shared)
-    return summary, lines
+    lines = LogLines()
+    logger = logging.getLogger("ltscale")
+    logger.addHandler(lines)
+    try:
+        summary = run_pipeline(recipe, NullTracker(), progress=False, shared=shared)
+    finally:
+        logger.removeHandler(lines)
+    return summary, lines.lines
 
 
 def test_extra_heads_share_the_cache_and_equal_their_own_runs(tiny_idx, tmp_path):

@@ -41,19 +41,19 @@ def watched():
     signal.signal(SIG, previous)
 
 
-def _fit(tmp_path, at=None):
+def _fit(tmp_path, at=None, lines=None):
     torch.manual_seed(0)
     loader, sampler = _toy_data()
     model = SignalAt(at)
-    lines = []
     state = fit(model, loader, sampler, _sgd(model),
                 LoopConfig(epochs=3, progress=False, schedule="constant", keep=10),
                 LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt",
-                fingerprint="p", log=lines.append)
+                fingerprint="p")
     return model, state, lines
 
 
-def test_a_signal_mid_epoch_saves_that_step_and_the_resume_ends_equal(tmp_path, watched):
+def test_a_signal_mid_epoch_saves_that_step_and_the_resume_ends_equal(tmp_path, watched,
+                                                                     ltscale_log):
     with pytest.raises(preempt.Preempted) as stop:
         _fit(tmp_path / "a", at=11)  # during step 11 (epoch 2 of 8-step epochs)
     assert stop.value.code == 143
@@ -65,7 +65,7 @@ def test_a_signal_mid_epoch_saves_that_step_and_the_resume_ends_equal(tmp_path, 
     assert watched == []  # a loop was running: no fallback to the earlier handler
     preempt.reset()
     preempt.watch(SIG)
-    resumed, state, lines = _fit(tmp_path / "a")
+    resumed, state, lines = _fit(tmp_path / "a", lines=ltscale_log)
     assert any("resuming from ck-000000011.pt" in line for line in lines)
     straight, _, _ = _fit(tmp_path / "b")
     for k, v in straight.state_dict().items():

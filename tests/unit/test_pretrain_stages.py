@@ -50,7 +50,7 @@ def test_bad_stage_lists_are_refused(tmp_path, tiny_idx, bad, message):
 
 
 def test_each_stage_starts_from_the_previous_encoder_and_resumes(tmp_path, tiny_idx,
-                                                                 monkeypatch):
+                                                                 monkeypatch, ltscale_log):
     ctx = make_context(_recipe(tmp_path, tiny_idx), progress=False)
     handed = []
     real = pre._start_from
@@ -75,9 +75,8 @@ def test_each_stage_starts_from_the_previous_encoder_and_resumes(tmp_path, tiny_
 
     # a second run finds both stages done: each resumes its own last checkpoint, same encoder
     ctx = make_context(_recipe(tmp_path, tiny_idx), progress=False)
-    lines = []
-    ctx.log = lines.append
+    ltscale_log.clear()
     again = pre.run_pretrain(ctx)
-    resumed = [line for line in lines if "resuming from" in line]
+    resumed = [line for line in ltscale_log if "resuming from" in line]
     assert [line.split(":")[0] for line in resumed] == ["pretrain/first", "pretrain/second"]
     assert all(torch.equal(again.method.encoder.state_dict()[k], final[k]) for k in final)

@@ -129,7 +129,7 @@ def test_the_training_loop_reprunes_at_each_epoch_start_and_checkpoints_the_mask
     method.set_epoch = spy
     fit(method, loader, sampler, opt, LoopConfig(epochs=2, max_steps_per_epoch=2,
                                                  progress=False, schedule="constant"),
-        LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt", log=lambda *_: None)
+        LocalBackend("cpu"), NullTracker(), checkpoint=tmp_path / "ck.pt")
     assert [e for e, _, _ in seen] == [0, 1]
     for _, masks, expected in seen:
         assert all(torch.equal(m, e) for m, e in zip(masks, expected))

@@ -32,7 +32,7 @@ def _stream(index, ds, *, batch_size=4, world=1, rank=0, workers=0, tail="drop",
     settings = LoaderSettings(backend="stream", workers=workers, urls=urls, shuffle_buffer=16,
                               on_error=on_error)
     return build_loader(ds, sampler, settings, device=torch.device("cpu"), mean=[0.5],
-                        std=[0.25], log=lambda m: None)
+                        std=[0.25])
 
 
 def test_stream_reads_only_manifest_samples_with_manifest_labels(shards):

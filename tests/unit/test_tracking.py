@@ -54,8 +54,7 @@ def pipeline_runs(tmp_path_factory, store):
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     uri = store
     recipe = _recipe(root, tmp)
-    summary = run_pipeline(recipe, MlflowTracker(uri, "tracked"), progress=False,
-                           log=lambda *_: None)
+    summary = run_pipeline(recipe, MlflowTracker(uri, "tracked"), progress=False)
     return {"uri": uri, "summary": summary, "recipe": recipe, "runs": _runs(uri)}
 
 
@@ -121,7 +120,7 @@ def test_a_failing_stage_ends_failed_with_its_error(tiny_idx, tmp_path, monkeypa
     monkeypatch.setattr(pipeline, "run_pretrain", broken)
     with pytest.raises(RuntimeError, match="blew up"):
         run_pipeline(_recipe(tiny_idx, tmp_path), MlflowTracker(store, "failing"),
-                     progress=False, log=lambda *_: None)
+                     progress=False)
     runs = _runs(store, "failing")
     assert runs["data"].info.status == "FINISHED"
     for stage in ("pretrain", "pipeline"):

@@ -29,25 +29,24 @@ from ltscale.errors import DataError
 
 
 def build_loader(dataset, sampler, settings: LoaderSettings, *, device: torch.device,
-                 mean, std, log=print, preset=None, eval_spec=None, channels: int = 3) -> Loader:
+                 mean, std, preset=None, eval_spec=None, channels: int = 3) -> Loader:
     """The loader for ``settings.backend`` over ``dataset`` in ``sampler`` order."""
     if settings.backend == "torch":
         from ltscale.data.loading.torch_loader import TorchLoader
 
-        loader = TorchLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
-                             log=log)
+        loader = TorchLoader(dataset, sampler, settings, device=device, mean=mean, std=std)
     elif settings.backend == "dali":
         from ltscale.data.loading.dali_loader import DaliLoader
 
         loader = DaliLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
-                            log=log, preset=preset, eval_spec=eval_spec, channels=channels)
+                            preset=preset, eval_spec=eval_spec, channels=channels)
     elif settings.backend == "stream":
         from ltscale.data.loading.stream_loader import StreamingLoader, shard_urls
 
         urls = shard_urls(dataset.reader.index, dataset.rows, settings.urls)
         loader = StreamingLoader(dataset, sampler, settings, device=device, mean=mean, std=std,
                                  urls=urls, shuffle_buffer=settings.shuffle_buffer,
-                                 train=sampler.tail != "keep", log=log)
+                                 train=sampler.tail != "keep")
     else:
         raise DataError(f"unknown loader backend {settings.backend!r}; choose one of {BACKENDS}")
     loader.preset = preset

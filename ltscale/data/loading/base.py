@@ -4,12 +4,15 @@ stages and the training loop rely on."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
 import torch
 
 from ltscale.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "dali", "stream")
 
@@ -64,11 +67,12 @@ class Normalizer:
         return x.to(torch.float32).mul_(scale).add_(shift)
 
 
-def report_skipped(stats: EpochStats, log, what: str = "epoch") -> None:
+def report_skipped(stats: EpochStats, what: str = "epoch") -> None:
+    """A warning naming the samples an epoch skipped (the first five) and why."""
     if stats.skipped:
         shown = "; ".join(f"{key}: {why}" for key, why in stats.skipped[:5])
         more = f" (+{len(stats.skipped) - 5} more)" if len(stats.skipped) > 5 else ""
-        log(f"{what}: skipped {len(stats.skipped)} unreadable samples: {shown}{more}")
+        logger.warning(f"{what}: skipped {len(stats.skipped)} unreadable samples: {shown}{more}")
 
 
 class Loader(Protocol):

@@ -208,7 +208,7 @@ class DaliLoader:
     MAX_DEPTH = 2    # batches the pipeline works ahead (each one is B decoded images of memory)
 
     def __init__(self, dataset, sampler: EpochSampler, settings: LoaderSettings, *,
-                 device: torch.device, mean, std, log=print, preset=None, eval_spec=None,
+                 device: torch.device, mean, std, preset=None, eval_spec=None,
                  channels: int = 3, py_workers: int = 0):
         self.fn, self.pipeline_def, self.types = _dali()
         if preset is None and eval_spec is None:
@@ -217,7 +217,7 @@ class DaliLoader:
         if channels not in (1, 3):
             raise DataError(f"the DALI loader decodes 1 or 3 channels, not {channels}")
         self.dataset, self.sampler, self.settings = dataset, sampler, settings
-        self.device, self.log = torch.device(device), log
+        self.device = torch.device(device)
         self.preset, self.eval_spec, self.channels = preset, eval_spec, channels
         self.gpu = self.device.type == "cuda"
         if self.gpu:
@@ -394,4 +394,4 @@ class DaliLoader:
                 yield x, y, torch.from_numpy(positions)
         finally:
             del pipe
-        report_skipped(self.stats, self.log, f"epoch {self.sampler.epoch}")
+        report_skipped(self.stats, f"epoch {self.sampler.epoch}")

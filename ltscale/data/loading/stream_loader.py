@@ -83,7 +83,7 @@ class StreamingLoader:
     """webdataset streaming over ``urls`` filtered to ``dataset``'s manifest rows."""
 
     def __init__(self, dataset, sampler, settings: LoaderSettings, *, device, mean, std,
-                 urls: list[str], shuffle_buffer: int = 5000, train: bool = True, log=print):
+                 urls: list[str], shuffle_buffer: int = 5000, train: bool = True):
         try:
             import webdataset  # noqa: F401
         except ImportError:
@@ -91,7 +91,7 @@ class StreamingLoader:
                             "pip install webdataset") from None
         index = dataset.reader.index
         self.dataset, self.sampler, self.settings = dataset, sampler, settings
-        self.device, self.log, self.urls, self.train = device, log, urls, train
+        self.device, self.urls, self.train = device, urls, train
         self.buffer = shuffle_buffer
         keys, exts = index.key[dataset.rows], index.ext[dataset.rows]
         self.wanted = {str(k): (p, str(e), int(y)) for p, (k, e, y)
@@ -145,4 +145,4 @@ class StreamingLoader:
                 yield self.normalize(x.to(self.device, non_blocking=True)), y, pos
         except (OSError, ValueError) as exc:  # a broken tar or pipe under the fail policy
             raise DataError(f"streaming {len(self.urls)} shard(s) failed: {exc}") from None
-        report_skipped(self.stats, self.log, f"epoch {self.sampler.epoch} (stream)")
+        report_skipped(self.stats, f"epoch {self.sampler.epoch} (stream)")

@@ -43,8 +43,8 @@ def _collated(batch):
 
 class TorchLoader:
     def __init__(self, dataset, sampler: EpochSampler, settings: LoaderSettings, *,
-                 device: torch.device, mean, std, log=print):
-        self.dataset, self.sampler, self.device, self.log = dataset, sampler, device, log
+                 device: torch.device, mean, std):
+        self.dataset, self.sampler, self.device = dataset, sampler, device
         pin = device.type == "cuda" if settings.pin_memory is None else settings.pin_memory
         workers = settings.workers
         # workers hand over uint8 batches (a quarter of the bytes of float32 through shared
@@ -76,7 +76,7 @@ class TorchLoader:
             # per worker)
             self.close()
             raise _unwrapped(exc) from None
-        report_skipped(self.stats, self.log, f"epoch {self.sampler.epoch}")
+        report_skipped(self.stats, f"epoch {self.sampler.epoch}")
 
     def close(self) -> None:
         """Stop the persistent workers (they restart on the next iteration)."""
