@@ -3,8 +3,9 @@
 A manifest lists sample ids (rows of the index) with an observed label (possibly noisy, -1 for
 unlabeled samples), the clean label (-1 where unknown) and a role: ``labeled`` (the training set
 the learner sees labels of), ``unlabeled`` (images whose labels are withheld: few-label leftovers
-and the extra pool D_U), ``val`` and ``test`` (balanced selections). Building one never reads image
-bytes and is deterministic in (index, spec, seed). The header records the spec, the index hash it
+and the extra pool D_U), ``val`` and ``test`` (balanced selections). Building one reads no image
+bytes (except for ``idn`` noise, made from the pixels) and is deterministic in (index, spec, seed
+and, for ``human`` noise, the label file). The header records the spec, the index hash it
 was built from, per-class counts (observed and clean), the realised noise rate and a content hash;
 the noise transition counts are stored beside the arrays.
 

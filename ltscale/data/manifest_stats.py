@@ -90,8 +90,9 @@ def format_stats(stats: dict) -> str:
         lines.append(f"{c:5d} {o:9d} {k:6d} {n:6.3f}")
     source = stats.get("noise_source")
     if source:
-        lines.append("noise source: " + ", ".join(f"{k} {v}" for k, v in source.items()
-                                                  if k != "kind"))
+        lines.append("noise source: " + "; ".join(
+            f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in source.items() if k != "kind"))
     if "transition_matrix" in stats and stats["num_classes"] <= DENSE_TRANSITION_MAX_CLASSES:
         lines.append("transition matrix T[clean, observed]:")
         lines += ["  " + " ".join(f"{v:5.3f}" for v in row) for row in stats["transition_matrix"]]

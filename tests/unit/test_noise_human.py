@@ -198,3 +198,22 @@ def test_wrong_dataset_split_and_spec(c10, tmp_path, tiny_idx):
         NoiseSpec.parse(f"human:best:{path}")
     with pytest.raises(ManifestError, match="not understood"):
         NoiseSpec.parse("human:aggre")
+
+
+def test_older_kinds_record_the_same_spec_and_recipes_take_a_mapping():
+    from pydantic import ValidationError
+
+    from ltscale.config import ManifestCfg
+
+    # the new noise fields stay out of the recorded spec of the older kinds: same content hash
+    for text in ("sym:0.4", "asym:0.2:cifar10", "none", "real"):
+        noise = ManifestSpec(noise=NoiseSpec.parse(text)).to_dict()["noise"]
+        assert set(noise) == {"kind", "rate", "convention", "mapping"}
+    cfg = ManifestCfg(noise={"kind": "human", "label_set": "aggre", "file": "/d/CIFAR-10_human.pt"})
+    assert cfg.noise == "human:aggre:/d/CIFAR-10_human.pt"
+    assert ManifestCfg(noise={"kind": "idn", "rate": 0.4}).noise == "idn:0.4"
+    for bad, match in [({"kind": "idn", "rat": 0.4}, "a mapping takes kind"),
+                       ({"kind": "human", "label_set": "aggre"}, "needs the CIFAR-N label file"),
+                       ({"kind": "idn", "rate": 2}, "rate must be in")]:
+        with pytest.raises(ValidationError, match=match):
+            ManifestCfg(noise=bad)
