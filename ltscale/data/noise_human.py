@@ -9,10 +9,14 @@ CIFAR training image, in the order of the python-version batches (``data_batch_1
 ``data_batch_5`` for CIFAR-10, ``train`` for CIFAR-100). An ``.npz`` with the same keys is read
 too.
 
-Loading never runs code from the file: a ``.pt`` goes through ``torch.load(weights_only=True)``
-with only numpy's array reconstruction, ``ndarray`` and the numeric dtypes allowed for the
-duration of the call (under both the numpy 1 and numpy 2 module names, since the public files
-were written with numpy 1); an ``.npz`` is read with ``allow_pickle=False``.
+Loading never runs code from the file. The public files hold numpy arrays, which plain
+``torch.load(weights_only=True)`` refuses, and ``weights_only=False`` would run whatever the
+pickle names; so a ``.pt`` goes through ``torch.load(weights_only=True)`` with only numpy's array
+reconstruction, ``ndarray`` and the numeric dtypes allowed, for the duration of the call only
+(``safe_globals``, not the process-wide ``add_safe_globals``), under both the numpy 1 and numpy 2
+module names, since the public files were written with numpy 1. Before torch 2.6 (which first
+allow-lists a global under a given name) the archive's pickle is read with the CIFAR source's
+allow-list unpickler instead. An ``.npz`` is read with ``allow_pickle=False``.
 
 A sample's position in the training set comes from its key: the cifar10 / cifar100 sources name
 training image ``i`` ``train-{i:05d}``. The file's ``clean_label``, when present, must equal the
@@ -24,12 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ltscale.data.index import NPZ_ERRORS, ShardIndex
 from ltscale.data.manifest_spec import HUMAN_LABEL_SETS, NoiseSpec
+from ltscale.data.sources.cifar import unpickle_arrays
 from ltscale.errors import ManifestError
 
 CIFAR_KINDS = ("cifar10", "cifar100")
@@ -44,6 +50,23 @@ def _torch_safe_globals() -> list:
             (reconstruct, "numpy._core.multiarray._reconstruct")]
 
 
+def _load_pt(path: Path):
+    import torch
+
+    version = tuple(int(x) for x in re.findall(r"\d+", torch.__version__)[:2])
+    if version >= (2, 6):  # allow-listing under a given name (numpy 1's) came with torch 2.6
+        from torch.serialization import safe_globals
+
+        with safe_globals(_torch_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    # older torch: the zip's pickle, read with the CIFAR batches' allow-list unpickler
+    with zipfile.ZipFile(path) as z:
+        member = next((n for n in z.namelist() if n.endswith("/data.pkl")), None)
+        if member is None:
+            raise ValueError("no data.pkl in the archive")
+        return unpickle_arrays(z.read(member), path)
+
+
 def load_label_file(path: Path) -> dict[str, np.ndarray]:
     """The arrays of a CIFAR-N label file (.pt or .npz) by key; never unpickles code."""
     if not path.is_file():
@@ -54,11 +77,7 @@ def load_label_file(path: Path) -> dict[str, np.ndarray]:
             with np.load(path, allow_pickle=False) as z:
                 raw = {k: z[k] for k in z.files}
         else:
-            import torch
-            from torch.serialization import safe_globals
-
-            with safe_globals(_torch_safe_globals()):
-                raw = torch.load(path, map_location="cpu", weights_only=True)
+            raw = _load_pt(path)
     except (OSError, ValueError, EOFError, RuntimeError, *NPZ_ERRORS) as exc:
         reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
         raise ManifestError(f"{path}: not a readable CIFAR-N label file ({type(exc).__name__}: "

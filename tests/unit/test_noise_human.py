@@ -97,7 +97,8 @@ def test_file_contents_are_part_of_the_manifest_hash(c10, tmp_path):
     assert Manifest.load(tmp_path / "m.npz").header["noise_source"] == a.header["noise_source"]
 
 
-def test_numpy1_files_and_npz_copies_load(c10, tmp_path):
+def test_numpy1_files_and_npz_copies_load(c10, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     index, labels, path = c10
     # the public files were pickled under numpy 1, whose arrays name numpy.core.multiarray
     with zipfile.ZipFile(path) as z:
@@ -113,6 +114,14 @@ def test_numpy1_files_and_npz_copies_load(c10, tmp_path):
     expected = build_manifest(index, _spec(path)).observed
     for other in (old, tmp_path / "c10n.npz"):
         np.testing.assert_array_equal(build_manifest(index, _spec(other)).observed, expected)
+    # before torch 2.6 the archive's pickle goes through the CIFAR allow-list unpickler
+    monkeypatch.setattr(torch, "__version__", "2.5.1")
+    for other in (path, old):
+        np.testing.assert_array_equal(build_manifest(index, _spec(other)).observed, expected)
+    evil = tmp_path / "evil.pt"
+    torch.save(dict(labels, aggre_label=_Exploit()), evil)
+    _expect(index, evil, "evil.pt: not a readable CIFAR-N label file")
+    assert not (tmp_path / "EXPLOITED").exists()
 
 
 def test_cifar100n_noisy_labels(tmp_path):
