@@ -53,12 +53,12 @@ class DataCfg(Section):
     eval_crop_fraction: float | None = Field(None, gt=0, le=1)  # None: 0.875 from 96 px, else 1
 
 
-def _check(parse, value):
+def _check(parse, value, result: bool = False):
     try:
-        parse(value)
+        out = parse(value)
     except LtscaleError as exc:
         raise ValueError(str(exc)) from None
-    return value
+    return out if result else value
 
 
 class UnlabeledCfg(Section):
@@ -74,7 +74,7 @@ class ManifestCfg(Section):
     split: str = "train"
     imbalance: str = "exp:100"
     class_order: Literal["index", "perm"] = "index"
-    noise: str = "sym:0.4"
+    noise: str = "sym:0.4"    # text form, or a mapping {kind: human, file: ..., label_set: ...}
     seed: int = Field(0, ge=0, lt=2**32)
     max_per_class: int | None = Field(None, gt=0)
     few_labels: float | None = Field(None, gt=0, le=1)
@@ -92,10 +92,12 @@ class ManifestCfg(Section):
     def _imb(cls, v):
         return _check(ImbalanceSpec.parse, v)
 
-    @field_validator("noise")
+    @field_validator("noise", mode="before")
     @classmethod
-    def _noise(cls, v):
-        return _check(NoiseSpec.parse, v)
+    def _noise(cls, v):  # a mapping {kind: human, file: ..., label_set: ...} becomes its text
+        if isinstance(v, dict):
+            v = _check(NoiseSpec.text_of, v, result=True)
+        return _check(NoiseSpec.parse, v) if isinstance(v, str) else v
 
 
 class BackboneCfg(Section):

@@ -17,7 +17,8 @@ def add_parser(sub) -> None:
     mk.add_argument("--class-order", default="index", choices=["index", "perm"],
                     help="head classes by class index or a seeded permutation")
     mk.add_argument("--noise", default="none", help="none | sym:RATE[:all|others] | "
-                    "asym:RATE:cifar10|cifar100|MAP.json | real")
+                    "asym:RATE:cifar10|cifar100|MAP.json | real | human:LABEL_SET:FILE "
+                    "(CIFAR-N) | idn:RATE[:STD] (instance-dependent)")
     mk.add_argument("--seed", type=int, default=0)
     mk.add_argument("--max-per-class", type=int, default=None, help="n_max (default: the "
                     "smallest class of the split)")
@@ -71,9 +72,8 @@ def cmd_manifest_make(args):
                                 split=args.unlabeled_split),
         val=EvalSelection.parse(args.val), test=EvalSelection.parse(args.test))
     index = ShardIndex.load(args.shards)
-    check_manifest_output(args.out, index, [args.shards, *([args.noise.split(":", 2)[2]]
-                                                            if args.noise.startswith("asym:")
-                                                            else [])])
+    noise_file = {"asym": spec.noise.mapping, "human": spec.noise.file}.get(spec.noise.kind)
+    check_manifest_output(args.out, index, [args.shards, *([noise_file] if noise_file else [])])
     m = build_manifest(index, spec)
     m.save(args.out)
     roles = ", ".join(f"{r} {n}" for r, n in m.header["role_counts"].items() if n)

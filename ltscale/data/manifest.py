@@ -3,8 +3,9 @@
 A manifest lists sample ids (rows of the index) with an observed label (possibly noisy, -1 for
 unlabeled samples), the clean label (-1 where unknown) and a role: ``labeled`` (the training set
 the learner sees labels of), ``unlabeled`` (images whose labels are withheld: few-label leftovers
-and the extra pool D_U), ``val`` and ``test`` (balanced selections). Building one never reads image
-bytes and is deterministic in (index, spec, seed). The header records the spec, the index hash it
+and the extra pool D_U), ``val`` and ``test`` (balanced selections). Building one reads no image
+bytes (except for ``idn`` noise, made from the pixels) and is deterministic in (index, spec, seed
+and, for ``human`` noise, the label file). The header records the spec, the index hash it
 was built from, per-class counts (observed and clean), the realised noise rate and a content hash;
 the noise transition counts are stored beside the arrays.
 
@@ -32,7 +33,7 @@ from ltscale.data.manifest_spec import (
     NoiseSpec,
     UnlabeledSpec,
 )
-from ltscale.data.noise import apply_noise, transition_counts, transition_matrix
+from ltscale.data.noise import describe, observe, transition_counts, transition_matrix
 from ltscale.errors import ManifestError
 
 __all__ = ["ROLES", "EvalSelection", "ImbalanceSpec", "Manifest", "ManifestSpec", "NoiseSpec",
@@ -218,8 +219,10 @@ def _content_hash(ids, observed, clean, role, header) -> str:
     h = hashlib.sha256()
     for arr in (ids, observed, clean, role):
         h.update(np.ascontiguousarray(arr).tobytes())
-    h.update(json.dumps({"spec": header["spec"], "index_hash": header["index_hash"]},
-                        sort_keys=True).encode())
+    keyed = {"spec": header["spec"], "index_hash": header["index_hash"]}
+    if "noise_source" in header:  # absent from older manifests: their hashes stay valid
+        keyed["noise_source"] = header["noise_source"]
+    h.update(json.dumps(keyed, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -328,10 +331,7 @@ def build_manifest(index: ShardIndex, spec: ManifestSpec) -> Manifest:
 
     ids, selected_on = _labeled(index, spec, taken)
     clean = index.label[ids].astype(np.int64)
-    if spec.noise.kind == "real":
-        observed = selected_on.astype(np.int64)
-    else:
-        observed = apply_noise(clean, spec.noise, index, np.random.default_rng([spec.seed, 1]))
+    observed, noise_source = observe(index, spec.noise, spec.seed, ids, clean, selected_on)
     if spec.few_labels is not None:
         keep = _few_label_split(observed, spec.few_labels, C, np.random.default_rng([spec.seed, 4]))
         parts.append((ids[keep], observed[keep], clean[keep], LABELED))
@@ -372,23 +372,14 @@ def build_manifest(index: ShardIndex, spec: ManifestSpec) -> Manifest:
         "clean_class_counts": clean_counts.tolist(),
         "clean_known": int(known.sum()),
         "noise_rate": float((all_obs[known] != all_clean[known]).mean()) if known.any() else 0.0,
-        "noise_convention": _convention(spec.noise),
+        "noise_convention": describe(spec.noise),
         "imbalance_ratio": float(ref_counts.max() / max(ref_counts[ref_counts > 0].min(), 1))
         if ref_counts.any() else 1.0,
         "unlabeled_pool": {"in_distribution": n_pool, "out_of_distribution": n_ood},
     }
+    if noise_source is not None:  # the label file's SHA-256, or how IDN features were made
+        header["noise_source"] = noise_source
     header["hash"] = _content_hash(all_ids, all_obs, all_clean, role, header)
     return Manifest(ids=all_ids, observed=all_obs, clean=all_clean, role=role, header=header,
                     transition=pairs)
 
-
-def _convention(noise: NoiseSpec) -> str:
-    if noise.kind == "sym":
-        return ("symmetric: labels redrawn uniformly over all classes (the true class may come "
-                "back)" if noise.convention == "all" else
-                "symmetric: labels redrawn uniformly over the other classes")
-    if noise.kind == "asym":
-        return f"asymmetric: mapped classes moved to their targets ({noise.mapping})"
-    if noise.kind == "real":
-        return "real: the source's noisy labels; clean labels where the source has them"
-    return "none"

@@ -11,7 +11,13 @@ Text forms (CLI flags and recipe keys use the same strings):
   RATE·(C−1)/C) or over the other classes only (``others``, realised rate RATE);
   ``asym:RATE:MAPPING`` — RATE of each mapped class moved to its target, MAPPING ``cifar10``,
   ``cifar100`` (next class in the same superclass) or a JSON file {"source": "target", ...} of
-  class names; ``real`` — the source's own noisy labels (Clothing1M).
+  class names; ``real`` — the source's own noisy labels (Clothing1M);
+  ``human:LABEL_SET:FILE`` — CIFAR-10N / CIFAR-100N human annotations (Wei et al. 2022) from
+  their ``CIFAR-10_human.pt`` / ``CIFAR-100_human.pt`` file (or an .npz with the same keys),
+  LABEL_SET one of aggre, worse, random1, random2, random3 (CIFAR-10N), noisy (CIFAR-100N) or
+  clean; ``idn:RATE[:STD]`` — instance-dependent (part-dependent) noise of Xia et al. 2020 from
+  the images' pixels, per-sample flip rates drawn from N(RATE, STD²) truncated to [0, 1]
+  (STD 0.1 by default).
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from dataclasses import asdict, dataclass, field
 from ltscale.errors import ManifestError
 
 IMBALANCE_PROFILES = ("none", "natural", "exp", "step", "pareto")
-NOISE_KINDS = ("none", "sym", "asym", "real")
+NOISE_KINDS = ("none", "sym", "asym", "real", "human", "idn")
+# label_set name → key of the CIFAR-N file (``worst`` as the CIFAR-N repository's scripts spell it)
+HUMAN_LABEL_SETS = {"aggre": "aggre_label", "worse": "worse_label", "worst": "worse_label",
+                    "random1": "random_label1", "random2": "random_label2",
+                    "random3": "random_label3", "noisy": "noisy_label", "clean": "clean_label"}
+# fields added after the first manifests were written: left out of the recorded spec while at
+# their defaults, so that the spec (and the content hash) of an older kind of noise is unchanged
+_NEW_NOISE_FIELDS = {"file": "", "label_set": "", "std": 0.1}
 
 
 def _number(text: str, what: str, full: str) -> float:
@@ -78,6 +91,9 @@ class NoiseSpec:
     rate: float = 0.0
     convention: str = "all"   # sym: redraw over all classes or over the other classes only
     mapping: str = ""         # asym: cifar10 | cifar100 | path of a JSON class-name mapping
+    file: str = ""            # human: the CIFAR-N label file
+    label_set: str = ""       # human: which of its label sets (a HUMAN_LABEL_SETS name)
+    std: float = 0.1          # idn: spread of the per-sample flip rates around ``rate``
 
     def __post_init__(self):
         if self.kind not in NOISE_KINDS:
@@ -90,6 +106,46 @@ class NoiseSpec:
                                 "(the true class may be drawn again) or others")
         if self.kind == "asym" and not self.mapping:
             raise ManifestError("asymmetric noise needs a mapping: cifar10, cifar100 or a JSON file")
+        if self.kind == "human":
+            if not self.file:
+                raise ManifestError("human noise needs the CIFAR-N label file "
+                                    "(human:LABEL_SET:FILE, e.g. human:aggre:CIFAR-10_human.pt)")
+            if self.label_set not in HUMAN_LABEL_SETS:
+                raise ManifestError(f"human noise label set {self.label_set!r} unknown; use one of "
+                                    f"{', '.join(HUMAN_LABEL_SETS)}")
+        if not 0 < self.std <= 1:
+            raise ManifestError(f"instance-dependent noise: the flip-rate spread must be in "
+                                f"(0, 1], got {self.std}")
+
+    def fields(self) -> dict:
+        """The recorded form: the fields of this spec, less new ones at their defaults."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if _NEW_NOISE_FIELDS.get(k, object()) != v}
+
+    def text(self) -> str:
+        """The text form ``parse`` reads back into this spec."""
+        num = lambda x: str(int(x)) if float(x).is_integer() else repr(float(x))  # noqa: E731
+        if self.kind == "sym":
+            return f"sym:{num(self.rate)}" + (":others" if self.convention == "others" else "")
+        if self.kind == "asym":
+            return f"asym:{num(self.rate)}:{self.mapping}"
+        if self.kind == "human":
+            return f"human:{self.label_set}:{self.file}"
+        if self.kind == "idn":
+            return f"idn:{num(self.rate)}" + (f":{num(self.std)}" if self.std != 0.1 else "")
+        return self.kind
+
+    @classmethod
+    def text_of(cls, value: str | dict) -> str:
+        """The text form of a recipe's ``noise`` value: a string as it is, a mapping such as
+        ``{kind: human, file: F, label_set: aggre}`` as the text of that spec."""
+        if isinstance(value, str):
+            return value
+        try:
+            return cls(**value).text()
+        except TypeError:
+            raise ManifestError(f"noise {value}: a mapping takes kind and the fields of that "
+                                "kind (rate, convention, mapping, file, label_set, std)") from None
 
     @classmethod
     def parse(cls, text: str | None) -> "NoiseSpec":
@@ -97,13 +153,18 @@ class NoiseSpec:
         kind, *values = text.split(":")
         if kind in ("none", "real") and not values:
             return cls(kind)
-        usage = ("use none, sym:RATE[:all|others], asym:RATE:cifar10|cifar100|MAPPING.json or "
-                 "real (e.g. sym:0.4)")
+        usage = ("use none, sym:RATE[:all|others], asym:RATE:cifar10|cifar100|MAPPING.json, "
+                 "real, human:LABEL_SET:FILE or idn:RATE[:STD] (e.g. sym:0.4)")
         if kind == "sym" and 1 <= len(values) <= 2:
             conv = values[1] if len(values) == 2 else "all"
             return cls("sym", _number(values[0], "noise", text), convention=conv)
         if kind == "asym" and len(values) >= 2:
             return cls("asym", _number(values[0], "noise", text), mapping=":".join(values[1:]))
+        if kind == "human" and len(values) >= 2:
+            return cls("human", label_set=values[0], file=":".join(values[1:]))
+        if kind == "idn" and 1 <= len(values) <= 2:
+            std = _number(values[1], "noise", text) if len(values) == 2 else 0.1
+            return cls("idn", _number(values[0], "noise", text), std=std)
         raise ManifestError(f"noise {text!r} not understood: {usage}")
 
 
@@ -171,7 +232,7 @@ class ManifestSpec:
             raise ManifestError(f"max_per_class must be >= 1, got {self.max_per_class}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "noise": self.noise.fields()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ManifestSpec":

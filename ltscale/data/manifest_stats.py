@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from ltscale.data.manifest import ROLES, Manifest
+from ltscale.data.noise import transition_counts
 from ltscale.eval.shots import FEW, MANY, shot_groups
 
-DENSE_TRANSITION_MAX_CLASSES = 20
+DENSE_TRANSITION_MAX_CLASSES = 20   # printed as a matrix up to this many classes
+JSON_TRANSITION_MAX_CLASSES = 200   # dense in the JSON up to this many (sparse counts always)
+TOP_FLIPS = 10
 
 
 def manifest_stats(m: Manifest) -> dict:
@@ -38,9 +41,34 @@ def manifest_stats(m: Manifest) -> dict:
         "noise_rate_per_class": per_class_noise,
         "unlabeled_pool": m.header.get("unlabeled_pool", {}),
     }
-    if m.num_classes <= DENSE_TRANSITION_MAX_CLASSES:
-        out["transition_matrix"] = np.round(m.transition_matrix(), 4).tolist()
+    if "noise_source" in m.header:
+        out["noise_source"] = m.header["noise_source"]
+    t, pairs = m.transition_matrix(), _pairs(m)
+    if m.num_classes <= JSON_TRANSITION_MAX_CLASSES:
+        out["transition_matrix"] = np.round(t, 4).tolist()
+    out["transition_counts"] = pairs.tolist()  # [clean, observed, count]: the full matrix
+    out["transition_summary"] = _transition_summary(t, pairs)
     return out
+
+
+def _pairs(m: Manifest) -> np.ndarray:
+    lab = m.mask("labeled")
+    return m.transition if m.transition is not None else transition_counts(
+        m.clean[lab], m.observed[lab], m.num_classes)
+
+
+def _transition_summary(t: np.ndarray, pairs: np.ndarray) -> dict:
+    """The diagonal of T over the classes that have samples, and the most frequent flips."""
+    present = np.unique(pairs[:, 0]) if len(pairs) else np.zeros(0, dtype=np.int64)
+    diag = np.diag(t)[present]
+    flips = pairs[pairs[:, 0] != pairs[:, 1]] if len(pairs) else pairs
+    top = flips[np.argsort(-flips[:, 2], kind="stable")[:TOP_FLIPS]] if len(flips) else flips
+    return {"diagonal_mean": float(diag.mean()) if len(diag) else 1.0,
+            "diagonal_min": float(diag.min()) if len(diag) else 1.0,
+            "diagonal_min_class": int(present[np.argmin(diag)]) if len(diag) else -1,
+            "distinct_flips": int(len(flips)),
+            "top_flips": [{"clean": int(a), "observed": int(b), "count": int(n),
+                           "rate": round(float(t[a, b]), 4)} for a, b, n in top.tolist()]}
 
 
 def format_stats(stats: dict) -> str:
@@ -60,9 +88,21 @@ def format_stats(stats: dict) -> str:
                                       stats["class_counts_clean"],
                                       stats["noise_rate_per_class"])):
         lines.append(f"{c:5d} {o:9d} {k:6d} {n:6.3f}")
-    if "transition_matrix" in stats:
+    source = stats.get("noise_source")
+    if source:
+        lines.append("noise source: " + "; ".join(
+            f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in source.items() if k != "kind"))
+    if "transition_matrix" in stats and stats["num_classes"] <= DENSE_TRANSITION_MAX_CLASSES:
         lines.append("transition matrix T[clean, observed]:")
         lines += ["  " + " ".join(f"{v:5.3f}" for v in row) for row in stats["transition_matrix"]]
+    elif "transition_summary" in stats:
+        s = stats["transition_summary"]
+        lines.append(f"transition matrix ({stats['num_classes']} classes; the full matrix is in "
+                     f"--json): diagonal mean {s['diagonal_mean']:.3f}, min {s['diagonal_min']:.3f} "
+                     f"(class {s['diagonal_min_class']}); {s['distinct_flips']} distinct flips")
+        lines += [f"  {f['clean']} -> {f['observed']}: {f['count']} ({f['rate']:.3f} of the "
+                  "class)" for f in s["top_flips"]]
     return "\n".join(lines)
 
 

@@ -6,7 +6,9 @@
 - symmetric, ``others``: the same samples get a label drawn from the C−1 other classes (flip rate
   exactly ν, T = (1−ν)·I + ν/(C−1) off the diagonal);
 - asymmetric: in every class i of the mapping, round(ν·n_i) of its samples move to m(i)
-  (T[i, m(i)] = ν); classes outside the mapping keep their labels.
+  (T[i, m(i)] = ν); classes outside the mapping keep their labels;
+- real: the source's own noisy labels; human: CIFAR-N annotations (``noise_human``); idn:
+  instance-dependent noise from the images (``noise_idn``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest_spec import NoiseSpec
+from ltscale.data.noise_human import human_labels
+from ltscale.data.noise_idn import instance_dependent_labels
 from ltscale.errors import ManifestError
 
 # CIFAR-10 class-dependent flips used across the noisy-label literature
@@ -91,6 +95,38 @@ def apply_noise(clean: np.ndarray, spec: NoiseSpec, index: ShardIndex,
             moved = rng.choice(members, size=int(round(spec.rate * len(members))), replace=False)
             observed[moved] = dst
     return observed
+
+
+def observe(index: ShardIndex, noise: NoiseSpec, seed: int, ids: np.ndarray, clean: np.ndarray,
+            selected_on: np.ndarray) -> tuple[np.ndarray, dict | None]:
+    """Observed labels of the labeled samples ``ids`` (clean labels ``clean``, selected on the
+    labels ``selected_on``) and, for noise read from a file or made from the images, a record of
+    where it came from for the manifest header."""
+    if noise.kind == "real":
+        return selected_on.astype(np.int64), None
+    if noise.kind == "human":
+        return human_labels(index, noise, ids)
+    if noise.kind == "idn":
+        return instance_dependent_labels(index, noise, seed, ids, clean)
+    return apply_noise(clean, noise, index, np.random.default_rng([seed, 1])), None
+
+
+def describe(noise: NoiseSpec) -> str:
+    """One line on the noise convention, for the manifest header and stats."""
+    if noise.kind == "sym":
+        return ("symmetric: labels redrawn uniformly over all classes (the true class may come "
+                "back)" if noise.convention == "all" else
+                "symmetric: labels redrawn uniformly over the other classes")
+    if noise.kind == "asym":
+        return f"asymmetric: mapped classes moved to their targets ({noise.mapping})"
+    if noise.kind == "real":
+        return "real: the source's noisy labels; clean labels where the source has them"
+    if noise.kind == "human":
+        return f"human: CIFAR-N {noise.label_set} labels from {noise.file}"
+    if noise.kind == "idn":
+        return (f"instance-dependent (Xia et al. 2020): flip rates ~ N({noise.rate:g}, "
+                f"{noise.std:g}^2) on [0, 1], targets by softmax(x W_y) over the other classes")
+    return "none"
 
 
 def transition_counts(clean: np.ndarray, observed: np.ndarray, num_classes: int) -> np.ndarray:

@@ -81,17 +81,10 @@ def spec_fields(spec: ManifestSpec) -> dict:
                  "step": f"step:{_number_text(imb.ratio)}:{_number_text(imb.mu)}",
                  "pareto": f"pareto:{_number_text(imb.ratio)}:{_number_text(imb.alpha)}",
                  }.get(imb.profile, imb.profile)
-    if noise.kind == "sym":
-        noise_text = f"sym:{_number_text(noise.rate)}" + (
-            ":others" if noise.convention == "others" else "")
-    elif noise.kind == "asym":
-        noise_text = f"asym:{_number_text(noise.rate)}:{noise.mapping}"
-    else:
-        noise_text = noise.kind
     sel = lambda e: None if e is None else (  # noqa: E731
         e.split if e.per_class is None else f"{e.split}:{e.per_class}")
     return {"split": spec.split, "imbalance": imbalance, "class_order": imb.order,
-            "noise": noise_text, "seed": spec.seed, "max_per_class": spec.max_per_class,
+            "noise": noise.text(), "seed": spec.seed, "max_per_class": spec.max_per_class,
             "few_labels": spec.few_labels, "unlabeled": dataclasses.asdict(spec.unlabeled),
             "val": sel(spec.val), "test": sel(spec.test)}
 

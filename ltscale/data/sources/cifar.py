@@ -11,6 +11,9 @@ The pickles are read with an allow-list unpickler: only the numpy array reconstr
 files need can be called (resolved here, never imported by the name the file gives), so a crafted
 file cannot run code.
 
+Training image i (in the order of the batch files) gets the key ``train-{i:05d}``: the position
+label files for the CIFAR training set (CIFAR-10N / CIFAR-100N) are indexed by.
+
 Options (strings, as the CLI passes them): ``splits="train,test"`` keeps only those splits (and
 reads only their batch files).
 """
@@ -84,6 +87,12 @@ class _SafeUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         raise DataError(f"{self.where}: refusing a persistent id in the pickle; not a CIFAR file")
+
+
+def unpickle_arrays(data: bytes, where: Path) -> object:
+    """``data`` unpickled with the same allow-list as the CIFAR batches (numpy arrays, lists,
+    dicts, strings); a :class:`DataError` for anything else."""
+    return _SafeUnpickler(io.BytesIO(data), where).load()
 
 
 def load_batch(path: Path) -> dict[str, object]:
