@@ -8,6 +8,8 @@ from scipy.special import lambertw as scipy_lambertw
 
 from ltscale.config_supervised import LossCfg
 from ltscale.errors import RecipeError
+from ltscale.losses import classification_loss, loss_defaults, loss_names
+from ltscale.losses.base import ClassificationLoss
 from ltscale.losses.classification import (
     RunningMean,
     balanced_softmax_loss,
@@ -23,12 +25,6 @@ from ltscale.losses.classification import (
     weighted_cross_entropy,
 )
 from ltscale.losses.lambertw import lambertw
-from ltscale.losses.registry import (
-    ClassificationLoss,
-    classification_loss,
-    loss_defaults,
-    loss_names,
-)
 from ltscale.losses.ssl import simsiam_loss
 
 
