@@ -13,7 +13,7 @@ they follow ``.to(device)`` but stay out of a ``state_dict``."""
 from __future__ import annotations
 
 import typing
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import ConfigDict, ValidationError, field_validator
@@ -39,6 +39,12 @@ class LossOptions(Section):
         return value
 
 
+class ReductionOption(LossOptions):
+    # how class weights enter the batch average: "mean" = Σ w_y·ℓ / B, "weight_sum" =
+    # Σ w_y·ℓ / Σ w_y (PyTorch's F.cross_entropy(weight=w)); None: the loss's paper's choice
+    reduction: Literal["mean", "weight_sum"] | None = None
+
+
 class ClassificationLoss(nn.Module):
     """Class counts (+ options) → per-sample loss(logits, targets).
 
@@ -49,6 +55,7 @@ class ClassificationLoss(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[LossOptions]] = LossOptions
+    paper_reduction: ClassVar[str] = "mean"  # what ``reduction: None`` means for this loss
 
     def __init__(self, counts, **options):
         super().__init__()
@@ -72,11 +79,27 @@ class ClassificationLoss(nn.Module):
         """The per-class weights currently applied (None: unweighted)."""
         return None
 
+    @property
+    def reduction(self) -> str:
+        """How class weights enter the batch average: the ``reduction`` option where the loss has
+        one and it is set, else ``paper_reduction``."""
+        return getattr(self.config, "reduction", None) or self.paper_reduction
+
     def weigh(self, loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``loss`` (per sample) times the target's current class weight w_y (unchanged without
-        weights): the trainer's batch mean is then Σ w_y·ℓ / B."""
+        weights). The caller averages per-sample values over the batch (``train_head``:
+        ``loss_fn(logits, y).mean()``; ``Supervised.forward``: ``per_sample.mean()``, after
+        self-training's sample weights), so with reduction "mean" the batch loss is Σ w_y·ℓ / B,
+        and with "weight_sum" every value is also scaled by B / Σ_batch w_y, making the batch mean
+        Σ w_y·ℓ / Σ w_y. That denominator is the sum over the batch the loss sees: one rank's
+        batch under DDP (whose gradient average then averages the ranks' weighted means)."""
         w = self.class_weights
-        return loss if w is None else loss * w.to(loss)[targets]
+        if w is None:
+            return loss
+        wy = w.to(loss)[targets]
+        if self.reduction == "weight_sum":
+            wy = wy * (wy.numel() / wy.sum().clamp_min(torch.finfo(wy.dtype).tiny))
+        return loss * wy
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -1,5 +1,10 @@
 """``cb``: class-balanced cross-entropy (Cui et al. 2019): w_y·CE with w ∝ 1/E_{n_y}, the inverse
-effective number of samples, normalised to Σ_c w_c = C (``classification.class_balanced_weights``)."""
+effective number of samples, normalised to Σ_c w_c = C (``classification.class_balanced_weights``).
+
+Reduction: Cui et al.'s reference code normalises the weights to sum to C and averages the
+weighted losses over the batch (Σ w_y·ℓ / B), the default ("mean") here; ``reduction:
+weight_sum`` divides by Σ w_y instead, as ``F.cross_entropy(weight=w)`` (the "CE + Reweight" of
+Cao et al.'s and Yang & Xu's code) does."""
 
 from __future__ import annotations
 
@@ -7,12 +12,14 @@ from pydantic import Field
 
 from ltscale.losses import classification as C
 from ltscale.losses._registry import register_loss
-from ltscale.losses.base import ClassificationLoss, LossOptions
+from ltscale.losses.base import ClassificationLoss, ReductionOption
 
 
 @register_loss("cb")
 class ClassBalanced(ClassificationLoss):
-    class Config(LossOptions):
+    paper_reduction = "mean"
+
+    class Config(ReductionOption):
         beta: float = Field(0.9999, ge=0, lt=1)  # class-balanced β (Cui et al.'s CIFAR value)
 
     def __init__(self, counts, **options):

@@ -1,4 +1,6 @@
-"""``cb_focal``: the focal loss with class-balanced weights (Cui et al. 2019)."""
+"""``cb_focal``: the focal loss with class-balanced weights (Cui et al. 2019). Reduction "mean" by
+default, as in Cui et al.'s code and in Cao et al.'s ``FocalLoss`` (a batch mean of the weighted
+focal terms)."""
 
 from __future__ import annotations
 

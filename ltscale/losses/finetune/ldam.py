@@ -1,6 +1,6 @@
 """``ldam``: label-distribution-aware margin loss (Cao et al. 2019), CE on s·(z − m_y·onehot(y))
 with m_c ∝ n_c^(−1/4). Meant for cosine logits: the fine-tuning stage gives LDAM heads a cosine
-classifier."""
+classifier. Unweighted, so it has no ``reduction`` option (``ldam_drw`` adds the weights)."""
 
 from __future__ import annotations
 

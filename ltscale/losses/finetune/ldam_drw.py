@@ -9,7 +9,8 @@ from ltscale.losses.finetune.ldam import LDAM
 
 @register_loss("ldam_drw")
 class LDAMDeferredReweighting(LDAM, DeferredReweighting):
-    """LDAM's margins and per-sample loss, DRW's weights and schedule."""
+    """LDAM's margins and per-sample loss; DRW's weights, schedule and reduction ("weight_sum",
+    as Cao et al.'s ``LDAMLoss``: ``F.cross_entropy(weight=w)``)."""
 
     class Config(LDAM.Config, DeferredReweighting.Config):
         pass
