@@ -73,3 +73,23 @@ def test_recipe_section_keeps_its_flat_shape_and_bounds():
                 {"tau_sl": "median"}, {"unknown": 1}):
         with pytest.raises(ValidationError):
             LossCfg(**bad)
+
+
+def test_every_loss_has_its_papers_defaults():
+    # a literal table: a changed default must be a decision, made here too
+    assert {name: loss_defaults(name) for name in loss_names()} == {
+        "balanced_softmax": {},
+        "cb": {"beta": 0.9999, "reduction": None},            # None: "mean" (Cui et al.)
+        "cb_focal": {"beta": 0.9999, "gamma": 2.0, "reduction": None},
+        "ce": {},
+        "drw": {"drw_start": 0.8, "drw_beta": 0.9999, "reduction": None},  # "weight_sum"
+        "focal": {"gamma": 2.0},                                # Lin et al. 2017
+        "la": {"tau": 1.0},
+        "la_sl": {"tau": 1.0, "lam": 4.0, "tau_sl": None},      # seed 000; None: log C
+        "ldam": {"max_margin": 0.5, "scale": 30.0},
+        "ldam_drw": {"max_margin": 0.5, "scale": 30.0, "drw_start": 0.8, "drw_beta": 0.9999,
+                     "reduction": None},                        # "weight_sum"
+        "sl": {"lam": 4.0, "tau_sl": None},
+    }
+    for name in loss_names():  # the recipe section's defaults are the losses'
+        assert LossCfg(name=name).options() == loss_defaults(name), name
