@@ -3,36 +3,49 @@ trained on the same manifest, and self-training."""
 
 from __future__ import annotations
 
+from copy import copy
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from ltscale.config_base import AugmentCfg, OptimCfg, Section
+from ltscale.losses import loss_config, loss_names
+from ltscale.losses.base import LossOptions
 
-LOSS_NAMES = Literal["ce", "la", "sl", "la_sl", "balanced_softmax", "focal", "cb", "cb_focal",
-                    "drw", "ldam", "ldam_drw"]
 
-
-class LossCfg(Section):
-    # the names of ltscale.losses.registry (kept in step by tests/unit/test_losses.py)
-    name: LOSS_NAMES = "la_sl"
-    tau: float = 1.0            # logit adjustment strength (la, la_sl)
-    lam: float = Field(4.0, gt=0)  # SuperLoss λ (sl, la_sl)
-    tau_sl: float | Literal["mean"] | None = None  # SuperLoss threshold; None = log C, "mean" = EMA
-    gamma: float = Field(1.0, ge=0)              # focal loss γ (focal, cb_focal)
-    beta: float = Field(0.9999, ge=0, lt=1)      # class-balanced β (cb, cb_focal)
-    max_margin: float = Field(0.5, gt=0)         # LDAM largest margin (ldam, ldam_drw)
-    scale: float = Field(30.0, gt=0)             # LDAM logit scale s (ldam, ldam_drw)
-    drw_start: float = Field(0.8, ge=0, le=1)    # DRW: re-weighting from this fraction of epochs
-    drw_beta: float = Field(0.9999, ge=0, lt=1)  # DRW: class-balanced β of the deferred weights
+class _LossSection(LossOptions):
+    """``finetune.loss``: the loss's name and, flat beside it, the options of every loss (a recipe
+    may set options of other losses: ``extra_losses`` heads take theirs from here)."""
 
     def options(self) -> dict:
         """The options that apply to the chosen loss, as keyword arguments for the registry."""
-        sl, drw, ldam = ("lam", "tau_sl"), ("drw_start", "drw_beta"), ("max_margin", "scale")
-        keys = {"ce": (), "la": ("tau",), "sl": sl, "la_sl": ("tau", *sl), "balanced_softmax": (),
-                "focal": ("gamma",), "cb": ("beta",), "cb_focal": ("beta", "gamma"), "drw": drw,
-                "ldam": ldam, "ldam_drw": (*ldam, *drw)}[self.name]
-        return {k: getattr(self, k) for k in keys}
+        return {key: getattr(self, key) for key in loss_config(self.name).model_fields}
+
+
+def build_loss_cfg() -> type[_LossSection]:
+    """The ``finetune.loss`` section for the losses registered now: ``name`` one of them, and the
+    union of their options. An option declared by several losses must be declared alike (type,
+    default, bounds), since the recipe holds one value for all of them."""
+    names = loss_names()
+    fields: dict[str, tuple] = {}
+    owner: dict[str, str] = {}
+    for name in names:
+        for key, info in loss_config(name).model_fields.items():
+            spec = (info.annotation, info.default, info.metadata)
+            if key in fields and (fields[key][0], fields[key][1].default,
+                                  fields[key][1].metadata) != spec:
+                raise TypeError(f"losses {owner[key]!r} and {name!r} declare option {key!r} "
+                                "differently (type, default or bounds); a recipe has one value "
+                                "for both: declare it alike, or name it differently")
+            if key not in fields:
+                fields[key], owner[key] = (info.annotation, copy(info)), name
+    default = "la_sl" if "la_sl" in names else names[0]
+    return create_model("LossCfg", __base__=_LossSection, __module__=__name__,
+                        name=(Literal[tuple(names)], default), **fields)
+
+
+LossCfg = build_loss_cfg()
+LossName = LossCfg.model_fields["name"].annotation  # Literal of every registered loss name
 
 
 class FinetuneCfg(Section):
@@ -45,7 +58,7 @@ class FinetuneCfg(Section):
     loss: LossCfg = LossCfg()
     # more heads on the same frozen encoder and feature cache, one per loss named here (with
     # loss's other options): each is its own finetune + eval run, e.g. seed 000's CE/LA/SL/LA+SL
-    extra_losses: list[LOSS_NAMES] = []
+    extra_losses: list[LossName] = []  # type: ignore[valid-type]
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(256, gt=0)
     lr: float = Field(0.003, gt=0)

@@ -56,7 +56,7 @@ def bench_finetune(images: int = 2000, classes: int = 10, size: int = 28, epochs
     from ltscale.engine.features import encode
     from ltscale.finetune.cache import module_sha256
     from ltscale.finetune.trainer import predict, train_head
-    from ltscale.losses.registry import classification_loss
+    from ltscale.losses import classification_loss
     from ltscale.stages.context import make_context
     from ltscale.stages.finetune import _new_head, _standardize_from, cached_features
     from ltscale.stages.loaders import manifest_eval_loader

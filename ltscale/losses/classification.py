@@ -90,7 +90,8 @@ def weighted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
     """Per-sample cross-entropy scaled by the target's class weight, w_y·CE.
 
     Note: the mean of this is Σ w_y·CE / B, whereas ``F.cross_entropy(weight=w)`` averages with
-    Σ w_y in the denominator; the per-sample form leaves that choice to the caller."""
+    Σ w_y in the denominator; the per-sample form leaves that choice to the caller (the losses'
+    ``reduction`` option, ``losses/base.py: ClassificationLoss.weigh``)."""
     return cross_entropy(logits, targets) * weight.to(logits)[targets]
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ltscale.finetune.classifier import CosineLinear
-from ltscale.losses.registry import classification_loss
+from ltscale.losses import classification_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
 

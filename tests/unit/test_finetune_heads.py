@@ -13,7 +13,7 @@ from ltscale.finetune.two_stage import (
     learnable_weight_scaling,
     tau_normalize,
 )
-from ltscale.losses.registry import classification_loss
+from ltscale.losses import classification_loss
 
 
 def _toy(counts=(40, 40, 40), dim=6, seed=0, versions=1):

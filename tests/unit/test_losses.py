@@ -8,6 +8,8 @@ from scipy.special import lambertw as scipy_lambertw
 
 from ltscale.config_supervised import LossCfg
 from ltscale.errors import RecipeError
+from ltscale.losses import classification_loss, loss_defaults, loss_names
+from ltscale.losses.base import ClassificationLoss
 from ltscale.losses.classification import (
     RunningMean,
     balanced_softmax_loss,
@@ -23,12 +25,6 @@ from ltscale.losses.classification import (
     weighted_cross_entropy,
 )
 from ltscale.losses.lambertw import lambertw
-from ltscale.losses.registry import (
-    ClassificationLoss,
-    classification_loss,
-    loss_defaults,
-    loss_names,
-)
 from ltscale.losses.ssl import simsiam_loss
 
 
@@ -327,8 +323,10 @@ def test_drw_switches_class_balanced_weights_on_at_drw_start():
             torch.testing.assert_close(drw(logits, targets), ce)
         else:
             torch.testing.assert_close(drw.class_weights, cb.float())
-            torch.testing.assert_close(drw(logits, targets), ce * cb[targets])
-    ldam = classification_loss("ldam_drw", COUNTS, drw_start=0.5, drw_beta=0.99)
+            # reduction weight_sum (the default): per-sample w_y·ℓ·B / Σ w_y
+            torch.testing.assert_close(drw(logits, targets),
+                                       ce * cb[targets] * 20 / cb[targets].sum())
+    ldam = classification_loss("ldam_drw", COUNTS, drw_start=0.5, drw_beta=0.99, reduction="mean")
     m = ldam_margins(COUNTS)
     ldam.set_epoch(4, 10)
     torch.testing.assert_close(ldam(logits, targets), ldam_loss(logits, targets, m))
@@ -339,6 +337,45 @@ def test_drw_switches_class_balanced_weights_on_at_drw_start():
     cbl = classification_loss("cb", COUNTS)
     cbl.set_epoch(0, 10)
     torch.testing.assert_close(cbl(logits, targets), ce * cb[targets])
+
+
+def test_class_weighted_reductions_match_their_reference_formulas():
+    logits, targets = _data(b=20, c=6)
+    targets = targets.clamp_max(4)
+    w = class_balanced_weights(COUNTS, 0.999).double()
+    wy = w[targets]
+    ce = F.cross_entropy(logits, targets, reduction="none")
+    m = ldam_margins(COUNTS, 0.5).double()
+    adjusted = 30.0 * (logits - F.one_hot(targets, 6).double() * m[targets, None])
+    p_t = F.softmax(logits, 1).gather(1, targets[:, None]).squeeze(1)
+    focal = -(1 - p_t) ** 2 * p_t.log()
+    refs = {  # loss → (per-sample weighted loss, reference of reduction weight_sum)
+        "cb": (wy * ce, F.cross_entropy(logits, targets, weight=w)),
+        "drw": (wy * ce, F.cross_entropy(logits, targets, weight=w)),
+        "ldam_drw": (wy * F.cross_entropy(adjusted, targets, reduction="none"),
+                     F.cross_entropy(adjusted, targets, weight=w)),
+        "cb_focal": (wy * focal, (wy * focal).sum() / wy.sum()),
+    }
+    beta = {"cb": "beta", "cb_focal": "beta", "drw": "drw_beta", "ldam_drw": "drw_beta"}
+    for name, (weighted, weight_sum) in refs.items():
+        extra = {"gamma": 2.0} if name == "cb_focal" else {}
+        for reduction in ("mean", "weight_sum"):
+            fn = classification_loss(name, COUNTS, reduction=reduction, **{beta[name]: 0.999},
+                                     **extra)
+            fn.set_epoch(9, 10)
+            batch = fn(logits, targets).mean()  # what the trainers take (train_head, Supervised)
+            ref = weighted.mean() if reduction == "mean" else weight_sum
+            torch.testing.assert_close(batch, ref, msg=f"{name} {reduction}")
+    # the papers' reductions are the defaults; before DRW switches on both are the plain mean
+    assert {n: classification_loss(n, COUNTS).reduction for n in refs} == {
+        "cb": "mean", "cb_focal": "mean", "drw": "weight_sum", "ldam_drw": "weight_sum"}
+    drw = classification_loss("drw", COUNTS)
+    drw.set_epoch(0, 10)
+    torch.testing.assert_close(drw(logits, targets), ce)
+    with pytest.raises(RecipeError, match="reduction"):
+        classification_loss("drw", COUNTS, reduction="sum")
+    with pytest.raises(RecipeError, match="'ldam' does not take.*reduction"):
+        classification_loss("ldam", COUNTS, reduction="mean")
 
 
 def test_superloss_running_mean_threshold():
