@@ -107,9 +107,25 @@ class ScratchCfg(Section):
     batch_size: int = Field(256, gt=0)
     max_steps_per_epoch: int | None = Field(None, gt=0)
     loss: LossCfg = LossCfg(name="ce")
+    # the same network from scratch once more per loss named here (with loss's other options),
+    # e.g. [la, sl, la_sl]: seed 000's single-stage networks (its Figure 4), so that two-stage
+    # SSL is compared with the strongest supervised recipe of equal compute, not only CE
+    extra_losses: list[LossName] = []
     optim: OptimCfg = OptimCfg(lr=0.1, warmup_epochs=1)
     augment: AugmentCfg = AugmentCfg(preset="supervised_cifar")
     balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"
+
+    @model_validator(mode="after")
+    def _distinct_losses(self):
+        names = [self.loss.name, *self.extra_losses]
+        if len(set(names)) != len(names):
+            raise ValueError(f"extra_losses {self.extra_losses} repeats a loss (loss.name is "
+                             f"{self.loss.name}); name each loss once")
+        return self
+
+    def losses(self) -> list[str]:
+        """Every from-scratch network's loss, the section's own first."""
+        return [self.loss.name, *self.extra_losses]
 
 
 class BaselinesCfg(Section):

@@ -19,7 +19,13 @@ from ltscale.eval.report import SUMMARY_HEADER, markdown_table, summary_rows, wr
 from ltscale.stages.context import Context, make_context
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
 from ltscale.stages.finetune import predict_images, run_finetune
-from ltscale.stages.pretrain import label_free_key, new_encoder, run_pretrain, run_scratch
+from ltscale.stages.pretrain import (
+    label_free_key,
+    new_encoder,
+    run_pretrain,
+    run_scratch,
+    scratch_stage,
+)
 from ltscale.stages.results import FinetuneResult, TrainResult
 from ltscale.stages.selftrain import check_pool, run_selftrain
 
@@ -226,14 +232,18 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = Non
             results[model] = evaluate_logits(ctx, base.logits, base.targets, model)
         timings["baseline_random_encoder"] = time.perf_counter() - t
     scratch = None
-    if recipe.baselines.ce_scratch.enabled:
-        t = time.perf_counter()
-        with _stage(ctx, "baseline_ce_scratch"):
-            scratch = run_scratch(ctx)
-            logits, targets = predict_images(ctx, scratch.method)
-            model = f"scratch + {recipe.baselines.ce_scratch.loss.name}"
-            results[model] = evaluate_logits(ctx, logits, targets, model)
-        timings["baseline_ce_scratch"] = time.perf_counter() - t
+    if recipe.baselines.ce_scratch.enabled:  # one network per loss; the first is the teacher
+        for i, scratch_loss in enumerate(recipe.baselines.ce_scratch.losses()):
+            t = time.perf_counter()
+            stage = f"baseline_{scratch_stage(ctx, scratch_loss)}"
+            with _stage(ctx, stage):
+                trained = run_scratch(ctx, scratch_loss)
+                logits, targets = predict_images(ctx, trained.method)
+                model = f"scratch + {scratch_loss}"
+                results[model] = evaluate_logits(ctx, logits, targets, model)
+            timings[stage] = time.perf_counter() - t
+            if i == 0:
+                scratch = trained
     if recipe.selftrain.enabled:  # teacher → pseudo-labels for D_U → student (Yang & Xu 2020)
         t = time.perf_counter()
         with _stage(ctx, "selftrain"):

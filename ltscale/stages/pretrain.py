@@ -279,14 +279,28 @@ def run_pretrain(ctx: Context) -> TrainResult:
     return result
 
 
-def run_scratch(ctx: Context) -> TrainResult:
-    """Encoder + linear classifier trained end to end on the observed labels."""
+def scratch_stage(ctx: Context, loss: str | None = None) -> str:
+    """The folder (and MLflow stage) of the from-scratch network with ``loss``: ``ce_scratch``
+    for the section's own loss, ``scratch_<loss>`` for each of its ``extra_losses``."""
     s = ctx.recipe.baselines.ce_scratch
+    return "ce_scratch" if loss in (None, s.loss.name) else f"scratch_{loss}"
+
+
+def run_scratch(ctx: Context, loss: str | None = None) -> TrainResult:
+    """Encoder + linear classifier trained end to end on the observed labels, with
+    ``baselines.ce_scratch``'s loss or, naming one of its ``extra_losses``, that loss (with the
+    section's other loss options)."""
+    s = ctx.recipe.baselines.ce_scratch
+    if loss not in (None, s.loss.name):
+        s = s.model_copy(update={"loss": s.loss.model_copy(update={"name": loss}),
+                                 "extra_losses": []})
     method = create_method("supervised", new_encoder(ctx), num_classes=ctx.index.num_classes,
                            class_counts=ctx.manifest.class_counts().tolist(), loss=s.loss.name,
                            loss_options=s.loss.options())
     ctx.tracker.log_params(flatten({"ce_scratch": s.model_dump()}))
-    return _train(ctx, method, name="ce_scratch", epochs=s.epochs, batch_size=s.batch_size,
-                  workers=ctx.recipe.pretrain.workers, optim_cfg=s.optim, augment=s.augment,
-                  balance=s.balance,
-                  max_steps=s.max_steps_per_epoch, monitor=False, settings=s.model_dump())
+    # the extra losses are not part of one network's settings: its checkpoints resume alone
+    return _train(ctx, method, name=scratch_stage(ctx, loss), epochs=s.epochs,
+                  batch_size=s.batch_size, workers=ctx.recipe.pretrain.workers,
+                  optim_cfg=s.optim, augment=s.augment, balance=s.balance,
+                  max_steps=s.max_steps_per_epoch, monitor=False,
+                  settings=s.model_dump(exclude={"extra_losses"}))

@@ -99,3 +99,24 @@ def test_the_reuse_key_ignores_labels_only(tiny_idx, tmp_path):
     assert _key(tiny_idx, tmp_path, pretrain__method={"name": "supcon"}) is None
     assert _key(tiny_idx, tmp_path, pretrain__balance="class") is None
     assert _key(tiny_idx, tmp_path, pretrain__online_probe=True) is None
+
+
+def test_scratch_networks_per_loss_are_each_the_run_of_that_loss(tiny_idx, tmp_path):
+    """``baselines.ce_scratch.extra_losses``: one from-scratch network per loss (seed 000's
+    single-stage LA / SL / LA+SL), each in its own folder, each equal to a pipeline whose
+    scratch loss is that one."""
+    scratch = {"enabled": True, "epochs": 1, "batch_size": 8, "loss": {"name": "ce"},
+               "extra_losses": ["la", "la_sl"]}
+    summary, _ = _run(_recipe(tiny_idx, tmp_path, "fair", baselines__ce_scratch=scratch))
+    out = tmp_path / "fair"
+    assert [m for m in summary["results"] if m.startswith("scratch")] == [
+        "scratch + ce", "scratch + la", "scratch + la_sl"]
+    for folder in ("ce_scratch", "scratch_la", "scratch_la_sl"):
+        assert (out / folder / "encoder.pt").exists()
+    assert summary["results"]["scratch + la"] != summary["results"]["scratch + ce"]
+    alone = dict(scratch, loss={"name": "la"}, extra_losses=[])
+    single, _ = _run(_recipe(tiny_idx, tmp_path, "alone", baselines__ce_scratch=alone))
+    assert single["results"]["scratch + la"] == summary["results"]["scratch + la"]
+    with pytest.raises(RecipeError, match="repeats a loss"):
+        recipe_from_dict({"baselines": {"ce_scratch": {"loss": {"name": "la"},
+                                                       "extra_losses": ["la"]}}})
