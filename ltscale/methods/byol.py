@@ -1,11 +1,12 @@
 """BYOL (Grill et al. 2020): an online encoder + projector + predictor regresses a target
 network's projection of the other view; the target is an EMA of the online encoder + projector
-with τ rising from τ_base to 1 on a cosine schedule. Heads 4096 → 256; seed 000 trains with Adam
-(lr 0.001·bs/256, weight decay 1.5e-6) instead of LARS."""
+with τ rising from τ_base to 1 on a cosine schedule. Heads 4096 → 256. Default optimizer: the
+paper's LARS (``BYOLCfg.default_optim``); seed 000's recipes use Adam instead (lr 0.001·bs/256,
+weight decay 1.5e-6)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -27,6 +28,12 @@ class BYOLCfg(Section):
     pred_dim: int = Field(4096, gt=0)         # predictor hidden width
     proj_layers: int = Field(2, ge=2)
     tau_base: float = Field(0.996, ge=0, le=1)  # target EMA, cosine-scheduled to 1
+    # Grill et al. 2020, §3.3 "Optimization": LARS, base lr 0.2 × B/256, weight decay 1.5e-6
+    # (biases and BN excluded from LARS and weight decay), 10 warm-up epochs, cosine decay;
+    # trust coefficient 1e-3 (App. C)
+    default_optim: ClassVar[dict] = {"name": "lars", "lr": 0.2, "lars_eta": 1e-3,
+                                     "momentum": 0.9, "weight_decay": 1.5e-6,
+                                     "warmup_epochs": 10, "schedule": "cosine"}
 
 
 @register_method("byol", BYOLCfg)

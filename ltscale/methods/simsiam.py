@@ -1,9 +1,10 @@
 """SimSiam (Chen & He 2021): two views, projector, predictor, stop-gradient. Seed 000 uses a
-2-layer projector instead of 3, SGD with lr 0.03·batch/256 and a fixed predictor lr option."""
+2-layer projector instead of 3 (the default here) and SGD with lr 0.03·batch/256 (its recipes);
+the default optimizer is the paper's ImageNet one (``SimSiamCfg.default_optim``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
@@ -20,7 +21,12 @@ class SimSiamCfg(Section):
     proj_dim: int = Field(2048, gt=0)
     pred_dim: int = Field(512, gt=0)
     proj_layers: int = Field(2, ge=1)
-    fix_pred_lr: bool = True
+    fix_pred_lr: bool = True                  # §4: the predictor's lr is not decayed
+    # Chen & He 2021, §4 "Optimizer": SGD, lr 0.05 × B/256, momentum 0.9, weight decay 1e-4,
+    # cosine decay, no warm-up (the CIFAR variant of App. D uses lr 0.03 and weight decay 5e-4)
+    default_optim: ClassVar[dict] = {"name": "sgd", "lr": 0.05, "momentum": 0.9,
+                                     "weight_decay": 1e-4, "warmup_epochs": 0,
+                                     "schedule": "cosine"}
 
 
 @register_method("simsiam", SimSiamCfg)
