@@ -21,9 +21,10 @@ TABLE = {
                {"name": "lars", "lr": 0.3, "lars_eta": 1e-3, "momentum": 0.9,
                 "weight_decay": 1e-6, "warmup_epochs": 10, "schedule": "cosine"}),
     # BYOL, Grill et al. 2020: §3.3 (LARS, base lr 0.2·B/256, wd 1.5e-6, 10-epoch warm-up,
-    # cosine; τ_base 0.996; projector/predictor 4096 → 256), App. C (trust coefficient 1e-3)
+    # cosine; τ_base 0.996; projector/predictor 4096 → 256), App. C (trust coefficient 1e-3);
+    # each view its own forward (BN statistics per view) as the reference implementation
     "byol": ({"proj_dim": 4096, "out_dim": 256, "pred_dim": 4096, "proj_layers": 2,
-              "tau_base": 0.996},
+              "tau_base": 0.996, "bn_per_view": True},
              {"name": "lars", "lr": 0.2, "lars_eta": 1e-3, "momentum": 0.9,
               "weight_decay": 1.5e-6, "warmup_epochs": 10, "schedule": "cosine"}),
     # Barlow Twins, Zbontar et al. 2021, implementation details: LARS, lr 0.2 (weights) and
@@ -40,8 +41,10 @@ TABLE = {
              {"name": "sgd", "lr": 0.03, "momentum": 0.9, "weight_decay": 1e-4,
               "warmup_epochs": 0, "schedule": "cosine"}),
     # SimSiam, Chen & He 2021: §4 optimizer (SGD lr 0.05·B/256, momentum 0.9, wd 1e-4, cosine,
-    # predictor lr fixed); projector 2 layers as seed 000 (the paper: 3), predictor 512 wide
-    "simsiam": ({"proj_dim": 2048, "pred_dim": 512, "proj_layers": 2, "fix_pred_lr": True},
+    # predictor lr fixed); projector 2 layers as seed 000 (the paper: 3), predictor 512 wide;
+    # each view its own forward (Algorithm 1: f(x1), f(x2), so BN statistics per view)
+    "simsiam": ({"proj_dim": 2048, "pred_dim": 512, "proj_layers": 2, "fix_pred_lr": True,
+                 "bn_per_view": True},
                 {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4,
                  "warmup_epochs": 0, "schedule": "cosine"}),
     # Rotation, Gidaris et al. 2018 §4.1 (CIFAR): SGD lr 0.1 at batch 128 (unscaled), momentum
