@@ -72,7 +72,11 @@ class BackboneCfg(Section):
 
 class KnnCfg(Section):
     enabled: bool = True
-    bank_per_class: int = Field(100, gt=0)   # class-balanced labelled bank from the train split
+    # the labelled bank: `manifest`, the manifest's training images with their observed
+    # (possibly noisy) labels, what a practitioner has; `clean_train`, the whole train split with
+    # its clean labels (an oracle monitor)
+    bank: Literal["manifest", "clean_train"] = "manifest"
+    bank_per_class: int = Field(100, gt=0)   # at most this many bank images per (observed) class
     queries: int = Field(2000, gt=0)         # test images scored (a fixed balanced subset)
     k: int = Field(200, gt=0)                 # weighted kNN as customary: k = 200, T = 0.1
     temperature: float = Field(0.1, gt=0)

@@ -76,7 +76,7 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True, log=print,
         context = {"recipe": recipe.name, "manifest": ctx.manifest.hash,
                    "imbalance": recipe.manifest.imbalance, "noise": recipe.manifest.noise,
                    "seeds": seeds,
-                   "pretrain kNN top-1 (balanced bank)": [run["knn"] for run in runs],
+                   "pretrain kNN top-1": [run["knn"] for run in runs],
                    "stage seconds": {k: round(v, 1) for k, v in timings.items()}}
         out = Path(recipe.output_dir)
         paths = write_report(out / "report", f"ltscale report: {recipe.name}", results,
@@ -103,6 +103,24 @@ def _noise(ctx: Context, result: dict) -> dict | None:
     return evaluate_noise(ctx, conf)
 
 
+def _knn_with_own_labels(ctx: Context, pre: dict) -> dict:
+    """A reused encoder's final kNN score, rescored with this run's bank: the default bank holds
+    the manifest's observed labels, which differ between points that share an encoder."""
+    knn = ctx.recipe.pretrain.knn
+    if not (knn.enabled and knn.bank == "manifest" and pre["history"]
+            and ctx.backend.is_main):
+        return pre
+    from ltscale.engine.knn import KnnMonitor
+    from ltscale.stages.loaders import knn_loaders
+    from ltscale.stages.pretrain import load_encoder
+
+    monitor = KnnMonitor(*knn_loaders(ctx), ctx.index.num_classes, ctx.device, knn.k,
+                         knn.temperature)
+    top1 = monitor(load_encoder(pre["encoder"]).to(ctx.device))
+    ctx.tracker.log_metrics({"knn/top1": top1})
+    return pre | {"history": [*pre["history"][:-1], pre["history"][-1] | {"knn/top1": top1}]}
+
+
 def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[dict, str]:
     """The pretrain stage, or, when an earlier run of this invocation (a sweep point) already
     pretrained on the same images with the same seed and settings and the pretraining reads no
@@ -114,6 +132,7 @@ def _pretrain(ctx: Context, shared: dict | None, log) -> tuple[dict, str]:
         with _stage(ctx, "pretrain", source=source):
             ctx.tracker.set_tags({"ltscale.pretrain_reused": "true",
                                   "ltscale.encoder": str(pre["encoder"].resolve())})
+            pre = _knn_with_own_labels(ctx, pre)
         log(f"pretrain: reusing the encoder of run {source} ({pre['encoder']}): same images, "
             "seed and settings, and the pretraining reads no labels")
         return pre, source
