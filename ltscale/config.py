@@ -7,16 +7,16 @@ was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ltscale.config_base import AugmentCfg, OptimCfg, Section
+from ltscale.config_base import Section
+from ltscale.config_pretrain import PretrainCfg
 from ltscale.config_supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
 from ltscale.errors import LtscaleError, RecipeError
-from ltscale.methods import method_config, method_configs
 from ltscale.safe_yaml import MAX_RECIPE_BYTES, safe_load_limited
 
 
@@ -98,105 +98,6 @@ class ManifestCfg(Section):
         if isinstance(v, dict):
             v = _check(NoiseSpec.text_of, v, result=True)
         return _check(NoiseSpec.parse, v) if isinstance(v, str) else v
-
-
-class BackboneCfg(Section):
-    name: str = "cifar_resnet20"
-    cifar_stem: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        from ltscale.models import backbone_names
-
-        if v not in backbone_names():
-            raise ValueError(f"unknown backbone; registered: {', '.join(backbone_names())}")
-        return v
-
-
-class KnnCfg(Section):
-    enabled: bool = True
-    bank_per_class: int = Field(100, gt=0)   # class-balanced labelled bank from the train split
-    queries: int = Field(2000, gt=0)         # test images scored (a fixed balanced subset)
-    k: int = Field(200, gt=0)                 # weighted kNN as customary: k = 200, T = 0.1
-    temperature: float = Field(0.1, gt=0)
-    every: int = Field(1, gt=0)               # epochs between evaluations (and the last epoch)
-
-
-Balance = Literal["instance", "class", "sqrt", "progressive"]
-
-
-# the recipe's method section: the options class of whichever method `name` picks, each defined
-# beside its method (ltscale/methods/<method>.py)
-MethodCfg = Annotated[Union[method_configs()], Field(discriminator="name")]
-
-
-class PretrainStageCfg(Section):
-    """One stage of a multi-stage pretraining (``pretrain.stages``). Settings left out are taken
-    from ``pretrain``; stage k > 0 starts from stage k − 1's encoder (and whatever else its method
-    takes over in ``init_from``, e.g. FASSL's prototypes)."""
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # its folder and MLflow run
-    method: MethodCfg
-    epochs: int | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, gt=0)
-    max_steps_per_epoch: int | None = Field(None, gt=0)
-    optim: OptimCfg | None = None
-    augment: AugmentCfg | None = None
-    balance: Balance | None = None
-
-
-class PretrainCfg(Section):
-    method: MethodCfg = method_config("simsiam")()
-    # several methods in sequence, each from the previous one's encoder (e.g. SDCLR → FASSL's
-    # prototype stage → FASSL's student/teacher stage); replaces `method` when given
-    stages: list[PretrainStageCfg] = []
-    backbone: BackboneCfg = BackboneCfg()
-    epochs: int = Field(800, gt=0)
-    batch_size: int = Field(512, gt=0)
-    max_steps_per_epoch: int | None = Field(None, gt=0)
-    accumulate: int = Field(1, ge=1)          # micro-batches per optimizer step
-    checkpoint_every: int = Field(0, ge=0)    # optimizer steps between mid-epoch checkpoints
-    keep_checkpoints: int = Field(2, ge=1)
-    workers: int = Field(2, ge=0)
-    optim: OptimCfg = OptimCfg()
-    augment: AugmentCfg = AugmentCfg()
-    balance: Literal["instance", "class", "sqrt", "progressive"] = "instance"
-    knn: KnnCfg = KnnCfg()
-    online_probe: bool = False  # a linear classifier on detached features, trained alongside
-
-    @model_validator(mode="after")
-    def _stages_or_method(self):
-        if self.stages and "method" in self.model_fields_set:
-            raise ValueError("give either pretrain.method (one stage) or pretrain.stages, not "
-                             "both")
-        names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"pretrain.stages names must be unique, got {names}")
-        return self
-
-    def resolved_stages(self) -> list["PretrainStageCfg"]:
-        """Every stage with its settings filled in from this section (one stage named
-        ``pretrain`` when no ``stages`` are given)."""
-        if not self.stages:
-            return [PretrainStageCfg(name="pretrain", method=self.method, epochs=self.epochs,
-                                     batch_size=self.batch_size,
-                                     max_steps_per_epoch=self.max_steps_per_epoch,
-                                     optim=self.optim, augment=self.augment,
-                                     balance=self.balance)]
-        out = []
-        for s in self.stages:
-            filled = {k: getattr(self, k) if getattr(s, k) is None else getattr(s, k)
-                      for k in ("epochs", "batch_size", "optim", "augment", "balance")}
-            steps = s.max_steps_per_epoch if s.max_steps_per_epoch is not None \
-                else self.max_steps_per_epoch
-            out.append(PretrainStageCfg(name=s.name, method=s.method, max_steps_per_epoch=steps,
-                                        **filled))
-        return out
-
-    @property
-    def final_method(self):
-        """The method whose encoder pretraining hands to fine-tuning (the last stage's)."""
-        return self.stages[-1].method if self.stages else self.method
 
 
 class EvalCfg(Section):

@@ -13,8 +13,12 @@ class Section(BaseModel):
 
 
 class OptimCfg(Section):
+    """An optimizer and its schedule. For pretraining, the fields a recipe leaves out come from
+    the method's ``default_optim`` (its paper's optimizer; see ``config_pretrain``), and only then
+    from the defaults below."""
     name: Literal["sgd", "lars", "adam", "adamw"] = "sgd"
     lr: float = Field(0.03, gt=0)               # base lr, scaled by batch_size / 256
+    bias_lr: float | None = Field(None, gt=0)   # base lr of biases and norm parameters; None: lr
     lars_eta: float = Field(0.02, gt=0)         # LARS trust coefficient
     scale_lr: bool = True
     momentum: float = Field(0.9, ge=0, lt=1)

@@ -106,7 +106,7 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
         context = {"recipe": recipe.name, "manifest": ctx.manifest.hash,
                    "imbalance": recipe.manifest.imbalance, "noise": recipe.manifest.noise,
                    "seeds": seeds,
-                   "pretrain kNN top-1 (balanced bank)": [run.knn for run in runs],
+                   "pretrain kNN top-1": [run.knn for run in runs],
                    "stage seconds": {k: round(v, 1) for k, v in timings.items()}}
         out = Path(recipe.output_dir)
         paths = write_report(out / "report", f"ltscale report: {recipe.name}", results,
@@ -133,6 +133,24 @@ def _noise(ctx: Context, result: FinetuneResult) -> dict | None:
     return evaluate_noise(ctx, conf)
 
 
+def _knn_with_own_labels(ctx: Context, pre: TrainResult) -> TrainResult:
+    """A reused encoder's final kNN score, rescored with this run's bank: the default bank holds
+    the manifest's observed labels, which differ between points that share an encoder."""
+    knn = ctx.recipe.pretrain.knn
+    if not (knn.enabled and knn.bank == "manifest" and pre.history and ctx.backend.is_main):
+        return pre
+    from ltscale.engine.knn import KnnMonitor
+    from ltscale.stages.loaders import knn_loaders
+    from ltscale.stages.pretrain import load_encoder
+
+    monitor = KnnMonitor(*knn_loaders(ctx), ctx.index.num_classes, ctx.device, knn.k,
+                         knn.temperature)
+    top1 = monitor(load_encoder(pre.encoder).to(ctx.device))
+    ctx.tracker.log_metrics({"knn/top1": top1})
+    last = pre.history[-1] | {"knn/top1": top1}
+    return dataclasses.replace(pre, history=[*pre.history[:-1], last])
+
+
 def _pretrain(ctx: Context, shared: dict | None) -> tuple[TrainResult, str]:
     """The pretrain stage, or, when an earlier run of this invocation (a sweep point) already
     pretrained on the same images with the same seed and settings and the pretraining reads no
@@ -144,6 +162,7 @@ def _pretrain(ctx: Context, shared: dict | None) -> tuple[TrainResult, str]:
         with _stage(ctx, "pretrain", source=source):
             ctx.tracker.set_tags({"ltscale.pretrain_reused": "true",
                                   "ltscale.encoder": str(pre.encoder.resolve())})
+            pre = _knn_with_own_labels(ctx, pre)
         logger.info(f"pretrain: reusing the encoder of run {source} ({pre.encoder}): same images, "
             "seed and settings, and the pretraining reads no labels")
         return pre, source

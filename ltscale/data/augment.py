@@ -4,17 +4,25 @@ A preset is data — a tuple of view specifications — not code: the torch back
 (``augment_torch``) and the DALI backend (``data/loading/dali_loader``) each turn it into their own operations,
 so a recipe's ``augment.preset`` means the same views on either backend.
 
-| preset      | views | what (from the papers' standard settings)                                        |
-|-------------|-------|----------------------------------------------------------------------------------|
-| ``simclr``  | 2     | random resized crop 0.2–1, flip, colour jitter 0.4/0.4/0.4/0.1 (p 0.8), grayscale |
-|             |       | p 0.2, Gaussian blur σ ∈ [0.1, 2] p 0.5 (MoCo v2's augmentation; alias ``mocov2``)|
-| ``byol``    | 2     | asymmetric: crop 0.08–1, jitter 0.4/0.4/0.2/0.1 (p 0.8), grayscale p 0.2; blur    |
-|             |       | p 1.0 / 0.1, solarize p 0 / 0.2                                                   |
-| ``cifar``   | 2     | the SimCLR views at CIFAR size: no blur                                          |
+| preset      | views | what                                                                              |
+|-------------|-------|-----------------------------------------------------------------------------------|
+| ``simclr``  | 2     | SimCLR (Chen et al. 2020, App. A): random resized crop 0.08–1, flip, colour       |
+|             |       | jitter 0.8/0.8/0.8/0.2 (strength 1.0, p 0.8), grayscale p 0.2, Gaussian blur      |
+|             |       | σ ∈ [0.1, 2] p 0.5 (ImageNet; App. B.9 drops the blur for CIFAR: set ``blur: 0``) |
+| ``mocov2``  | 2     | MoCo v2 (Chen et al. 2020b, after InstDisc): crop 0.2–1, flip, jitter             |
+|             |       | 0.4/0.4/0.4/0.1 (p 0.8), grayscale p 0.2, blur σ ∈ [0.1, 2] p 0.5                  |
+| ``byol``    | 2     | BYOL (Grill et al. 2020, App. B, Table 6), asymmetric: crop 0.08–1, jitter        |
+|             |       | 0.4/0.4/0.2/0.1 (p 0.8), grayscale p 0.2; blur p 1.0 / 0.1, solarize p 0 / 0.2    |
+| ``cifar``   | 2     | MoCo v2's views without blur: SimSiam's CIFAR augmentation (Chen & He 2021, App. |
+|             |       | D), which seed 000 follows                                                        |
 | ``rotation``| 1 → 4 | random crop with 4-px padding, flip; each view rotated by 0/90/180/270° (labels  |
 |             |       | 0, 1, 2, 3 in that order: the Rotation SSP of seeds 001/002)                      |
 | ``supervised`` | 1  | crop 0.08–1, flip (ImageNet-style training view)                                  |
 | ``supervised_cifar`` | 1 | random crop with 4-px padding, flip                                          |
+
+A view is a ``ViewSpec``, so a preset may differ per view (``byol``). The recipe's ``augment``
+options (crop_scale, flip, jitter, grayscale, blur) replace a value in every view alike: setting
+``blur`` on ``byol`` makes its two views blur alike.
 
 Evaluation views are deterministic: resize the shorter side to ``size / crop_fraction`` and take
 the centre ``size × size`` crop (crop_fraction 0.875 from 96 px up, as for ImageNet; 1.0 below).
@@ -73,16 +81,27 @@ class EvalSpec:
 
 
 def _simclr(size: int) -> tuple[ViewSpec, ...]:
+    # SimCLR App. A: crop area 0.08–1 (aspect 3/4–4/3), colour distortion of strength s = 1:
+    # ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p 0.8 and grayscale with p 0.2; blur p 0.5
+    v = ViewSpec(size, crop_scale=(0.08, 1.0), jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)
+    return (v, v)
+
+
+def _mocov2(size: int) -> tuple[ViewSpec, ...]:
+    # MoCo v2 (Chen et al. 2020b, "aug+"): crop 0.2–1, jitter 0.4/0.4/0.4/0.1 p 0.8,
+    # grayscale p 0.2, blur p 0.5
     v = ViewSpec(size, blur_p=0.5)
     return (v, v)
 
 
 def _byol(size: int) -> tuple[ViewSpec, ...]:
+    # BYOL App. B, Table 6: the two views differ in blur (p 1.0 / 0.1) and solarization (0 / 0.2)
     base = ViewSpec(size, crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1))
     return (replace(base, blur_p=1.0), replace(base, blur_p=0.1, solarize_p=0.2))
 
 
 def _cifar(size: int) -> tuple[ViewSpec, ...]:
+    # SimSiam App. D (CIFAR): MoCo v2's views without blur
     v = ViewSpec(size)
     return (v, v)
 
@@ -96,7 +115,7 @@ def _supervised(size: int) -> tuple[ViewSpec, ...]:
                      grayscale_p=0.0),)
 
 
-PRESETS = {"simclr": _simclr, "mocov2": _simclr, "byol": _byol, "cifar": _cifar,
+PRESETS = {"simclr": _simclr, "mocov2": _mocov2, "byol": _byol, "cifar": _cifar,
            "rotation": _padded, "supervised": _supervised, "supervised_cifar": _padded}
 
 

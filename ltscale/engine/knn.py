@@ -1,7 +1,9 @@
-"""kNN monitor with a class-balanced labelled memory bank.
+"""kNN monitor: a labelled memory bank and a balanced test subset of queries.
 
-A bank drawn from the long-tailed training manifest lets head classes out-vote tail classes, so
-the bank is a class-balanced sample of the training split, and queries are a balanced test subset.
+The stage builds the bank (``stages/loaders.knn_bank``): by default the manifest's training images
+with their observed, possibly noisy, labels — the labels a practitioner has — capped per observed
+class so that head classes do not out-vote tail ones; or, as an oracle, a class-balanced sample of
+the whole train split with clean labels (``pretrain.knn.bank: clean_train``).
 """
 
 from __future__ import annotations

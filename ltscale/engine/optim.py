@@ -16,17 +16,21 @@ def split_decay(params: list[nn.Parameter]) -> tuple[list, list]:
 
 
 def build_optimizer(groups: list[dict], cfg, batch_size: int) -> torch.optim.Optimizer:
-    """``groups``: dicts with ``params`` and optional flags (``fixed_lr``). Sets ``base_lr`` on each."""
-    lr = cfg.lr * batch_size / 256 if cfg.scale_lr else cfg.lr
+    """``groups``: dicts with ``params`` and optional flags (``fixed_lr``). Sets ``base_lr`` on
+    each: ``cfg.lr`` for weights, ``cfg.bias_lr`` (when set) for biases and norm parameters, both
+    × batch_size / 256 with ``scale_lr``."""
+    scale = batch_size / 256 if cfg.scale_lr else 1.0
+    lr = cfg.lr * scale
+    bias_lr = (cfg.lr if cfg.bias_lr is None else cfg.bias_lr) * scale
     param_groups = []
     for g in groups:
         decay, no_decay = split_decay(list(g["params"]))
         extra = {k: v for k, v in g.items() if k != "params"}
-        param_groups.append({"params": decay, "weight_decay": cfg.weight_decay, **extra})
-        param_groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
-    param_groups = [g for g in param_groups if g["params"]]
-    for g in param_groups:
-        g["base_lr"] = lr
+        param_groups.append({"params": decay, "weight_decay": cfg.weight_decay, "base_lr": lr,
+                             **extra})
+        param_groups.append({"params": no_decay, "weight_decay": 0.0, "base_lr": bias_lr,
+                             **extra})
+    param_groups = [g | {"lr": g["base_lr"]} for g in param_groups if g["params"]]
     if cfg.name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum)
     if cfg.name == "lars":

@@ -1,6 +1,7 @@
 """Barlow Twins (Zbontar et al. 2021): drive the cross-correlation of the two views' embeddings,
 each dimension standardised over the global batch, to the identity. Seed 000: λ = 0.005 and a
-3-layer projector of width 2048 (hidden and output), Adam with base lr 0.003.
+3-layer projector of width 2048 (hidden and output; the defaults here), Adam with base lr 0.003
+(its recipes); the default optimizer is the paper's LARS (``BarlowTwinsCfg.default_optim``).
 
 Every rank standardises with the global batch's mean and variance and builds C from all ranks'
 rows, so the loss equals the one-process loss on the concatenated batch; the cross-rank sums go
@@ -9,7 +10,7 @@ on every rank, gradients summed by the gather and averaged by data parallelism).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -44,6 +45,13 @@ class BarlowTwinsCfg(Section):
     out_dim: int = Field(2048, gt=0)
     proj_layers: int = Field(3, ge=2)
     lam: float = Field(0.005, ge=0)           # weight of the off-diagonal terms
+    # Zbontar et al. 2021, "Implementation details / Optimization" (BYOL's protocol): LARS, lr
+    # 0.2 for weights and 0.0048 for biases and BN parameters, both × B/256, weight decay 1.5e-6
+    # (biases and BN excluded from LARS and weight decay), 10 warm-up epochs, cosine decay (the
+    # paper stops at lr/1000; ltscale's cosine goes to 0); trust coefficient 1e-3 (released code)
+    default_optim: ClassVar[dict] = {"name": "lars", "lr": 0.2, "bias_lr": 0.0048,
+                                     "lars_eta": 1e-3, "momentum": 0.9, "weight_decay": 1.5e-6,
+                                     "warmup_epochs": 10, "schedule": "cosine"}
 
 
 @register_method("barlow_twins", BarlowTwinsCfg)

@@ -1,11 +1,12 @@
 """BYOL (Grill et al. 2020): an online encoder + projector + predictor regresses a target
 network's projection of the other view; the target is an EMA of the online encoder + projector
-with τ rising from τ_base to 1 on a cosine schedule. Heads 4096 → 256; seed 000 trains with Adam
-(lr 0.001·bs/256, weight decay 1.5e-6) instead of LARS."""
+with τ rising from τ_base to 1 on a cosine schedule. Heads 4096 → 256. Default optimizer: the
+paper's LARS (``BYOLCfg.default_optim``); seed 000's recipes use Adam instead (lr 0.001·bs/256,
+weight decay 1.5e-6)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -27,6 +28,16 @@ class BYOLCfg(Section):
     pred_dim: int = Field(4096, gt=0)         # predictor hidden width
     proj_layers: int = Field(2, ge=2)
     tau_base: float = Field(0.996, ge=0, le=1)  # target EMA, cosine-scheduled to 1
+    # each view its own forward through the online and the target network, so batch norm
+    # normalises each view with its own statistics, as the reference implementation; false: one
+    # forward over both views together
+    bn_per_view: bool = True
+    # Grill et al. 2020, §3.3 "Optimization": LARS, base lr 0.2 × B/256, weight decay 1.5e-6
+    # (biases and BN excluded from LARS and weight decay), 10 warm-up epochs, cosine decay;
+    # trust coefficient 1e-3 (App. C)
+    default_optim: ClassVar[dict] = {"name": "lars", "lr": 0.2, "lars_eta": 1e-3,
+                                     "momentum": 0.9, "weight_decay": 1.5e-6,
+                                     "warmup_epochs": 10, "schedule": "cosine"}
 
 
 @register_method("byol", BYOLCfg)
@@ -35,7 +46,8 @@ class BYOL(PretrainMethod):
     uses_labels = False
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 4096, out_dim: int = 256,
-                 pred_dim: int = 4096, proj_layers: int = 2, tau_base: float = 0.996):
+                 pred_dim: int = 4096, proj_layers: int = 2, tau_base: float = 0.996,
+                 bn_per_view: bool = True):
         super().__init__()
         self.encoder = encoder
         self.projector = mlp(projector_dims(encoder.feat_dim, proj_dim, out_dim, proj_layers),
@@ -44,6 +56,7 @@ class BYOL(PretrainMethod):
         self.target = EMA(self.encoder, self.projector)
         self.tau_base = tau_base
         self.tau = tau_base  # the last momentum used (a monitor)
+        self.bn_per_view = bn_per_view
 
     def param_groups(self):
         # the target is only moved by the EMA: no optimizer state, no weight decay
@@ -58,10 +71,16 @@ class BYOL(PretrainMethod):
     def forward(self, batch):
         views = batch[0]  # (B, 2, C, H, W)
         b = views.shape[0]
-        x = views.flatten(0, 1)
-        z = self.projector(self.encoder(x))
-        p1, p2 = self.predictor(z).view(b, 2, -1).unbind(1)
-        t1, t2 = self.target(x).view(b, 2, -1).unbind(1)
+        if self.bn_per_view:  # views[:, v] keeps the channels-last strides the engine gave
+            x1, x2 = views[:, 0], views[:, 1]
+            z1, z2 = self.projector(self.encoder(x1)), self.projector(self.encoder(x2))
+            p1, p2 = self.predictor(z1), self.predictor(z2)
+            t1, t2 = self.target(x1), self.target(x2)
+        else:  # one pass over both views: BN statistics over the 2B images
+            x = views.flatten(0, 1)
+            z = self.projector(self.encoder(x))
+            z1 = z.view(b, 2, -1)[:, 0]
+            p1, p2 = self.predictor(z).view(b, 2, -1).unbind(1)
+            t1, t2 = self.target(x).view(b, 2, -1).unbind(1)
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)  # symmetrised as in the paper (range [0, 8])
-        return {"loss": loss, "z_std": z_std(z.view(b, 2, -1)[:, 0]),
-                "tau": torch.tensor(self.tau)}
+        return {"loss": loss, "z_std": z_std(z1), "tau": torch.tensor(self.tau)}

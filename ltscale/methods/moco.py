@@ -5,7 +5,7 @@ expected to use SyncBN. Defaults: queue 65536, m 0.999, T 0.2, head 2048 → 128
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -31,6 +31,11 @@ class MoCoCfg(Section):
     temperature: float = Field(0.2, gt=0)
     shuffle_bn: bool = True                   # false: the recipe is expected to use SyncBN
     symmetric: bool = False                   # ½(L(q1, k2) + L(q2, k1)), both keys enqueued
+    # MoCo v2 (Chen et al. 2020b, §2 and Table 1): SGD, lr 0.03 at batch 256 (× B/256), cosine
+    # decay, no warm-up; momentum 0.9 and weight decay 1e-4 from MoCo v1 (He et al. 2020, §4)
+    default_optim: ClassVar[dict] = {"name": "sgd", "lr": 0.03, "momentum": 0.9,
+                                     "weight_decay": 1e-4, "warmup_epochs": 0,
+                                     "schedule": "cosine"}
 
 
 @register_method("moco", MoCoCfg)

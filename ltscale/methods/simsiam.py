@@ -1,9 +1,10 @@
 """SimSiam (Chen & He 2021): two views, projector, predictor, stop-gradient. Seed 000 uses a
-2-layer projector instead of 3, SGD with lr 0.03·batch/256 and a fixed predictor lr option."""
+2-layer projector instead of 3 (the default here) and SGD with lr 0.03·batch/256 (its recipes);
+the default optimizer is the paper's ImageNet one (``SimSiamCfg.default_optim``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from torch import nn
@@ -20,7 +21,15 @@ class SimSiamCfg(Section):
     proj_dim: int = Field(2048, gt=0)
     pred_dim: int = Field(512, gt=0)
     proj_layers: int = Field(2, ge=1)
-    fix_pred_lr: bool = True
+    fix_pred_lr: bool = True                  # §4: the predictor's lr is not decayed
+    # each view its own forward, so batch norm normalises each view with its own statistics, as
+    # the paper's pseudo-code (f(x1), f(x2)); false: one forward over both views together
+    bn_per_view: bool = True
+    # Chen & He 2021, §4 "Optimizer": SGD, lr 0.05 × B/256, momentum 0.9, weight decay 1e-4,
+    # cosine decay, no warm-up (the CIFAR variant of App. D uses lr 0.03 and weight decay 5e-4)
+    default_optim: ClassVar[dict] = {"name": "sgd", "lr": 0.05, "momentum": 0.9,
+                                     "weight_decay": 1e-4, "warmup_epochs": 0,
+                                     "schedule": "cosine"}
 
 
 @register_method("simsiam", SimSiamCfg)
@@ -29,13 +38,13 @@ class SimSiam(PretrainMethod):
     uses_labels = False  # trains on labeled and unlabeled images alike
 
     def __init__(self, encoder: nn.Module, proj_dim: int = 2048, pred_dim: int = 512,
-                 proj_layers: int = 2, fix_pred_lr: bool = True):
+                 proj_layers: int = 2, fix_pred_lr: bool = True, bn_per_view: bool = True):
         super().__init__()
         self.encoder = encoder
         dims = [encoder.feat_dim] + [proj_dim] * proj_layers
         self.projector = mlp(dims, last_bn=True, last_bn_affine=False)
         self.predictor = mlp([proj_dim, pred_dim, proj_dim], last_bn=False)
-        self.fix_pred_lr = fix_pred_lr
+        self.fix_pred_lr, self.bn_per_view = fix_pred_lr, bn_per_view
 
     def param_groups(self):
         return [{"params": list(self.encoder.parameters()) + list(self.projector.parameters())},
@@ -44,10 +53,13 @@ class SimSiam(PretrainMethod):
     def forward(self, batch):
         views = batch[0]  # (B, 2, C, H, W)
         b = views.shape[0]
-        z = self.projector(self.encoder(views.flatten(0, 1)))  # one pass over both views
-        p = self.predictor(z)
-        z1, z2 = z.view(b, 2, -1).unbind(1)
-        p1, p2 = p.view(b, 2, -1).unbind(1)
+        if self.bn_per_view:  # views[:, v] keeps the channels-last strides the engine gave
+            z1, z2 = (self.projector(self.encoder(views[:, v])) for v in (0, 1))
+            p1, p2 = self.predictor(z1), self.predictor(z2)
+        else:  # one pass over both views: BN statistics over the 2B images
+            z = self.projector(self.encoder(views.flatten(0, 1)))
+            z1, z2 = z.view(b, 2, -1).unbind(1)
+            p1, p2 = self.predictor(z).view(b, 2, -1).unbind(1)
         loss = simsiam_loss(p1, p2, z1, z2)
         # collapse monitor: std of the normalised output, ~1/sqrt(d) when healthy, 0 when collapsed
         z_std = nn.functional.normalize(z1.detach(), dim=1).std(0).mean()

@@ -83,10 +83,34 @@ def manifest_eval_loader(ctx: Context, batch_size: int = 512, workers: int = 0):
                        labels=observed, batch_size=batch_size, workers=workers)
 
 
+def capped_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Positions of ``labels`` keeping at most ``per_class`` of each label (all of a smaller
+    class; negative labels left out), drawn with ``seed``, in their original order."""
+    rng = np.random.default_rng([seed, 7])
+    keep = [rng.choice(np.flatnonzero(labels == c), size=min(per_class, int((labels == c).sum())),
+                       replace=False) for c in np.unique(labels[labels >= 0])]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def knn_bank(ctx: Context) -> tuple[str, np.ndarray, np.ndarray]:
+    """(split, rows, labels) of the kNN monitor's bank (``pretrain.knn.bank``): by default the
+    manifest's labeled training images with their observed labels, at most ``bank_per_class``
+    per observed class; ``clean_train``: a class-balanced sample of the whole train split with
+    its clean labels."""
+    knn, seed = ctx.recipe.pretrain.knn, ctx.recipe.seed
+    split = ctx.manifest.header["spec"]["split"]
+    if knn.bank == "clean_train":
+        rows = balanced_rows(ctx.index, split, knn.bank_per_class, seed)
+        return split, rows, ctx.index.label[rows]
+    ids, observed = ctx.manifest.rows("labeled")
+    keep = capped_per_class(np.asarray(observed), knn.bank_per_class, seed)
+    return split, np.asarray(ids)[keep], np.asarray(observed)[keep]
+
+
 def knn_loaders(ctx: Context):
     knn, seed = ctx.recipe.pretrain.knn, ctx.recipe.seed
-    bank = balanced_rows(ctx.index, ctx.manifest.header["spec"]["split"], knn.bank_per_class, seed)
+    split, rows, labels = knn_bank(ctx)
     n_cls = ctx.index.num_classes
     queries = balanced_rows(ctx.index, ctx.recipe.eval.split, max(1, knn.queries // n_cls), seed)
-    return eval_loader(ctx, ctx.manifest.header["spec"]["split"], bank), \
+    return eval_loader(ctx, split, rows, labels=labels), \
         eval_loader(ctx, ctx.recipe.eval.split, queries)

@@ -280,6 +280,17 @@ def test_byol_views_are_asymmetric_and_multi_view_repeats_them(jpeg_ds):
     assert x.shape == (6, 4, 3, 32, 32)
 
 
+def test_simclr_and_mocov2_presets_are_their_papers():
+    # SimCLR App. A: crop 0.08–1, ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, blur
+    # p 0.5; MoCo v2: crop 0.2–1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, blur 0.5
+    for name, crop, jitter in (("simclr", (0.08, 1.0), (0.8, 0.8, 0.8, 0.2)),
+                               ("mocov2", (0.2, 1.0), (0.4, 0.4, 0.4, 0.1))):
+        a, b = make_preset(name, 32, 3).views
+        assert a == b
+        assert (a.crop_scale, a.jitter, a.jitter_p, a.grayscale_p, a.blur_p, a.solarize_p) == \
+            (crop, jitter, 0.8, 0.2, 0.5, 0.0), name
+
+
 def test_one_channel_data_gives_one_channel(tiny_idx, tmp_path):
     index = build(tiny_idx, tmp_path / "ds", kind="idx")
     one = dict(mean=(0.5,), std=(0.25,))

@@ -37,6 +37,15 @@ def test_lars_leaves_norms_and_biases_unadapted_and_undecayed():
     torch.testing.assert_close(bias.detach(), before - 0.1)  # plain SGD step on the bias
 
 
+def test_bias_lr_sets_the_lr_of_biases_and_norms_scaled_like_lr():
+    # Barlow Twins: lr 0.2 for weights, 0.0048 for biases and BN, both × B/256
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    opt = build_optimizer([{"params": list(model.parameters())}],
+                          OptimCfg(name="lars", lr=0.2, bias_lr=0.0048), batch_size=512)
+    lrs = {g["weight_decay"] > 0: (g["base_lr"], g["lr"]) for g in opt.param_groups}
+    assert lrs == {True: (0.4, 0.4), False: (0.0096, 0.0096)}
+
+
 def test_warmup_then_cosine():
     assert lr_factor(0, 100, 10, "cosine") == 0.1
     assert lr_factor(9, 100, 10, "cosine") == 1.0

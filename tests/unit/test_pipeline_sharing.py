@@ -77,9 +77,13 @@ def test_a_noise_sweep_pretrains_once_and_the_reuse_is_exact(tiny_idx, tmp_path)
     assert not (tmp_path / "p1" / "pretrain").exists()  # no second pretraining
     assert len(shared) == 1
     # the same point pretrained on its own gives the same numbers
-    own, lines = _run(_recipe(tiny_idx, tmp_path, "own"), None)
-    assert not any("reusing" in line for line in lines)
+    own, own_lines = _run(_recipe(tiny_idx, tmp_path, "own"), None)
+    assert not any("reusing" in line for line in own_lines)
     assert own["results"] == reused["results"]
+    # the kNN monitor's bank holds each point's own observed labels: rescored, not copied
+    knn = [[line.split("kNN top-1 ")[1] for line in out if "kNN top-1" in line]
+           for out in (lines, own_lines)]
+    assert knn[0] == knn[1] and len(knn[0]) == 1
 
 
 def _key(tiny_idx, tmp_path, **changes):

@@ -29,8 +29,13 @@ def _recipe(tmp_path, tiny_idx, stages=STAGES, **pretrain):
 def test_stages_inherit_unset_settings_and_override_set_ones(tmp_path, tiny_idx):
     p = _recipe(tmp_path, tiny_idx, max_steps_per_epoch=3).pretrain
     first, second = p.resolved_stages()
-    assert (first.epochs, first.optim.lr, first.batch_size) == (1, p.optim.lr, 16)
+    # no optimizer set: the first stage's method's own (SimCLR's LARS)
+    assert (first.epochs, first.optim.name, first.optim.lr, first.batch_size) == \
+        (1, "lars", 0.3, 16)
+    # set fields replace the method's (SimSiam: SGD, weight decay 1e-4), the rest stay its own
     assert (second.epochs, second.optim.lr, second.max_steps_per_epoch) == (2, 0.01, 3)
+    assert (second.optim.name, second.optim.weight_decay, second.optim.warmup_epochs) == \
+        ("sgd", 1e-4, 0)
     assert p.final_method.name == "simsiam"
 
 

@@ -92,3 +92,46 @@ def test_checksums_are_computed_once_per_shard_until_the_file_changes(tiny_idx, 
     with pytest.raises(DataError, match="SHA-256 differs"):
         train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8, workers=0, seed=0,
                      epochs=1)
+
+
+def _knn_ctx(tiny_idx, tmp_path, **knn):
+    from tests.conftest import tiny_pipeline_recipe
+
+    raw = tiny_pipeline_recipe(tiny_idx, tmp_path / "out", tmp_path / "shards")
+    raw["manifest"]["noise"] = "sym:0.8"  # many observed labels differ from the clean ones
+    raw["pretrain"]["knn"] |= {"bank_per_class": 1000} | knn
+    return make_context(recipe_from_dict(raw), progress=False)
+
+
+def test_the_knn_bank_is_the_manifest_with_its_observed_labels(tiny_idx, tmp_path):
+    import numpy as np
+
+    from ltscale.stages.loaders import knn_bank, knn_loaders
+
+    ctx = _knn_ctx(tiny_idx, tmp_path)
+    assert ctx.recipe.pretrain.knn.bank == "manifest"  # the default
+    ids, observed = ctx.manifest.rows("labeled")
+    split, rows, labels = knn_bank(ctx)
+    assert split == ctx.manifest.header["spec"]["split"]
+    # no cap reached: every labeled training image, each with its observed label
+    assert sorted(rows.tolist()) == sorted(np.asarray(ids).tolist())
+    assert dict(zip(rows.tolist(), labels.tolist())) == dict(zip(np.asarray(ids).tolist(),
+                                                                 np.asarray(observed).tolist()))
+    assert (labels != ctx.index.label[rows]).any()  # noisy labels, not the clean ones
+    bank_loader, _ = knn_loaders(ctx)
+    assert bank_loader.dataset.labels.tolist() == labels.tolist()
+    # the cap keeps at most bank_per_class per observed class
+    capped = _knn_ctx(tiny_idx, tmp_path, bank_per_class=2)
+    _, rows2, labels2 = knn_bank(capped)
+    assert set(rows2.tolist()) <= set(rows.tolist())
+    assert max(np.bincount(labels2)) <= 2
+
+
+def test_the_clean_train_bank_is_the_old_oracle(tiny_idx, tmp_path):
+    from ltscale.stages.loaders import knn_bank
+
+    ctx = _knn_ctx(tiny_idx, tmp_path, bank="clean_train", bank_per_class=3)
+    split, rows, labels = knn_bank(ctx)
+    assert labels.tolist() == ctx.index.label[rows].tolist()  # clean labels
+    assert set(rows.tolist()) <= set(ctx.index.split_ids(split).tolist())
+    assert sorted(set(labels.tolist())) == list(range(ctx.index.num_classes))
