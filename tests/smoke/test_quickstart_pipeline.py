@@ -33,7 +33,8 @@ def test_report_has_every_model_and_sane_numbers(quickstart):
     work, _ = quickstart
     report = json.loads((work / "run" / "report" / "report.json").read_text())
     results = report["results"]
-    assert set(results) == {"simsiam + la_sl", "random encoder + la_sl", "scratch + ce"}
+    assert set(results) == {"simsiam + la_sl", "random encoder + la_sl", "scratch + ce",
+                            "scratch + la_sl"}
     for name, m in results.items():
         assert 0.0 <= m["top1"] <= 1.0 and m["top5"] >= m["top1"]
         assert len(m["per_class"]) == 10
@@ -63,7 +64,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage(quickstart):
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId")
                 == parent.info.run_id}
     assert set(children) == {"data", "pretrain", "finetune", "eval", "baseline_random_encoder",
-                             "baseline_ce_scratch"}
+                             "baseline_ce_scratch", "baseline_scratch_la_sl"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert parent.data.params["pretrain.epochs"] == "1"
     assert parent.data.params["manifest.imbalance"] == "exp:100"
@@ -76,7 +77,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage(quickstart):
     assert {n: r.data.tags.get("ltscale.model") for n, r in children.items()
             if "ltscale.model" in r.data.tags} == {
         "eval": "simsiam + la_sl", "baseline_random_encoder": "random encoder + la_sl",
-        "baseline_ce_scratch": "scratch + ce"}
+        "baseline_ce_scratch": "scratch + ce", "baseline_scratch_la_sl": "scratch + la_sl"}
     assert math.isfinite(children["pretrain"].data.metrics["epoch/loss"])
     assert "knn/top1" in children["pretrain"].data.metrics
     assert children["data"].data.metrics["manifest/samples"] == 1485
