@@ -123,13 +123,14 @@ def _noise_section(noise: dict) -> list[str]:
 
 
 def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: list[str],
-                 train_counts: list[int], context: dict, noise: dict | None = None
-                 ) -> dict[str, Path]:
+                 train_counts: list[int], context: dict, noise: dict | None = None,
+                 embedding: tuple | None = None) -> dict[str, Path]:
     """Write the report files into ``out_dir``; return their paths.
 
     Keys: ``md``, ``json``, ``per_class``, ``shots``, ``confusion`` (absent when no result has a
     confusion matrix), ``reliability`` (absent when no result has reliability bins); each path appears once, so callers may log ``paths.values()``. ``noise`` is one ``noise_separation`` dict
-    or a mapping model name → dict.
+    or a mapping model name → dict. ``embedding``: (test features, their labels, the model's
+    name) of one model, drawn as ``embedding.png`` (``ltscale.eval.embedding``; key ``embedding``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -177,4 +178,13 @@ def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: l
                                             classes, main[0])
     if any(m.get("reliability") for m in results.values()):
         paths["reliability"] = plot_reliability(out_dir / "reliability.png", results)
+    if embedding is not None:
+        from ltscale.eval.embedding import plot_embedding
+
+        features, labels, name = embedding
+        groups = next((m["groups"] for m in results.values() if m.get("groups")), {})
+        drawn = plot_embedding(out_dir / "embedding.png", features, labels, train_counts, classes,
+                               groups, name)
+        if drawn is not None:
+            paths["embedding"] = drawn
     return paths

@@ -328,7 +328,8 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
     ctx.tracker.log_metrics({f"finetune/{k}_seconds": v for k, v in timings.items()} | metrics)
     return {"head": head_path, "logits": logits, "targets": torch.from_numpy(test_cache.labels),
             "history": history, "confidence": confidence, "mode": mode,
-            "encoder": head_encoder, "seconds": sum(timings.values()), "timings": timings}
+            "encoder": head_encoder, "seconds": sum(timings.values()), "timings": timings,
+            "test_cache": test_cache}
 
 
 @torch.no_grad()
