@@ -105,6 +105,8 @@ class EvalCfg(Section):
     many_threshold: int = Field(100, ge=0)   # classes with > this many training images are Many-shot
     few_threshold: int = Field(20, ge=0)     # classes with < this many are Few-shot
     allow_overlap: bool = False  # allow test samples that are also training (labeled/unlabeled) ones
+    ece_bins: int = Field(15, ge=1, le=1000)  # equal-width confidence bins of the calibration error
+    embedding_plot: bool = False  # report: t-SNE/UMAP map of ≤2,000 test features (~10 s on a CPU)
 
     @field_validator("few_threshold")
     @classmethod

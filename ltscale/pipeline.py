@@ -10,6 +10,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ltscale.config import Recipe, flatten
@@ -50,6 +51,8 @@ class SeedRun:
     noise: dict[str, dict]
     timings: dict[str, float]
     knn: float | None
+    features: object = None     # the recipe's own head's test feature cache (the feature map)
+    model: str = ""             # that head's report name
 
 
 @contextlib.contextmanager
@@ -111,7 +114,7 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
         out = Path(recipe.output_dir)
         paths = write_report(out / "report", f"ltscale report: {recipe.name}", results,
                              ctx.index.classes, ctx.manifest.reference_counts().tolist(), context,
-                             noise=noise or None)
+                             noise=noise or None, embedding=_embedding(recipe, runs[0]))
         for p in paths.values():
             tracker.log_artifact(p, "report")
         tracker.log_metrics({f"time/{k}_seconds": v for k, v in timings.items()})
@@ -122,6 +125,19 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
                            for k, v in results.items()}, "table": table}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _embedding(recipe: Recipe, run: SeedRun) -> tuple | None:
+    """The first seed's test features of the recipe's own head (as cached for it: the encoder's
+    output, or the frozen projector layer's for last_fc), a subsample read from the cache."""
+    cache = run.features
+    if not recipe.eval.embedding_plot or cache is None or not len(cache):
+        return None
+    from ltscale.eval.embedding import stratified_subsample
+
+    keep = stratified_subsample(cache.labels, seed=recipe.seed)
+    return (np.asarray(cache.features[0, keep], dtype=np.float32), cache.labels[keep],
+            run.model)
 
 
 def _noise(ctx: Context, result: FinetuneResult) -> dict | None:
@@ -269,4 +285,5 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = Non
             st = run_selftrain(ctx, ft, pre.encoder, scratch)
             results[st.name] = evaluate_logits(ctx, st.logits, st.targets, st.name)
         timings["selftrain"] = time.perf_counter() - t
-    return SeedRun(ctx=ctx, results=results, noise=noise, timings=timings, knn=knn)
+    return SeedRun(ctx=ctx, results=results, noise=noise, timings=timings, knn=knn,
+                   features=ft.test_cache, model=heads[0].model)

@@ -13,11 +13,11 @@ from ltscale.errors import LtscaleError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ltscale.cli import bench, compare, data, manifest, stages, submit
+    from ltscale.cli import bench, compare, data, export, manifest, stages, submit
 
     p = argparse.ArgumentParser(prog="ltscale", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for module in (data, manifest, bench, stages, submit, compare):
+    for module in (data, manifest, bench, stages, submit, compare, export):
         module.add_parser(sub)
     return p
 

@@ -16,7 +16,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                     help="recipe keys to group by (e.g. finetune.loss.name manifest.noise); "
                     "'model' is the evaluated model's name (e.g. 'simsiam + la')")
     cp.add_argument("--metric", nargs="+", default=None, metavar="NAME",
-                    help="metrics (default: many medium few top1; test/ may be left out)")
+                    help="metrics (default: many medium few top1, and ece when runs have it; "
+                    "also ece_many ece_medium ece_few; test/ may be left out)")
     cp.add_argument("--where", nargs="+", default=[], metavar="KEY=VALUE",
                     help="only the runs with these recipe values (e.g. manifest.imbalance=exp:10)")
     cp.add_argument("--format", default="md", choices=["md", "csv"])

@@ -31,7 +31,11 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean the same here
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc}); "
+        # one line: torch's weights-only refusal spans many lines of advice
+        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        detail = detail if len(detail) <= 160 else detail[:157] + "…"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                              f"{detail}); "
                               "it may be truncated or not an ltscale checkpoint") from None
 
 

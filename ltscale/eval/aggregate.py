@@ -8,7 +8,8 @@ every seed (``per_class``) are averaged element-wise, ignoring NaN.
 
 ``merge_seeds(results)`` makes one result for ``write_report``: the per-seed means in place of
 the scalars and ``per_class``, the confusion matrices summed, group lists from the first seed and
-the aggregate under ``"seeds"``; the report then shows "mean ± std" cells.
+the aggregate under ``"seeds"``; the report then shows "mean ± std" cells. Reliability bins are
+pooled over the seeds (``ltscale.eval.calibration.merge_bins``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numbers
 import warnings
 
 import numpy as np
+
+from ltscale.eval.calibration import merge_bins
 
 
 def _is_scalar(v) -> bool:
@@ -64,6 +67,10 @@ def merge_seeds(results: list[dict]) -> dict:
     confusions = [r.get("confusion") for r in results]
     if all(c is not None for c in confusions) and len({np.shape(c) for c in confusions}) == 1:
         merged["confusion"] = np.sum(np.asarray(confusions), axis=0).tolist()
+    rel = [r.get("reliability") for r in results]
+    if all(r is not None for r in rel):
+        merged["reliability"] = {g: merge_bins([r[g] for r in rel]) for g in rel[0]
+                                 if all(g in r for r in rel)}
     merged["seeds"] = agg
     return merged
 

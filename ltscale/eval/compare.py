@@ -22,6 +22,8 @@ from ltscale.errors import LtscaleError
 from ltscale.eval.aggregate import format_mean_std
 
 DEFAULT_METRICS = ("test/many", "test/medium", "test/few", "test/top1")
+# shown by default too, when some run has them (runs made before calibration was measured do not)
+DEFAULT_IF_PRESENT = ("test/ece",)
 
 
 class CompareError(LtscaleError):
@@ -86,10 +88,14 @@ def load_runs(experiment: str, uri: str, stage: str = "eval",
 
 
 def resolve_metrics(runs: list[dict], metrics: list[str] | None) -> list[str]:
-    """The metrics asked for (``many`` means ``test/many``); unknown ones are refused."""
+    """The metrics asked for (``many`` means ``test/many``); unknown ones are refused. By default
+    ``DEFAULT_METRICS`` and those of ``DEFAULT_IF_PRESENT`` that some run has (the expected
+    calibration error ``ece``; ``ece_many`` / ``ece_medium`` / ``ece_few`` on request)."""
     have = sorted({k for r in runs for k in r["metrics"]})
+    if not metrics:
+        metrics = list(DEFAULT_METRICS) + [m for m in DEFAULT_IF_PRESENT if m in have]
     out = []
-    for m in metrics or DEFAULT_METRICS:
+    for m in metrics:
         name = m if m in have or "/" in m else f"test/{m}"
         if name not in have:
             shown = [h for h in have if not re.match(r"test/class_\d+$", h)]
@@ -256,7 +262,8 @@ def plot_bars(groups: list[Group], group_by: list[str], metrics: list[str], path
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
                label=_short(m))
     ax.set_xticks(x, [", ".join(g.key) for g in groups], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
+    calibration = any(_short(m).startswith("ece") for m in metrics)
+    ax.set_ylabel("accuracy, ECE (%)" if calibration else "accuracy (%)")
     ax.set_title(" × ".join(group_by) or "all runs", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -11,7 +11,10 @@
 * ``frequent`` / ``medium_third`` / ``rare``: the same over the frequency thirds (FASSL);
 * ``groups`` / ``thirds``: the class indices of each group; ``shot_thresholds``;
 * ``confusion``: counts, rows = true class, columns = predicted class;
-* ``test_counts``: test images per class.
+* ``test_counts``: test images per class;
+* ``ece`` / ``ece_many`` / ``ece_medium`` / ``ece_few``: expected calibration error, overall and
+  over the test samples of each shot group, and ``reliability``: the bins behind them
+  (``ltscale.eval.calibration``, ``ece_bins`` equal-width bins).
 
 A group mean is None (not NaN) when the group has no class present in the test set, so the
 report says "n/a" instead of a number. Training counts are the training manifest's labeled
@@ -26,10 +29,12 @@ import math
 import numpy as np
 import torch
 
+from ltscale.eval.calibration import ECE_BINS, ECE_KEYS, calibration
 from ltscale.eval.shots import FEW, MANY, SHOT_NAMES, THIRD_NAMES, frequency_thirds, shot_groups
 
 # the scalar entries of classification_metrics, in report order
-SCALAR_KEYS = ("top1", "top5", "balanced_acc", "mean_per_class", *SHOT_NAMES, *THIRD_NAMES)
+SCALAR_KEYS = ("top1", "top5", "balanced_acc", "mean_per_class", *SHOT_NAMES, *THIRD_NAMES,
+               *ECE_KEYS)
 
 
 def group_mean(per_class, classes) -> float | None:
@@ -39,7 +44,7 @@ def group_mean(per_class, classes) -> float | None:
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, train_counts,
-                           many: int = MANY, few: int = FEW) -> dict:
+                           many: int = MANY, few: int = FEW, ece_bins: int = ECE_BINS) -> dict:
     logits, targets = torch.as_tensor(logits), torch.as_tensor(targets).long()
     num_classes = logits.shape[1]
     if len(train_counts) != num_classes:
@@ -61,6 +66,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, train_co
     for name, classes in (groups | thirds).items():
         out[name] = group_mean(per_class, classes)
     out["groups"] = groups
+    out |= calibration(logits.float().numpy(), targets.numpy(), groups, ece_bins)
     out["thirds"] = thirds
     out["shot_thresholds"] = {"many": int(many), "few": int(few)}
     out["confusion"] = np.bincount(targets.numpy() * num_classes + pred.numpy(),

@@ -133,3 +133,54 @@ def plot_confusion(path: Path, confusion, classes: list[str], title: str = "") -
     ax.set_title(f"confusion (row-normalised){': ' + title if title else ''}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+RELIABILITY_PANELS = (("all", "all classes"), ("many", "many"), ("medium", "medium"),
+                      ("few", "few"))
+MAX_RELIABILITY_MODELS = 8
+
+
+def plot_reliability(path: Path, results: dict[str, dict]) -> Path:
+    """Reliability diagrams: per model (a row pair, at most ``MAX_RELIABILITY_MODELS``) and per
+    panel (all classes, Many, Medium, Few), the accuracy of each confidence bin as bars against
+    the diagonal, the gap to the bin's mean confidence in red, and the bin counts below."""
+    plt = _plt()
+    models = [(n, m) for n, m in results.items() if m.get("reliability")][:MAX_RELIABILITY_MODELS]
+    fig, axes = plt.subplots(2 * max(1, len(models)), len(RELIABILITY_PANELS), squeeze=False,
+                             figsize=(3.0 * len(RELIABILITY_PANELS), 3.6 * max(1, len(models))),
+                             gridspec_kw={"height_ratios": [3, 1] * max(1, len(models))})
+    for row, (name, m) in enumerate(models):
+        for col, (key, label) in enumerate(RELIABILITY_PANELS):
+            top, bottom = axes[2 * row, col], axes[2 * row + 1, col]
+            b = m["reliability"].get(key)
+            ece = m.get("ece" if key == "all" else f"ece_{key}")
+            top.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+            top.set_xlim(0, 1)
+            top.set_ylim(0, 1)
+            top.set_title(f"{name}: {label}\nECE {'n/a' if ece is None else f'{100 * ece:.2f}%'}",
+                          fontsize=8)
+            if b is None or not sum(b["count"]):
+                top.text(0.5, 0.5, "no test samples", ha="center", va="center", fontsize=8)
+                continue
+            edges = np.asarray(b["edges"])
+            width = np.diff(edges)
+            acc = np.array([np.nan if a is None else a for a in b["accuracy"]])
+            conf = np.array([np.nan if c is None else c for c in b["confidence"]])
+            top.bar(edges[:-1], np.nan_to_num(acc), width, align="edge", color="tab:blue",
+                    edgecolor="black", lw=0.4, label="accuracy")
+            gap_lo, gap = np.minimum(acc, conf), np.abs(acc - conf)
+            top.bar(edges[:-1], np.nan_to_num(gap), width, bottom=np.nan_to_num(gap_lo),
+                    align="edge", color="tab:red", alpha=0.35, edgecolor="tab:red", lw=0.4,
+                    label="gap to confidence")
+            bottom.bar(edges[:-1], b["count"], width, align="edge", color="grey")
+            bottom.set_xlim(0, 1)
+            bottom.set_xlabel("confidence", fontsize=7)
+            bottom.tick_params(labelsize=6)
+            top.tick_params(labelsize=6)
+            if col == 0:
+                top.set_ylabel("accuracy", fontsize=7)
+                bottom.set_ylabel("count", fontsize=7)
+            if row == 0 and col == 0:
+                top.legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path, dpi=90)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from ltscale.atomic import write_json_atomic, write_text_atomic
 from ltscale.eval.aggregate import format_mean_std
-from ltscale.eval.plots import plot_confusion, plot_groups, plot_per_class
+from ltscale.eval.plots import plot_confusion, plot_groups, plot_per_class, plot_reliability
 
 SUMMARY_KEYS = ("top1", "top5", "many", "medium", "few", "frequent", "medium_third", "rare",
                 "balanced_acc")
 SUMMARY_HEADER = ["model", "top-1", "top-5", "many", "medium", "few", "frequent ⅓", "medium ⅓",
                   "rare ⅓", "balanced acc"]
+CALIBRATION_KEYS = ("ece", "ece_many", "ece_medium", "ece_few")
+CALIBRATION_HEADER = ["model", "ECE", "ECE many", "ECE medium", "ECE few"]
 
 
 def _pct(v) -> str:
@@ -35,13 +37,26 @@ def _cell(m: dict, key: str) -> str:
     return _pct(value)
 
 
-def summary_rows(results: dict[str, dict]) -> list[list[str]]:
+def summary_rows(results: dict[str, dict], keys=SUMMARY_KEYS) -> list[list[str]]:
     rows = []
     for name, m in results.items():
         seeds = m.get("seeds")
         label = f"{name} ({seeds['n_seeds']} seeds)" if seeds else name
-        rows.append([label] + [_cell(m, k) for k in SUMMARY_KEYS])
+        rows.append([label] + [_cell(m, k) for k in keys])
     return rows
+
+
+def _calibration_section(results: dict[str, dict]) -> list[str]:
+    bins = next((len(m["reliability"]["all"]["count"]) for m in results.values()
+                 if m.get("reliability")), None)
+    if bins is None:
+        return []
+    return ["## Calibration", "",
+            f"Expected calibration error (%, {bins} equal-width bins of the top softmax "
+            "probability; Guo et al. 2017): the count-weighted mean gap between a bin's accuracy "
+            "and its mean confidence; 0 is perfectly calibrated. Per shot group: over the test "
+            "images whose true class is in the group. Reliability diagrams: reliability.png.",
+            "", markdown_table(CALIBRATION_HEADER, summary_rows(results, CALIBRATION_KEYS)), ""]
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -108,13 +123,14 @@ def _noise_section(noise: dict) -> list[str]:
 
 
 def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: list[str],
-                 train_counts: list[int], context: dict, noise: dict | None = None
-                 ) -> dict[str, Path]:
+                 train_counts: list[int], context: dict, noise: dict | None = None,
+                 embedding: tuple | None = None) -> dict[str, Path]:
     """Write the report files into ``out_dir``; return their paths.
 
     Keys: ``md``, ``json``, ``per_class``, ``shots``, ``confusion`` (absent when no result has a
-    confusion matrix); each path appears once, so callers may log ``paths.values()``. ``noise`` is one ``noise_separation`` dict
-    or a mapping model name → dict.
+    confusion matrix), ``reliability`` (absent when no result has reliability bins); each path appears once, so callers may log ``paths.values()``. ``noise`` is one ``noise_separation`` dict
+    or a mapping model name → dict. ``embedding``: (test features, their labels, the model's
+    name) of one model, drawn as ``embedding.png`` (``ltscale.eval.embedding``; key ``embedding``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,6 +148,7 @@ def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: l
     if any(m.get("seeds") for m in results.values()):
         md += ["Results over several seeds: mean ± sample standard deviation.", ""]
     md += [markdown_table(SUMMARY_HEADER, summary_rows(results)), ""]
+    md += _calibration_section(results)
     if noise:
         md += _noise_section(noise)
     md += ["## Per-class accuracy (%)", "", "Classes by training images, most first.", ""]
@@ -159,4 +176,15 @@ def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: l
     if main is not None:
         paths["confusion"] = plot_confusion(out_dir / "confusion.png", main[1]["confusion"],
                                             classes, main[0])
+    if any(m.get("reliability") for m in results.values()):
+        paths["reliability"] = plot_reliability(out_dir / "reliability.png", results)
+    if embedding is not None:
+        from ltscale.eval.embedding import plot_embedding
+
+        features, labels, name = embedding
+        groups = next((m["groups"] for m in results.values() if m.get("groups")), {})
+        drawn = plot_embedding(out_dir / "embedding.png", features, labels, train_counts, classes,
+                               groups, name)
+        if drawn is not None:
+            paths["embedding"] = drawn
     return paths

@@ -56,7 +56,10 @@ def evaluate_head(ctx: Context, head_path, encoder_ref: str) -> tuple[dict, dict
     with torch.no_grad():
         logits = head_from_file(head_path, ctx.index.num_classes)(feats)
     metrics = evaluate_logits(ctx, logits, targets)
+    embedding = (feats.cpu().numpy(), targets.numpy(), Path(head_path).name) \
+        if ctx.recipe.eval.embedding_plot else None
     paths = write_report(ctx.out / "eval_report", f"ltscale eval: {ctx.recipe.name}",
                          {str(head_path): metrics}, ctx.index.classes,
-                         ctx.manifest.reference_counts().tolist(), {"head": str(head_path)})
+                         ctx.manifest.reference_counts().tolist(), {"head": str(head_path)},
+                         embedding=embedding)
     return metrics, paths

@@ -45,7 +45,7 @@ def evaluate_logits(ctx: Context, logits, targets, model: str | None = None) -> 
         ctx.tracker.set_tags({"ltscale.model": model})
     overlap = check_eval_disjoint(ctx)
     m = classification_metrics(logits, targets, ctx.manifest.reference_counts().tolist(),
-                               e.many_threshold, e.few_threshold)
+                               e.many_threshold, e.few_threshold, e.ece_bins)
     scalars = {f"test/{k}": v for k, v in scalar_metrics(m).items()}
     scalars |= {f"test/class_{c}": v for c, v in enumerate(m["per_class"]) if v == v}  # no NaN
     scalars["test/train_overlap"] = overlap

@@ -331,7 +331,7 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
     return FinetuneResult(head=head_path, logits=logits,
                           targets=torch.from_numpy(test_cache.labels), history=history,
                           mode=mode, encoder=head_encoder, confidence=confidence,
-                          seconds=sum(timings.values()), timings=timings)
+                          seconds=sum(timings.values()), timings=timings, test_cache=test_cache)
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ class FinetuneResult:
     confidence: np.ndarray | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    test_cache: object = None   # finetune.cache.FeatureCache of the test split (feature map)
 
 
 @dataclass

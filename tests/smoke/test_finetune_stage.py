@@ -41,8 +41,10 @@ def test_proj_head_with_crt_from_a_pretraining_checkpoint(tmp_path, capsys):
     assert meta["spec"]["projector"]["dims"] == [64, 512]
 
     assert main(["eval", "recipes/quickstart.yaml", "--from", str(head), f"output_dir={out}",
-                 *common]) == 0
+                 "eval.embedding_plot=true", *common]) == 0
     report = json.loads((out / "eval_report" / "report.json").read_text())
+    for png in ("reliability.png", "embedding.png"):
+        assert (out / "eval_report" / png).read_bytes()[:4] == b"\x89PNG"
     (top1,) = [m["top1"] for m in report["results"].values()]
 
     client = mlflow.MlflowClient(uri)
@@ -53,4 +55,11 @@ def test_proj_head_with_crt_from_a_pretraining_checkpoint(tmp_path, capsys):
     assert "crt/loss" in ft_run.data.metrics and "head/loss" in ft_run.data.metrics
     assert ft_run.data.params["finetune.mode"] == "proj_head"
     assert top1 == pytest.approx(ft_run.data.metrics["test/top1"], abs=1e-6)
+    (m,) = report["results"].values()
+    for key in ("ece", "ece_many", "ece_medium", "ece_few"):  # no Many class at 100 per class
+        assert ft_run.data.metrics.get(f"test/{key}") == pytest.approx(m[key], abs=1e-6) \
+            if m[key] is not None else f"test/{key}" not in ft_run.data.metrics
+    (ev_run,) = [r for r in runs if r.data.tags.get("ltscale.stage") == "eval"]
+    logged = {a.path for a in client.list_artifacts(ev_run.info.run_id, "report")}
+    assert {"report/reliability.png", "report/embedding.png"} <= logged
     assert top1 > 0.2  # 10 classes; a few SimSiam steps and a short head training beat chance

@@ -153,3 +153,30 @@ def test_bad_input_names_what_exists(store, capsys):
     rc, _, err = _compare(store, capsys, "--group-by", "finetune.loss.name", "manifest.noise",
                           "--rows", "finetune.loss.name")
     assert rc == 2 and "do not separate the groups" in err
+
+
+def test_ece_column_by_default_when_runs_have_it(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("calib")
+    for loss, ece in (("ce", 0.20), ("ce", 0.10), ("la_sl", 0.05)):
+        rid = client.create_run(exp, tags={"ltscale.stage": "eval"}).info.run_id
+        client.log_param(rid, "finetune.loss.name", loss)
+        for m, v in {"test/many": 0.6, "test/medium": 0.5, "test/few": 0.4, "test/top1": 0.5,
+                     "test/ece": ece, "test/ece_few": 2 * ece}.items():
+            client.log_metric(rid, m, v)
+        client.set_terminated(rid, "FINISHED")
+    rc = main(["compare", "calib", "--tracking-uri", uri, "--group-by", "finetune.loss.name"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert lines[0] == "| finetune.loss.name | runs | many | medium | few | top1 | ece |"
+    assert lines[2].endswith("| 15.00 ± 7.07 |") and lines[3].endswith("| 5.00 |")
+    rc = main(["compare", "calib", "--tracking-uri", uri, "--group-by", "finetune.loss.name",
+               "--metric", "ece", "ece_few", "--format", "csv"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and out[0] == "finetune.loss.name,runs,ece_mean,ece_std,ece_few_mean,ece_few_std"
+
+
+def test_no_ece_column_for_runs_without_it(store, capsys):
+    rc, out, _ = _compare(store, capsys, "--group-by", "finetune.loss.name")
+    assert rc == 0 and "ece" not in out.splitlines()[0]

@@ -25,7 +25,7 @@ def results():
 
 
 def check_pngs(paths):
-    for key in ("per_class", "shots", "confusion"):
+    for key in ("per_class", "shots", "confusion", "reliability"):
         data = paths[key].read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5_000, key
     assert not list(paths["md"].parent.glob("*.partial"))
@@ -33,7 +33,7 @@ def check_pngs(paths):
 
 def test_report_numbers_json_and_plots(tmp_path, results):
     paths = write_report(tmp_path / "r", "hand report", results, CLASSES, COUNTS, {"seed": 0})
-    assert set(paths) == {"md", "json", "per_class", "shots", "confusion"}
+    assert set(paths) == {"md", "json", "per_class", "shots", "confusion", "reliability"}
     assert len(set(paths.values())) == len(paths)  # each file logged once
     md = paths["md"].read_text()
     # top-1 62.50, many 100, medium 62.50, few 25, thirds 87.50 / 50 / 25, balanced 62.50
