@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ltscale.config import Recipe, flatten
+from ltscale.config.overrides import flatten
+from ltscale.config.schema import Recipe
 from ltscale.data.manifest_stats import manifest_stats
 from ltscale.eval.aggregate import merge_seeds
 from ltscale.eval.report import SUMMARY_HEADER, markdown_table, summary_rows, write_report

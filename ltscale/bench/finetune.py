@@ -52,7 +52,7 @@ def synthetic_idx(root: Path, images: int, classes: int, size: int, seed: int = 
 def bench_finetune(images: int = 2000, classes: int = 10, size: int = 28, epochs: int = 10,
                    batch_size: int = 256, backbone: str = "resnet_tiny", aug_copies: int = 0,
                    workers: int = 0, seed: int = 0) -> dict:
-    from ltscale.config import recipe_from_dict
+    from ltscale.config.loading import recipe_from_dict
     from ltscale.engine.features import encode
     from ltscale.finetune.cache import module_sha256
     from ltscale.finetune.trainer import predict, train_head

@@ -42,7 +42,7 @@ class _Repeat:
 
 
 def _setup(method_name: str, backbone: str, batch: int, size: int, seed: int = 0):
-    from ltscale.config_base import OptimCfg
+    from ltscale.config.base import OptimCfg
 
     torch.manual_seed(seed)
     enc = create_backbone(backbone, in_chans=3, cifar_stem=True)

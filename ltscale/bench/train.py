@@ -32,7 +32,7 @@ def _available(loader: str) -> bool:
 
 def _recipe(root: Path, out: Path, loader: str, *, backbone: str, method: str, size: int,
             batch: int, steps: int, epochs: int, precision: str, device: str, workers: int):
-    from ltscale.config import recipe_from_dict
+    from ltscale.config.loading import recipe_from_dict
 
     return recipe_from_dict({
         "name": f"bench-train-{loader}", "output_dir": str(out), "device": device,

@@ -11,7 +11,7 @@ from ltscale.errors import LtscaleError
 
 
 def recipe_from_args(args):
-    from ltscale.config import load_recipe
+    from ltscale.config.loading import load_recipe
 
     overrides = list(args.overrides)
     if getattr(args, "data", None):
@@ -88,7 +88,7 @@ def source_tags(ref: str) -> dict[str, str]:
 
 
 def flatten(d: dict) -> dict:
-    from ltscale.config import flatten as _flatten
+    from ltscale.config.overrides import flatten as _flatten
 
     return _flatten(d)
 

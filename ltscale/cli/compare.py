@@ -75,7 +75,7 @@ def cmd_compare(args):
 
 def _compare_reference(args, uri: str) -> int:
     """Paper vs ours for the recipe's reference cells (`compare EXPERIMENT --reference RECIPE`)."""
-    from ltscale.config import load_recipe
+    from ltscale.config.loading import load_recipe
     from ltscale.eval import compare as c
     from ltscale.eval import reference as ref
 

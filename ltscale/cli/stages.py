@@ -69,7 +69,7 @@ def cmd_eval(args):
 
 
 def cmd_run(args):
-    from ltscale.sweep import expand
+    from ltscale.config.sweeps import expand
 
     overrides = list(args.overrides)
     if getattr(args, "data", None):

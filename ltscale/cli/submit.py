@@ -90,7 +90,7 @@ def cmd_submit(args):
                          extra={k.replace("_", "-"): v for k, v in extra.items()})
     overrides = list(args.overrides)
     if args.data:
-        from ltscale.config import load_recipe
+        from ltscale.config.loading import load_recipe
 
         overrides.append(f"data.source.path={args.data}")
         common.check_data_flag(load_recipe(args.recipe, overrides), args.data)

@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-from ltscale.config import Recipe, flatten
+from ltscale.config.overrides import flatten
+from ltscale.config.schema import Recipe
 from ltscale.eval.aggregate import format_mean_std
 from ltscale.eval.compare import ALL_MODELS, load_runs, same_value
 

@@ -97,7 +97,7 @@ def run_end_to_end(ctx, encoder: nn.Module, *, name: str, stage_dir, seed: int
                    ) -> EndToEndResult:
     """Train encoder + classifier on the labeled images; returns the method (its ``encoder`` and
     ``classifier`` trained), the loop history and the number of trained parameters."""
-    from ltscale.config_base import OptimCfg
+    from ltscale.config.base import OptimCfg
     from ltscale.engine.loop import LoopConfig, fit
     from ltscale.engine.optim import build_optimizer
     from ltscale.methods import create_method

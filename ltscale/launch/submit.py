@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltscale.atomic import write_text_atomic
-from ltscale.config import Recipe, load_recipe
+from ltscale.config.loading import load_recipe
+from ltscale.config.schema import Recipe
+from ltscale.config.sweeps import expand, point_label, point_overrides
 from ltscale.launch.options import SubmitOptions
 from ltscale.launch.preflight import check_partition, check_sbatch, check_tracking
 from ltscale.launch.sweep_args import check_sweep_keys, parse_sweep
-from ltscale.sweep import expand, point_label, point_overrides
 
 COMMANDS = ("run", "pretrain")
 

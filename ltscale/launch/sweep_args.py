@@ -13,10 +13,11 @@ from typing import Any
 
 import yaml
 
-from ltscale.config import Recipe, flatten
+from ltscale.config.overrides import flatten
+from ltscale.config.safe_yaml import safe_load_limited
+from ltscale.config.schema import Recipe
 from ltscale.errors import RecipeError
 from ltscale.launch.env import _split_top_level
-from ltscale.safe_yaml import safe_load_limited
 
 
 def _values(key: str, text: str) -> list[Any]:

@@ -6,8 +6,8 @@ registry imports them all (in sorted module order, so registration is determinis
 time it is asked anything. Nothing else goes into that subpackage: the formulas live in
 ``losses/classification.py``, the base class in ``losses/base.py``, the pretraining losses in
 ``ssl.py``/``supcon.py``/``fassl.py``. The recipe's ``finetune.loss`` section
-(``config_supervised.LossCfg``) is built from the registered losses' ``Config`` classes when
-``ltscale.config_supervised`` is imported.
+(``config.supervised.LossCfg``) is built from the registered losses' ``Config`` classes when
+``ltscale.config.supervised`` is imported.
 
 Adding a loss is one file, ``ltscale/losses/finetune/<name>.py`` (plus its test)::
 

@@ -5,7 +5,7 @@ options, it maps (logits (B, C), targets (B,)) to a per-sample loss (B,). The tr
 those values over the batch (``finetune/trainer.py: train_head``, ``methods/supervised.py``).
 Each loss class carries its options as a nested ``Config`` (a ``LossOptions``):
 constructing the loss validates them there, and the recipe's ``finetune.loss`` section is built
-from all of them (``config_supervised.py``).
+from all of them (``config/supervised.py``).
 
 Derived tensors (``counts``, ``log_prior``, and whatever a loss adds) are non-persistent buffers:
 they follow ``.to(device)`` but stay out of a ``state_dict``."""
@@ -19,7 +19,7 @@ import torch
 from pydantic import ConfigDict, ValidationError, field_validator
 from torch import nn
 
-from ltscale.config_base import Section
+from ltscale.config.base import Section
 from ltscale.errors import RecipeError
 
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config_base import Section
+from ltscale.config.base import Section
 from ltscale.engine.dist import gather, rank
 from ltscale.errors import RecipeError
 from ltscale.losses.fassl import frequency_weights, rebalanced_loss

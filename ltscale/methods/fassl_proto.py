@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config_base import Section
+from ltscale.config.base import Section
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.errors import RecipeError
 from ltscale.losses.fassl import prototype_contrastive_loss

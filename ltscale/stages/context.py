@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ltscale import __version__
-from ltscale.config import Recipe
+from ltscale.config.schema import Recipe
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest, build_manifest
 from ltscale.data.manifest_spec import (
@@ -95,7 +95,7 @@ def effective_recipe(recipe: Recipe) -> Recipe:
     ``ltscale compare --group-by manifest.*`` then say what the run really trained on."""
     if not recipe.manifest.file:
         return recipe
-    from ltscale.config import ManifestCfg
+    from ltscale.config.schema import ManifestCfg
 
     spec = Manifest.load(recipe.manifest.file).spec
     r = recipe.model_copy(deep=True)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ltscale.atomic import atomic_path
-from ltscale.config import flatten
+from ltscale.config.overrides import flatten
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ltscale.atomic import atomic_path
-from ltscale.config import flatten
+from ltscale.config.overrides import flatten
 from ltscale.engine.checkpoint import latest_checkpoint, load_checkpoint
 from ltscale.engine.knn import KnnMonitor
 from ltscale.engine.loop import LoopConfig, fit

@@ -11,7 +11,8 @@ import os
 import typing
 from pathlib import Path
 
-from ltscale.config import EngineCfg, PretrainCfg
+from ltscale.config.pretrain import PretrainCfg
+from ltscale.config.schema import EngineCfg
 from ltscale.data.augment import make_preset, preset_names
 from ltscale.engine.backend import PRECISIONS
 from ltscale.methods import method_class

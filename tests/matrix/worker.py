@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ltscale.config import recipe_from_dict  # noqa: E402
+from ltscale.config.loading import recipe_from_dict  # noqa: E402
 from ltscale.data.index import ShardIndex  # noqa: E402
 from ltscale.data.manifest import Manifest  # noqa: E402
 from ltscale.engine.checkpoint import load_checkpoint  # noqa: E402

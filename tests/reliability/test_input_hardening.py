@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from ltscale.cli import main as cli
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.pipeline import run_pipeline
 from ltscale.track import NullTracker
 from tests.conftest import tiny_pipeline_recipe, write_idx
@@ -155,7 +155,7 @@ def test_params_come_from_the_manifest_file_used(tiny, capsys, monkeypatch):
     assert params["manifest.imbalance"] == "exp:2"
     assert params["manifest.seed"] == 3
     assert params["manifest.file"] == str(tiny["manifest"])
-    from ltscale.config import load_recipe
+    from ltscale.config.loading import load_recipe
     from ltscale.stages.context import effective_recipe
 
     r = effective_recipe(load_recipe(tiny["recipe"], [f"manifest.file={tiny['manifest']}"]))

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from ltscale.cli import main
-from ltscale.config import load_recipe
-from ltscale.sweep import expand
+from ltscale.config.loading import load_recipe
+from ltscale.config.sweeps import expand
 from tests.conftest import needs_fashion
 
 pytestmark = [pytest.mark.smoke, needs_fashion]

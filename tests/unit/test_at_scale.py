@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine import backend as backend_module
 from ltscale.engine import preempt

@@ -1,6 +1,6 @@
 import pytest
 
-from ltscale.config import load_recipe, recipe_from_dict
+from ltscale.config.loading import load_recipe, recipe_from_dict
 from ltscale.errors import RecipeError
 
 

@@ -339,7 +339,7 @@ def test_a_failing_rank_ends_the_torchrun_job_nonzero_and_quickly(tmp_path):
 
 # --- backend selection; a one-process group -------------------------------------------------------
 def test_auto_backend_is_local_without_a_launcher(monkeypatch):
-    from ltscale.config import recipe_from_dict
+    from ltscale.config.loading import recipe_from_dict
     from ltscale.stages.context import create_backend
 
     for k in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):

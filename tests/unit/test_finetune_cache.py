@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.data.augment import eval_spec
 from ltscale.data.augment_torch import EvalView
 from ltscale.errors import DataError

@@ -144,7 +144,7 @@ def test_projector_layer_keys_match_the_pretrained_projector():
 
 
 def test_ldam_trains_a_cosine_classifier_and_refuses_weight_rescaling_stages():
-    from ltscale.config import recipe_from_dict
+    from ltscale.config.loading import recipe_from_dict
     from ltscale.errors import RecipeError
     from ltscale.finetune.classifier import CosineLinear, Head, head_spec
 

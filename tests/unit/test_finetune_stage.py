@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.features import encode
 from ltscale.errors import CheckpointError

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from scipy.special import lambertw as scipy_lambertw
 
-from ltscale.config_supervised import LossCfg
+from ltscale.config.supervised import LossCfg
 from ltscale.errors import RecipeError
 from ltscale.losses import classification_loss, loss_defaults, loss_names
 from ltscale.losses.base import ClassificationLoss

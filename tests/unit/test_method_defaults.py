@@ -4,8 +4,8 @@ together with this file (and its citation)."""
 
 import pytest
 
-from ltscale.config import recipe_from_dict
-from ltscale.config_base import OptimCfg
+from ltscale.config.base import OptimCfg
+from ltscale.config.loading import recipe_from_dict
 from ltscale.methods import method_config, method_configs
 
 # OptimCfg's own defaults: what a method without a paper optimizer (below: `{}`) runs

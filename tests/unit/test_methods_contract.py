@@ -283,8 +283,8 @@ def test_barlow_and_simclr_on_two_ranks_equal_one_process(tmp_path):
 def test_every_method_config_builds_its_method_with_the_defaults():
     from typing import Union, get_args
 
-    from ltscale.config import recipe_from_dict
-    from ltscale.config_pretrain import MethodCfg
+    from ltscale.config.loading import recipe_from_dict
+    from ltscale.config.pretrain import MethodCfg
 
     union = get_args(MethodCfg)[0]
     cfgs = get_args(union) if getattr(union, "__origin__", None) is Union else (union,)

@@ -212,7 +212,7 @@ def test_wrong_dataset_split_and_spec(c10, tmp_path, tiny_idx):
 def test_older_kinds_record_the_same_spec_and_recipes_take_a_mapping():
     from pydantic import ValidationError
 
-    from ltscale.config import ManifestCfg
+    from ltscale.config.schema import ManifestCfg
 
     # the new noise fields stay out of the recorded spec of the older kinds: same content hash
     for text in ("sym:0.4", "asym:0.2:cifar10", "none", "real"):

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from ltscale.config_base import OptimCfg
+from ltscale.config.base import OptimCfg
 from ltscale.engine.optim import LARS, build_optimizer, lr_factor
 
 

@@ -3,7 +3,7 @@ noisy/clean separation of the SuperLoss confidences."""
 
 import json
 
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.pipeline import run_pipeline
 from ltscale.track import NullTracker
 from tests.conftest import tiny_pipeline_recipe

@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.errors import RecipeError
 from ltscale.pipeline import run_pipeline
 from ltscale.stages.context import make_context

@@ -4,7 +4,7 @@ starting from the previous one's encoder, its own folder, checkpoints and resume
 import pytest
 import torch
 
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.errors import RecipeError
 from ltscale.stages import pretrain as pre
 from ltscale.stages.context import make_context

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from ltscale.cli import main
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.eval.reference import cell_params, reference_rows, same_value
 
 RECIPE = {

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.data.manifest import ROLES, Manifest
 from ltscale.errors import ManifestError, RecipeError
 from ltscale.finetune import selftrain as st

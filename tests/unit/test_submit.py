@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from ltscale.cli import main
-from ltscale.config import load_recipe
+from ltscale.config.loading import load_recipe
 from ltscale.errors import RecipeError
 from ltscale.launch.job import LtscaleJob, dist_environ, master_port
 from ltscale.launch.options import SubmitOptions, parse_time

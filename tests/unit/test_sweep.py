@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
+from ltscale.config.sweeps import expand, grid, point_label
 from ltscale.errors import RecipeError
-from ltscale.sweep import expand, grid, point_label
 
 BASE = {"name": "grid", "output_dir": "runs/grid",
         "manifest": {"imbalance": "exp:100", "noise": "sym:0.4"},

@@ -9,7 +9,7 @@ import mlflow
 import pytest
 
 from ltscale import __version__
-from ltscale.config import recipe_from_dict
+from ltscale.config.loading import recipe_from_dict
 from ltscale.pipeline import run_pipeline
 from ltscale.stages.context import git_commit
 from ltscale.track import MlflowTracker

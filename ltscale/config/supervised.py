@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, create_model, model_validator
 
-from ltscale.config_base import AugmentCfg, OptimCfg, Section
+from ltscale.config.base import AugmentCfg, OptimCfg, Section
 from ltscale.losses import loss_config, loss_names
 from ltscale.losses.base import LossOptions
 

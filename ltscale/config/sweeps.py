@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ltscale.config import Recipe, load_recipe
+from ltscale.config.loading import load_recipe
+from ltscale.config.schema import Recipe
 from ltscale.errors import RecipeError
 
 

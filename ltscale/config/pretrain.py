@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from ltscale.config_base import AugmentCfg, OptimCfg, Section
+from ltscale.config.base import AugmentCfg, OptimCfg, Section
 from ltscale.methods import method_config, method_configs
 
 

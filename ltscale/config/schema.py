@@ -1,4 +1,5 @@
-"""Typed recipe schema, YAML loading, dotted overrides and validation.
+"""The recipe schema: ``Recipe`` and its data, manifest, eval, engine, tracking and reference
+sections (pretraining's in ``config.pretrain``, the supervised stages' in ``config.supervised``).
 
 Every section forbids unknown keys, so a typo fails before any work with the dotted key and what
 was expected.
@@ -6,18 +7,15 @@ was expected.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ltscale.config_base import Section
-from ltscale.config_pretrain import PretrainCfg
-from ltscale.config_supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
+from ltscale.config.base import Section
+from ltscale.config.pretrain import PretrainCfg
+from ltscale.config.supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
-from ltscale.errors import LtscaleError, RecipeError
-from ltscale.safe_yaml import MAX_RECIPE_BYTES, safe_load_limited
+from ltscale.errors import LtscaleError
 
 
 class SourceCfg(Section):
@@ -205,97 +203,3 @@ class Recipe(Section):
                              f"projector, but method {method.name} has none; use "
                              "finetune.mode linear")
         return self
-
-
-def _short(value: Any, limit: int = 120) -> str:
-    text = repr(value) if not isinstance(value, (dict, list)) or len(str(value)) < 4 * limit \
-        else f"{type(value).__name__} of {len(value)} items"
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = [f"recipe {source} is invalid:"]
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check the spelling; see recipes/quickstart.yaml "
-                         "for the keys a recipe takes)")
-        else:
-            got = err.get("input")
-            msg = err["msg"].removeprefix("Value error, ")
-            if isinstance(got, dict):  # a whole section: its message says what is wrong
-                lines.append(f"  {key or 'recipe'}: {msg}")
-            else:
-                lines.append(f"  {key}: {msg} (got {_short(got)})")
-    return "\n".join(lines)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise RecipeError(f"override {text!r} must look like key.sub=value")
-    key, value = text.split("=", 1)
-    try:  # values are data: safe_load refuses tags such as !!python/object
-        return key.strip().split("."), safe_load_limited(value)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"override {text!r}: {key.strip()} is not a valid YAML value "
-                          f"({' '.join(str(exc).split())})") from None
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise RecipeError(f"override {text!r}: {part} is a value, not a section")
-            node = child
-        node[path[-1]] = value
-    return raw
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    path = Path(path)
-    try:
-        if path.is_dir():
-            raise RecipeError(f"recipe {path} is a folder; pass a recipe file (e.g. "
-                              "recipes/quickstart.yaml)")
-        size = path.stat().st_size
-        if size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"recipe {path} is {size} bytes; a recipe is at most "
-                              f"{MAX_RECIPE_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
-        raw = safe_load_limited(text)
-    except FileNotFoundError:
-        raise RecipeError(f"recipe not found: {path}") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"recipe {path} is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise RecipeError(f"recipe {path} is not valid YAML: {detail}") from None
-    if raw is None:
-        raise RecipeError(f"recipe {path} is empty; start from recipes/quickstart.yaml (an empty "
-                          "recipe would silently run every default)")
-    if not isinstance(raw, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
-    return recipe_from_dict(apply_overrides(raw, overrides or []), str(path))
-
-
-def recipe_from_dict(raw: dict, source: str = "<dict>") -> Recipe:
-    try:
-        return Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise RecipeError(_format_errors(exc, source)) from None
-    except LtscaleError as exc:
-        raise RecipeError(f"recipe {source} is invalid: {exc}") from None
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out

@@ -14,7 +14,7 @@ class Section(BaseModel):
 
 class OptimCfg(Section):
     """An optimizer and its schedule. For pretraining, the fields a recipe leaves out come from
-    the method's ``default_optim`` (its paper's optimizer; see ``config_pretrain``), and only then
+    the method's ``default_optim`` (its paper's optimizer; see ``config.pretrain``), and only then
     from the defaults below."""
     name: Literal["sgd", "lars", "adam", "adamw"] = "sgd"
     lr: float = Field(0.03, gt=0)               # base lr, scaled by batch_size / 256
