@@ -81,7 +81,13 @@ def exponent(rows: list[dict], key: str = "seconds") -> float | None:
 
 def bench_scale(datasets=tuple(DATASETS), fractions=DEFAULT_FRACTIONS, stages=tuple(STAGES),
                 max_images: int = DEFAULT_MAX_IMAGES, quick: bool = False, steps: int = 4,
-                root: str | None = None, log=print) -> dict:
+                root: str | None = None, threads: int | None = 1, log=print) -> dict:
+    """``threads``: torch intra-op threads (1 by default: on a shared machine spinning threads
+    that wait for a busy core make small tensor ops tens of times slower; None: torch's)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     unknown = [s for s in stages if s not in STAGES] + [d for d in datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"bench scale: unknown stage or dataset {unknown}; stages "

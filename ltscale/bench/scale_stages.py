@@ -8,7 +8,9 @@ is how the 100 % sizes stay feasible on a small machine.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,7 +266,7 @@ def run_report(ws: Workspace) -> dict:
 def prepare_compare(ws: Workspace) -> None:
     from ltscale.bench.scale_runs import fake_eval_runs
 
-    runs = max(2, round((30 if ws.quick else COMPARE_RUNS) * ws.fraction))
+    runs = max(2, round(COMPARE_RUNS * ws.fraction))
     ws.state["compare"] = fake_eval_runs(_mkdir(ws, "mlruns"), runs, ws.classes)
 
 
@@ -273,8 +275,9 @@ def run_compare(ws: Workspace) -> dict:
     from ltscale.cli import main
 
     uri, runs = ws.state.pop("compare")
-    rc = main(["compare", "bench-scale", "--group-by", "method", "--tracking-uri", uri,
-               "--out", str(ws.root / "compare.md")])
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["compare", "bench-scale", "--group-by", "method", "--tracking-uri", uri,
+                   "--out", str(ws.root / "compare.md")])
     if rc not in (None, 0):
         raise RuntimeError(f"bench scale: compare exited {rc}")
     return {"size": runs, "note": f"{runs} eval runs with {ws.classes} per-class metrics each"}

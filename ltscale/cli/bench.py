@@ -80,6 +80,9 @@ def add_parser(sub) -> None:
     sc.add_argument("--max-images", type=int, default=None,
                     help="largest size for the stages on real JPEG shards (default 50000)")
     sc.add_argument("--steps", type=int, default=4, help="pretraining steps in the timed epoch")
+    sc.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1, immune to a busy shared machine; "
+                         "0: torch's default)")
     sc.add_argument("--quick", action="store_true", help="tiny fractions: a smoke run")
     sc.add_argument("--out", default=None, metavar="FILE", help="also write the tables (Markdown)")
     sc.add_argument("--json", action="store_true")
@@ -151,7 +154,7 @@ def cmd_bench_scale(args):
         result = bench_scale(datasets=tuple(args.datasets.split(",")), fractions=fractions,
                              stages=tuple(args.stages.split(",")) if args.stages else tuple(STAGES),
                              max_images=args.max_images or DEFAULT_MAX_IMAGES, quick=args.quick,
-                             steps=args.steps, log=(lambda _: None) if args.json else print)
+                             steps=args.steps, threads=args.threads or None, log=(lambda _: None) if args.json else print)
     except ValueError as exc:
         raise LtscaleError(str(exc)) from None
     table = markdown(result)

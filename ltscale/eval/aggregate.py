@@ -19,6 +19,9 @@ import warnings
 
 import numpy as np
 
+from ltscale.eval.confusion import merge as merge_confusions
+from ltscale.eval.confusion import num_classes_of
+
 
 def _is_scalar(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
@@ -62,8 +65,9 @@ def merge_seeds(results: list[dict]) -> dict:
     if "per_class_mean" in agg:
         merged["per_class"] = agg["per_class_mean"]
     confusions = [r.get("confusion") for r in results]
-    if all(c is not None for c in confusions) and len({np.shape(c) for c in confusions}) == 1:
-        merged["confusion"] = np.sum(np.asarray(confusions), axis=0).tolist()
+    if (all(c is not None for c in confusions)
+            and len({num_classes_of(c) for c in confusions}) == 1):
+        merged["confusion"] = merge_confusions(confusions)
     merged["seeds"] = agg
     return merged
 
