@@ -8,9 +8,7 @@ is how the 100 % sizes stay feasible on a small machine.
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import io
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,15 +269,15 @@ def prepare_compare(ws: Workspace) -> None:
 
 
 def run_compare(ws: Workspace) -> dict:
-    """`ltscale compare` over the experiment's runs grouped by method (the CLI, table to a file)."""
-    from ltscale.cli import main
+    """What `ltscale compare EXP --group-by method` does: load, group, render the table."""
+    from ltscale.eval import compare as c
 
     uri, runs = ws.state.pop("compare")
-    with contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["compare", "bench-scale", "--group-by", "method", "--tracking-uri", uri,
-                   "--out", str(ws.root / "compare.md")])
-    if rc not in (None, 0):
-        raise RuntimeError(f"bench scale: compare exited {rc}")
+    loaded = c.filter_runs(c.load_runs("bench-scale", uri), [])
+    metrics = c.resolve_metrics(loaded, None)
+    header, rows = c.table_rows(c.group_runs(loaded, ["method"], metrics), ["method"], metrics,
+                                "md")
+    (ws.root / "compare.md").write_text(c.render(header, rows, "md"))
     return {"size": runs, "note": f"{runs} eval runs with {ws.classes} per-class metrics each"}
 
 
