@@ -30,8 +30,11 @@ def _available(loader: str) -> bool:
     return True
 
 
-def _recipe(root: Path, out: Path, loader: str, *, backbone: str, method: str, size: int,
-            batch: int, steps: int, epochs: int, precision: str, device: str, workers: int):
+def train_recipe(root: Path, out: Path, loader: str, *, backbone: str, method: str, size: int,
+                 batch: int, steps: int, epochs: int, precision: str, device: str, workers: int,
+                 **sections):
+    """The benchmark's pretraining recipe over ``root``/images (shards in ``root``/shards);
+    ``sections``: further top-level recipe sections (e.g. ``finetune``)."""
     from ltscale.config.loading import recipe_from_dict
 
     return recipe_from_dict({
@@ -48,6 +51,7 @@ def _recipe(root: Path, out: Path, loader: str, *, backbone: str, method: str, s
                      "augment": {"preset": "simclr"}, "knn": {"enabled": False},
                      "optim": {"warmup_epochs": 0}},
         "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}},
+        **sections,
     })
 
 
@@ -76,9 +80,9 @@ def bench_train(images: int = 2048, size: int = 224, backbone: str = "resnet50",
         if not _available(loader):
             result["loaders"][loader] = {"skipped": "NVIDIA DALI is not installed"}
             continue
-        recipe = _recipe(base, base / f"run-{loader}", loader, backbone=backbone, method=method,
-                         size=size, batch=batch, steps=steps, epochs=epochs, precision=precision,
-                         device=device, workers=workers)
+        recipe = train_recipe(base, base / f"run-{loader}", loader, backbone=backbone, method=method,
+                              size=size, batch=batch, steps=steps, epochs=epochs, precision=precision,
+                              device=device, workers=workers)
         ctx = make_context(recipe, progress=False)  # builds the shards on first use
         result["data_seconds"] = result["data_seconds"] or time.perf_counter() - t
         out = run_pretrain(ctx)

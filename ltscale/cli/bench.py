@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ltscale.errors import LtscaleError
+
 
 def add_parser(sub) -> None:
     bench = sub.add_parser("bench", help="throughput and memory benchmarks")
@@ -69,6 +71,22 @@ def add_parser(sub) -> None:
     bf.add_argument("--workers", type=int, default=0, help="loader workers for encoding")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(func=cmd_bench_finetune)
+    sc = bsub.add_parser("scale", help="every stage at fractions of ImageNet-LT / iNat-2018 / "
+                         "ImageNet-1k-shaped synthetic data: time, peak memory, growth exponent")
+    sc.add_argument("--datasets", default="imagenet_lt,inat2018,imagenet1k")
+    sc.add_argument("--sizes", default=None, metavar="F,F,…",
+                    help="fractions of each dataset (default 0.1,0.3,1; --quick: 0.005,0.01)")
+    sc.add_argument("--stages", default=None, help="comma-separated subset (default: all)")
+    sc.add_argument("--max-images", type=int, default=None,
+                    help="largest size for the stages on real JPEG shards (default 50000)")
+    sc.add_argument("--steps", type=int, default=4, help="pretraining steps in the timed epoch")
+    sc.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (default 1, immune to a busy shared machine; "
+                         "0: torch's default)")
+    sc.add_argument("--quick", action="store_true", help="tiny fractions: a smoke run")
+    sc.add_argument("--out", default=None, metavar="FILE", help="also write the tables (Markdown)")
+    sc.add_argument("--json", action="store_true")
+    sc.set_defaults(func=cmd_bench_scale)
 
 
 def cmd_bench(args):
@@ -114,3 +132,32 @@ def cmd_bench_finetune(args):
                             aug_copies=args.aug_copies, workers=args.workers)
     if args.json:
         print(json.dumps(result, indent=2))
+
+
+def cmd_bench_scale(args):
+    from pathlib import Path
+
+    from ltscale.bench.scale import (
+        DEFAULT_FRACTIONS,
+        DEFAULT_MAX_IMAGES,
+        QUICK_FRACTIONS,
+        STAGES,
+        bench_scale,
+        markdown,
+    )
+
+    fractions = (tuple(float(f) for f in args.sizes.split(",")) if args.sizes
+                 else QUICK_FRACTIONS if args.quick else DEFAULT_FRACTIONS)
+    if any(not 0 < f <= 1 for f in fractions):
+        raise LtscaleError(f"--sizes {args.sizes}: fractions must lie in (0, 1]")
+    try:
+        result = bench_scale(datasets=tuple(args.datasets.split(",")), fractions=fractions,
+                             stages=tuple(args.stages.split(",")) if args.stages else tuple(STAGES),
+                             max_images=args.max_images or DEFAULT_MAX_IMAGES, quick=args.quick,
+                             steps=args.steps, threads=args.threads or None, log=(lambda _: None) if args.json else print)
+    except ValueError as exc:
+        raise LtscaleError(str(exc)) from None
+    table = markdown(result)
+    if args.out:
+        Path(args.out).write_text(table)
+    print(json.dumps(result, indent=2) if args.json else "\n" + table)

@@ -14,10 +14,13 @@ import torch.nn.functional as F
 
 def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
                 num_classes: int, k: int = 20, temperature: float = 0.07,
-                chunk: int = 1024) -> torch.Tensor:
-    """Weighted kNN (cosine similarity, weights exp(s/T)); returns predicted labels."""
+                chunk: int = 1024, max_cells: int = 1 << 25) -> torch.Tensor:
+    """Weighted kNN (cosine similarity, weights exp(s/T)); returns predicted labels. Queries go
+    in chunks of at most ``chunk`` rows and ``max_cells`` similarities (128 MB of fp32), so the
+    working memory stays flat however large the bank."""
     bank = F.normalize(bank, dim=1)
     k = min(k, len(bank))
+    chunk = max(1, min(chunk, max_cells // max(1, len(bank))))
     preds = []
     for q in F.normalize(queries, dim=1).split(chunk):
         sim, idx = (q @ bank.T).topk(k, dim=1)

@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 
 from ltscale.eval.calibration import merge_bins
+from ltscale.eval.confusion import merge as merge_confusions
+from ltscale.eval.confusion import num_classes_of
 
 
 def _is_scalar(v) -> bool:
@@ -65,8 +67,9 @@ def merge_seeds(results: list[dict]) -> dict:
     if "per_class_mean" in agg:
         merged["per_class"] = agg["per_class_mean"]
     confusions = [r.get("confusion") for r in results]
-    if all(c is not None for c in confusions) and len({np.shape(c) for c in confusions}) == 1:
-        merged["confusion"] = np.sum(np.asarray(confusions), axis=0).tolist()
+    if (all(c is not None for c in confusions)
+            and len({num_classes_of(c) for c in confusions}) == 1):
+        merged["confusion"] = merge_confusions(confusions)
     rel = [r.get("reliability") for r in results]
     if all(r is not None for r in rel):
         merged["reliability"] = {g: merge_bins([r[g] for r in rel]) for g in rel[0]

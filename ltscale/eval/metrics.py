@@ -10,7 +10,8 @@
   images), Medium (``few`` … ``many`` inclusive) and Few (< ``few``) shot groups;
 * ``frequent`` / ``medium_third`` / ``rare``: the same over the frequency thirds (FASSL);
 * ``groups`` / ``thirds``: the class indices of each group; ``shot_thresholds``;
-* ``confusion``: counts, rows = true class, columns = predicted class;
+* ``confusion``: counts, rows = true class, columns = predicted class (dense up to 1,000
+  classes, else the non-zero cells: ``ltscale.eval.confusion``);
 * ``test_counts``: test images per class;
 * ``ece`` / ``ece_many`` / ``ece_medium`` / ``ece_few``: expected calibration error, overall and
   over the test samples of each shot group, and ``reliability``: the bins behind them
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from ltscale.eval.calibration import ECE_BINS, ECE_KEYS, calibration
+from ltscale.eval.confusion import confusion
 from ltscale.eval.shots import FEW, MANY, SHOT_NAMES, THIRD_NAMES, frequency_thirds, shot_groups
 
 # the scalar entries of classification_metrics, in report order
@@ -52,8 +54,8 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, train_co
     pred = logits.argmax(1)
     correct = (pred == targets).float()
     test_counts = torch.bincount(targets, minlength=num_classes)[:num_classes].tolist()
-    per_class = [float(correct[targets == c].mean()) if test_counts[c] else float("nan")
-                 for c in range(num_classes)]
+    hits = torch.bincount(targets, weights=correct.double(), minlength=num_classes)[:num_classes]
+    per_class = [float(h) / n if n else float("nan") for h, n in zip(hits.tolist(), test_counts)]
     present = [p for p in per_class if not math.isnan(p)]
     balanced = float(np.mean(present)) if present else None
     out = {"top1": float(correct.mean()) if len(correct) else None, "per_class": per_class,
@@ -69,8 +71,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, train_co
     out |= calibration(logits.float().numpy(), targets.numpy(), groups, ece_bins)
     out["thirds"] = thirds
     out["shot_thresholds"] = {"many": int(many), "few": int(few)}
-    out["confusion"] = np.bincount(targets.numpy() * num_classes + pred.numpy(),
-                                   minlength=num_classes ** 2).reshape(num_classes, -1).tolist()
+    out["confusion"] = confusion(targets.numpy(), pred.numpy(), num_classes)
     return out
 
 

@@ -5,7 +5,8 @@
 * ``plot_groups``: grouped bars per model for Many / Medium / Few and for the frequency thirds,
   with ± std error bars when a result carries seed aggregates;
 * ``plot_confusion``: the row-normalised confusion matrix (recall per true class) of one model;
-  tick labels only up to ``MAX_TICK_CLASSES`` classes, cell values only up to ``MAX_ANNOTATED``.
+  tick labels only up to ``MAX_TICK_CLASSES`` classes, cell values only up to ``MAX_ANNOTATED``,
+  blocks of consecutive classes over ``MAX_CELLS`` classes.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ltscale.atomic import atomic_path
+from ltscale.eval.confusion import cells, num_classes_of
 
 MAX_TICK_CLASSES = 50
 MAX_ANNOTATED = 12
+MAX_CELLS = 500  # more classes: the confusion is drawn over blocks of consecutive classes
 
 
 def _plt():
@@ -105,10 +108,25 @@ def plot_groups(path: Path, results: dict[str, dict]) -> Path:
     return _save(fig, path)
 
 
+def _binned(confusion, bins: int) -> np.ndarray:
+    """The confusion summed over blocks of consecutive classes: ``bins`` × ``bins`` cells."""
+    t, p, n = cells(confusion)
+    c = num_classes_of(confusion)
+    out = np.zeros((bins, bins), dtype=np.float64)
+    np.add.at(out, (t * bins // c, p * bins // c), n)
+    return out
+
+
 def plot_confusion(path: Path, confusion, classes: list[str], title: str = "") -> Path:
+    """Row-normalised confusion; over ``MAX_CELLS`` classes the rows and columns are blocks of
+    consecutive classes (the image has at most ``MAX_CELLS``² cells, whatever the classes)."""
     plt = _plt()
-    cm = np.asarray(confusion, dtype=np.float64)
-    C = len(cm)
+    C = num_classes_of(confusion)
+    binned = C > MAX_CELLS
+    cm = _binned(confusion, MAX_CELLS) if binned else np.asarray(confusion, dtype=np.float64)
+    if binned:
+        title = f"{title + ', ' if title else ''}{MAX_CELLS} blocks of ~{C / MAX_CELLS:.0f} classes"
+        C = MAX_CELLS
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     side = min(12.0, max(4.5, 0.35 * C + 2)) if C <= MAX_TICK_CLASSES else 8.0
@@ -128,8 +146,8 @@ def plot_confusion(path: Path, confusion, classes: list[str], title: str = "") -
             for p in range(C):
                 ax.text(p, t, f"{100 * norm[t, p]:.0f}", ha="center", va="center", fontsize=6,
                         color="white" if norm[t, p] < 0.5 else "black")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    ax.set_xlabel("predicted class" + (" block" if binned else ""))
+    ax.set_ylabel("true class" + (" block" if binned else ""))
     ax.set_title(f"confusion (row-normalised){': ' + title if title else ''}", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)

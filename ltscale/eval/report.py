@@ -85,11 +85,17 @@ def _thresholds(results: dict[str, dict]) -> tuple[int, int]:
     return 100, 20
 
 
-def _group_names(m: dict, c: int) -> str:
-    shot = next((g for g, cs in (m.get("groups") or {}).items() if c in cs), "")
-    third = next((g.replace("_third", "") + " ⅓" for g, cs in (m.get("thirds") or {}).items()
-                  if c in cs), "")
-    return " / ".join(x for x in (shot, third) if x)
+def _group_names(m: dict) -> dict[int, str]:
+    """Class → "shot group / third" (one pass over the groups, not one per class)."""
+    shot, third = {}, {}
+    for g, cs in (m.get("groups") or {}).items():
+        for c in cs:
+            shot.setdefault(c, g)
+    for g, cs in (m.get("thirds") or {}).items():
+        for c in cs:
+            third.setdefault(c, g.replace("_third", "") + " ⅓")
+    return {c: " / ".join(x for x in (shot.get(c, ""), third.get(c, "")) if x)
+            for c in shot.keys() | third.keys()}
 
 
 def _noise_section(noise: dict) -> list[str]:
@@ -156,8 +162,9 @@ def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: l
     header = ["class", "train images", "test images", "group"] + list(results)
     order = sorted(range(len(classes)), key=lambda c: -train_counts[c])
     test_counts = first.get("test_counts")
+    names = _group_names(first)
     rows = [[classes[c], str(train_counts[c]), str(test_counts[c]) if test_counts else "",
-             _group_names(first, c)] + [_pct(m["per_class"][c]) for m in results.values()]
+             names.get(c, "")] + [_pct(m["per_class"][c]) for m in results.values()]
             for c in order]
     md += [markdown_table(header, rows), ""]
 

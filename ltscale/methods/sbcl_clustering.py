@@ -48,6 +48,17 @@ def farthest_first(x: torch.Tensor, m: int, generator: torch.Generator) -> torch
     return torch.tensor(chosen, device=x.device)
 
 
+def _rank_in_group(groups: torch.Tensor, m: int) -> torch.Tensor:
+    """For each position, how many earlier positions hold the same group id (0 … m−1); the
+    same as a one-hot cumulative sum but O(n log n) time and O(n) memory instead of O(n·m)."""
+    by_group = torch.sort(groups, stable=True).indices
+    sizes = torch.bincount(groups, minlength=m)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rank = torch.empty_like(groups)
+    rank[by_group] = torch.arange(groups.numel(), device=groups.device) - starts[groups[by_group]]
+    return rank
+
+
 def capped_greedy_assign(x: torch.Tensor, centers: torch.Tensor, cap: int) -> torch.Tensor:
     """Algorithm 1's assignment: take the most cosine-similar (unassigned sample, open center)
     pair, assign it, close a center holding ``cap`` samples; until every sample is assigned.
@@ -69,7 +80,7 @@ def capped_greedy_assign(x: torch.Tensor, centers: torch.Tensor, cap: int) -> to
         best_sim, best = s.max(1)
         order = torch.sort(best_sim, descending=True, stable=True).indices
         target = best[order]
-        filled = F.one_hot(target, m).cumsum(0).gather(1, target[:, None]).squeeze(1)
+        filled = _rank_in_group(target, m) + 1  # how full target's center is after this one
         full = (filled == room[target]).nonzero()
         take = order if full.numel() == 0 else order[:int(full[0]) + 1]
         assign[free[take]] = best[take]
@@ -129,8 +140,11 @@ def balanced_subclasses(features: torch.Tensor, labels: torch.Tensor, seen: torc
     m = subclass_counts(counts, cap)
     offsets = torch.cumsum(m, 0) - m
     out = torch.full_like(labels, -1)
+    # members of every class from one sort, not one scan of all labels per class (N·C)
+    by_class = torch.sort(labels, stable=True).indices
+    ends = torch.cumsum(torch.bincount(labels + 1, minlength=num_classes + 1), 0).tolist()
     for c in range(num_classes) if classes is None else classes:
-        members = (labels == c).nonzero().squeeze(1)
+        members = by_class[ends[c]:ends[c + 1]]  # unlabeled (−1) rows sort before ends[0]
         n_c, m_c = members.numel(), int(m[c])
         if n_c == 0:
             continue
