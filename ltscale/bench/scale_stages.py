@@ -229,7 +229,7 @@ def prepare_finetune(ws: Workspace) -> None:
 def run_finetune(ws: Workspace) -> dict:
     """One epoch of a linear head (CE) on n cached fp16 rows."""
     from ltscale.finetune.trainer import train_head
-    from ltscale.losses.registry import classification_loss
+    from ltscale.losses import classification_loss
 
     feats = ws.state.pop("feats")
     train_head(torch.nn.Linear(HEAD_DIM, ws.classes), feats, ws.labels,
