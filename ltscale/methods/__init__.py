@@ -1,6 +1,8 @@
 """Pretraining methods by name. Each method file holds its options class (a ``Section`` with a
 ``name`` literal, the recipe's ``pretrain.method``) beside the method and registers both with
-``@register_method(name, Config)``: adding a method is one file plus its test.
+``@register_method(name, Config)``: adding a method is one file plus its test. Importing this
+package imports every module in it (sorted; the helpers — EMA, pruning, SBCL's clustering, the
+probe — register nothing), so a new method file is found without editing this one.
 
  A method is an nn.Module holding the encoder and its heads whose
 ``forward(batch)`` returns a dict with a scalar ``loss``; optional hooks the engine calls:
@@ -18,20 +20,9 @@ checkpoint over it (``engine/loop.py``), so the hook may depend on the current w
 
 from __future__ import annotations
 
-from ltscale.methods import (  # noqa: F401  (every method module registers itself on import)
-    barlow,
-    byol,
-    fassl,
-    fassl_proto,
-    moco,
-    rotation,
-    sbcl,
-    sdclr,
-    simclr,
-    simsiam,
-    supcon,
-    supervised,
-)
+import importlib
+import pkgutil
+
 from ltscale.methods._registry import (  # noqa: F401
     METHOD_INPUTS,
     create_method,
@@ -41,3 +32,7 @@ from ltscale.methods._registry import (  # noqa: F401
     method_names,
     register_method,
 )
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if not _module.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module}")

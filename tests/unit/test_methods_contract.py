@@ -77,6 +77,22 @@ def test_every_registered_method_is_covered():
     assert set(method_names()) <= set(SMALL), "add the new method to SMALL"
 
 
+def test_every_method_file_registers_itself_without_a_list():
+    """Adding a method is one file: importing ``ltscale.methods`` finds every module in the
+    package, so each name a module registers is in the registry."""
+    import ast
+
+    import ltscale.methods
+
+    declared = set()
+    for path in Path(ltscale.methods.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "register_method"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                declared.add(node.args[0].value)
+    assert declared and declared == set(method_names())
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_method_contract(name):
     method = build(name)
