@@ -201,6 +201,85 @@ def _standardize_from(head: Head, z) -> None:
 
 # --- the stage -----------------------------------------------------------------------------------
 
+def _end_to_end(ctx: Context, encoder: nn.Module, name: str, stage_dir: Path,
+                metrics: dict) -> tuple[nn.Module, str, Head, Path, list[dict]]:
+    """partial / full: train encoder + classifier on images, save the trained encoder. Returns
+    (encoder, its file's digest, the classifier as a head, the encoder file, history)."""
+    from ltscale.stages.pretrain import save_encoder
+
+    e2e = run_end_to_end(ctx, encoder, name=name, stage_dir=stage_dir, seed=ctx.recipe.seed)
+    method = e2e.method
+    head_encoder = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
+    encoder = method.encoder.to(ctx.device).eval()
+    kind = method.classifier_kind  # cosine for LDAM losses
+    head = Head(head_spec(encoder.feat_dim, ctx.index.num_classes, standardize=False,
+                          kind=kind, bias=kind == "linear"))
+    head.classifier.load_state_dict(method.classifier.state_dict())
+    metrics["finetune/trainable_parameters"] = e2e.trainable_parameters
+    last = e2e.history[-1] if e2e.history else {}
+    history = [{"epoch": r["epoch"], "loss": r.get("epoch/loss"),
+                "accuracy": r.get("epoch/acc")} for r in e2e.history]
+    if "epoch/loss" in last:
+        metrics["finetune/final_loss"] = last["epoch/loss"]
+    ctx.tracker.set_tags({"ltscale.finetuned_encoder": str(head_encoder)})
+    return encoder, file_sha256(head_encoder), head, head_encoder, history
+
+
+def _frozen_head(ctx: Context, in_dim: int, projector, train_cache, loss_fn, name: str,
+                 train_kw: dict, metrics: dict) -> tuple[Head, list[dict]]:
+    """linear / proj_head / last_fc: a head trained on the cached training features (for
+    last_fc, on the cached projections, with only the classifier learning)."""
+    f = ctx.recipe.finetune
+    head = _new_head(ctx, in_dim, f.mode, projector)
+    _standardize_from(head, train_cache.features)
+    common = dict(loss_fn=loss_fn, epochs=f.epochs, balance=f.balance, desc=f"{name} head",
+                  **train_kw)
+    if f.mode == "last_fc":
+        for p in head.projector.parameters():
+            p.requires_grad_(False)
+        part, history = train_head(ClassifierPart(head), train_cache.features,
+                                   train_cache.labels, **common)
+        head = part.head
+    else:
+        head, history = train_head(head, train_cache.features, train_cache.labels, **common)
+    metrics["finetune/final_loss"] = history[-1]["loss"]
+    metrics["finetune/final_train_accuracy"] = history[-1]["accuracy"]
+    metrics["finetune/trainable_parameters"] = sum(
+        p.numel() for p in head.parameters() if p.requires_grad)
+    return head, history
+
+
+def _training_confidence(ctx: Context, head: Head, z_train, train_cache, loss_fn,
+                         stage_dir: Path) -> np.ndarray | None:
+    """σ* of the training samples (SuperLoss losses; None for the others), aligned with the
+    manifest's labeled rows (NaN where no cached feature), saved as ``confidence.npy``."""
+    sigma = superloss_confidence(ClassifierPart(head), z_train, train_cache.labels, loss_fn,
+                                 device=ctx.device)
+    if sigma is None:
+        return None
+    confidence = np.full(len(ctx.manifest.rows("labeled")[0]), np.nan, dtype=np.float32)
+    confidence[train_cache.positions] = sigma
+    if ctx.backend.is_main:
+        with atomic_path(stage_dir / "confidence.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, confidence)
+    return confidence
+
+
+def _save_head(ctx: Context, path: Path, head: Head, head_encoder: Path | None,
+               digest: str) -> None:
+    """``head.pt``, written by rank 0 (every rank trained the same head on the same cache)."""
+    f = ctx.recipe.finetune
+    if ctx.backend.is_main:
+        with atomic_path(path) as tmp:
+            torch.save({"format": HEAD_FORMAT, "spec": head.spec, "state_dict": head.state_dict(),
+                        "num_classes": ctx.index.num_classes, "mode": f.mode,
+                        "classifier_stage": f.classifier_stage,
+                        "encoder": str(head_encoder) if head_encoder else None,
+                        # the encoder's file content: evaluation refuses one that changed since
+                        "encoder_sha256": digest if head_encoder else None}, tmp)
+
+
 def run_finetune(ctx: Context, encoder, name: str = "finetune",
                  encoder_path: Path | None = None, cache_dir: Path | None = None
                  ) -> FinetuneResult:
@@ -209,19 +288,17 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
     cache lives in ``cache_dir`` (default ``<stage folder>/features``): heads that share an
     encoder may share it."""
     f = ctx.recipe.finetune
-    mode = f.mode
+    mode, device = f.mode, ctx.device
     stage_dir = ctx.out / name
     cache_dir = stage_dir / "features" if cache_dir is None else cache_dir
-    device = ctx.device
     encoder, projector, digest, encoder_path = _encoder_and_projector(
         ctx, encoder, encoder_path, need_projector=mode in ("proj_head", "last_fc"))
     encoder = encoder.to(device)
     counts = ctx.manifest.class_counts().tolist()
     loss_fn = classification_loss(f.loss.name, counts, **f.loss.options())
-    seed = ctx.recipe.seed
     train_kw = dict(batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
-                    optimizer=f.optimizer, seed=seed, device=device, tracker=ctx.tracker,
-                    progress=ctx.progress)
+                    optimizer=f.optimizer, seed=ctx.recipe.seed, device=device,
+                    tracker=ctx.tracker, progress=ctx.progress)
     timings = {"encode": 0.0, "head": 0.0, "end_to_end": 0.0}
     metrics: dict[str, float] = {}
     head_encoder = Path(encoder_path).resolve() if encoder_path else None
@@ -229,24 +306,9 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
     cached_projected = mode == "last_fc"
     if mode in END_TO_END_MODES:
         t = time.perf_counter()
-        e2e = run_end_to_end(ctx, encoder, name=name, stage_dir=stage_dir, seed=seed)
+        encoder, digest, head, head_encoder, history = _end_to_end(ctx, encoder, name, stage_dir,
+                                                                   metrics)
         timings["end_to_end"] = time.perf_counter() - t
-        method = e2e.method
-        from ltscale.stages.pretrain import save_encoder
-
-        head_encoder = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
-        encoder, digest = method.encoder.to(device).eval(), file_sha256(head_encoder)
-        kind = method.classifier_kind  # cosine for LDAM losses
-        head = Head(head_spec(encoder.feat_dim, ctx.index.num_classes, standardize=False,
-                              kind=kind, bias=kind == "linear"))
-        head.classifier.load_state_dict(method.classifier.state_dict())
-        metrics["finetune/trainable_parameters"] = e2e.trainable_parameters
-        last = e2e.history[-1] if e2e.history else {}
-        history = [{"epoch": r["epoch"], "loss": r.get("epoch/loss"),
-                    "accuracy": r.get("epoch/acc")} for r in e2e.history]
-        if "epoch/loss" in last:
-            metrics["finetune/final_loss"] = last["epoch/loss"]
-        ctx.tracker.set_tags({"ltscale.finetuned_encoder": str(head_encoder)})
 
     # the feature cache: encoder outputs (or the frozen projector layer's, for last_fc)
     cache_model: nn.Module = encoder
@@ -266,40 +328,11 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
 
     t = time.perf_counter()
     if mode in FROZEN_MODES:
-        in_dim = encoder.feat_dim
-        head = _new_head(ctx, in_dim, mode, projector)
-        if cached_projected:  # only the classifier learns: train it on the cached projections
-            for p in head.projector.parameters():
-                p.requires_grad_(False)
-            _standardize_from(head, train_cache.features)
-            part, history = train_head(ClassifierPart(head), train_cache.features,
-                                       train_cache.labels, loss_fn=loss_fn, epochs=f.epochs,
-                                       balance=f.balance, desc=f"{name} head", **train_kw)
-            head = part.head
-        else:
-            _standardize_from(head, train_cache.features)
-            head, history = train_head(head, train_cache.features, train_cache.labels,
-                                       loss_fn=loss_fn, epochs=f.epochs, balance=f.balance,
-                                       desc=f"{name} head", **train_kw)
-        metrics["finetune/final_loss"] = history[-1]["loss"]
-        metrics["finetune/final_train_accuracy"] = history[-1]["accuracy"]
-        metrics["finetune/trainable_parameters"] = sum(
-            p.numel() for p in head.parameters() if p.requires_grad)
+        head, history = _frozen_head(ctx, encoder.feat_dim, projector, train_cache, loss_fn,
+                                     name, train_kw, metrics)
     head.eval()
-
-    # σ* of the training samples (SuperLoss losses), aligned with the manifest's labeled rows
     z_train = _classifier_input(head, train_cache, cached_projected, device)
-    confidence = None
-    sigma = superloss_confidence(ClassifierPart(head), z_train, train_cache.labels, loss_fn,
-                                 device=device)
-    if sigma is not None:
-        n_labeled = len(ctx.manifest.rows("labeled")[0])
-        confidence = np.full(n_labeled, np.nan, dtype=np.float32)
-        confidence[train_cache.positions] = sigma
-        if ctx.backend.is_main:
-            with atomic_path(stage_dir / "confidence.npy") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, confidence)
+    confidence = _training_confidence(ctx, head, z_train, train_cache, loss_fn, stage_dir)
 
     # classifier re-balancing on the frozen features
     if f.classifier_stage != "none":
@@ -314,14 +347,7 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
 
     head = head.cpu().eval()
     head_path = stage_dir / "head.pt"
-    if ctx.backend.is_main:  # every rank trained the same head on the same (merged) cache
-        with atomic_path(head_path) as tmp:
-            torch.save({"format": HEAD_FORMAT, "spec": head.spec, "state_dict": head.state_dict(),
-                        "num_classes": ctx.index.num_classes, "mode": mode,
-                        "classifier_stage": f.classifier_stage,
-                        "encoder": str(head_encoder) if head_encoder else None,
-                        # the encoder's file content: evaluation refuses one that changed since
-                        "encoder_sha256": digest if head_encoder else None}, tmp)
+    _save_head(ctx, head_path, head, head_encoder, digest)
     z_test = _classifier_input(head, test_cache, cached_projected, "cpu")
     logits = predict(ClassifierPart(head), z_test)
     ctx.tracker.set_tags({"ltscale.head": str(head_path.resolve()), "ltscale.finetune_mode": mode,
