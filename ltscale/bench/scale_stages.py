@@ -265,7 +265,8 @@ def prepare_compare(ws: Workspace) -> None:
     from ltscale.bench.scale_runs import fake_eval_runs
 
     runs = max(2, round(COMPARE_RUNS * ws.fraction))
-    ws.state["compare"] = fake_eval_runs(_mkdir(ws, "mlruns"), runs, ws.classes)
+    # per-class metrics as the eval stage logs them: up to eval.class_metrics_max classes
+    ws.state["compare"] = fake_eval_runs(_mkdir(ws, "mlruns"), runs, _class_metrics(ws.classes))
 
 
 def run_compare(ws: Workspace) -> dict:
@@ -278,7 +279,15 @@ def run_compare(ws: Workspace) -> dict:
     header, rows = c.table_rows(c.group_runs(loaded, ["method"], metrics), ["method"], metrics,
                                 "md")
     (ws.root / "compare.md").write_text(c.render(header, rows, "md"))
-    return {"size": runs, "note": f"{runs} eval runs with {ws.classes} per-class metrics each"}
+    return {"size": runs, "note": f"{runs} eval runs with {_class_metrics(ws.classes)} "
+                                  "per-class metrics each"}
+
+
+def _class_metrics(classes: int) -> int:
+    from ltscale.config.schema import EvalCfg
+
+    cap = EvalCfg().class_metrics_max
+    return classes if classes <= cap else 0
 
 
 # name: (prepare, run, kind); "data" stages need JPEG shards

@@ -105,6 +105,10 @@ class EvalCfg(Section):
     allow_overlap: bool = False  # allow test samples that are also training (labeled/unlabeled) ones
     ece_bins: int = Field(15, ge=1, le=1000)  # equal-width confidence bins of the calibration error
     embedding_plot: bool = False  # report: t-SNE/UMAP map of ≤2,000 test features (~10 s on a CPU)
+    # test/class_<c> MLflow metrics for up to this many classes; above it per-class accuracy is
+    # in report.json only (MLflow's run search loads every metric of every run: `compare` over
+    # 300 iNat-size runs would read 2.4 M of them)
+    class_metrics_max: int = Field(1000, ge=0)
 
     @field_validator("few_threshold")
     @classmethod

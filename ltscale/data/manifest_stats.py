@@ -18,8 +18,11 @@ def manifest_stats(m: Manifest) -> dict:
     clean, observed = m.clean[lab], m.observed[lab]
     known = clean >= 0
     noisy = observed[known] != clean[known]
-    per_class_noise = [float(noisy[clean[known] == c].mean()) if (clean[known] == c).any()
-                       else 0.0 for c in range(m.num_classes)]
+    # one pass over the samples (a mask per class would be O(n·C): minutes at iNat's 8,142)
+    members = np.bincount(clean[known], minlength=m.num_classes)
+    flipped = np.bincount(clean[known], weights=noisy, minlength=m.num_classes)
+    per_class_noise = np.divide(flipped, members, out=np.zeros(m.num_classes),
+                                where=members > 0).tolist()
     ref = m.reference_counts()
     groups = shot_groups(ref)
     out = {

@@ -47,7 +47,8 @@ def evaluate_logits(ctx: Context, logits, targets, model: str | None = None) -> 
     m = classification_metrics(logits, targets, ctx.manifest.reference_counts().tolist(),
                                e.many_threshold, e.few_threshold, e.ece_bins)
     scalars = {f"test/{k}": v for k, v in scalar_metrics(m).items()}
-    scalars |= {f"test/class_{c}": v for c, v in enumerate(m["per_class"]) if v == v}  # no NaN
+    if len(m["per_class"]) <= e.class_metrics_max:
+        scalars |= {f"test/class_{c}": v for c, v in enumerate(m["per_class"]) if v == v}  # no NaN
     scalars["test/train_overlap"] = overlap
     ctx.tracker.log_metrics(scalars)
     return m

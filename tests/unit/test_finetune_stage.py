@@ -153,3 +153,26 @@ def test_legacy_linear_head_files_still_load(tmp_path):
     torch.save({"state_dict": torch.nn.Linear(4, 3).state_dict(), "num_classes": 3,
                 "encoder": "x"}, path)
     assert head_from_file(path, 3)(torch.zeros(1, 4)).shape == (1, 3)
+
+
+def test_per_class_metrics_are_logged_up_to_the_class_cap(separable_idx, tmp_path):
+    """``eval.class_metrics_max``: test/class_<c> for every class up to the cap, none above it
+    (an iNat-size run would otherwise give MLflow 8,142 metrics a run to load in `compare`)."""
+    from ltscale.stages.evaluate import evaluate_logits
+    from ltscale.track import NullTracker
+
+    class Recording(NullTracker):
+        def __init__(self):
+            self.logged = {}
+
+        def log_metrics(self, metrics, step=None):
+            self.logged |= metrics
+
+    ctx = _ctx(separable_idx, tmp_path)
+    logits, targets = torch.eye(3)[torch.arange(30) % 3], torch.arange(30) % 3
+    for cap, expected in ((3, {"test/class_0", "test/class_1", "test/class_2"}), (2, set())):
+        ctx.recipe.eval.class_metrics_max = cap
+        ctx.tracker = Recording()
+        metrics = evaluate_logits(ctx, logits, targets)
+        assert {k for k in ctx.tracker.logged if k.startswith("test/class_")} == expected
+        assert ctx.tracker.logged["test/top1"] == 1.0 and metrics["per_class"] == [1.0] * 3
