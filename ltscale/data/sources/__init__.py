@@ -1,48 +1,51 @@
 """Source adapters behind one factory: ``open_source(kind, path, **options)``.
 
-Each adapter is one module; it is imported only when its kind is opened.
+Each adapter is one module of this package that registers its kind(s) with
+``@register_source(kind)``; the first ``open_source`` or ``source_kinds`` call imports every
+module of the package (they import nothing heavy at module level), so adding a source is one
+file plus its test.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from pathlib import Path
 from typing import Callable
 
 from ltscale.data.sources.base import NO_LABEL, RawSample, SampleRef, Source, iter_samples
 from ltscale.errors import DataError
 
-# kind -> module that registers it
-_MODULES = {
-    "idx": "idx",
-    "cifar10": "cifar", "cifar100": "cifar",
-    "imagefolder": "imagefolder",
-    "imagenet_lt": "lt_splits", "places_lt": "lt_splits",
-    "inat2017": "inat", "inat2018": "inat", "inat2019": "inat",
-    "clothing1m": "clothing1m",
-    "svhn": "svhn",
-    "webdataset": "webdataset",
-}
 _SOURCES: dict[str, Callable[..., Source]] = {}
+_DISCOVERED = False
 
 
 def register_source(kind: str):
     def deco(factory):
+        if kind in _SOURCES and _SOURCES[kind] is not factory:
+            raise ValueError(f"source kind {kind!r} is registered twice")
         _SOURCES[kind] = factory
         return factory
 
     return deco
 
 
+def _discover() -> None:
+    global _DISCOVERED
+    if not _DISCOVERED:
+        for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+            importlib.import_module(f"{__name__}.{module}")
+        _DISCOVERED = True
+
+
 def source_kinds() -> list[str]:
-    return sorted(_MODULES)
+    _discover()
+    return sorted(_SOURCES)
 
 
 def open_source(kind: str, path: str | Path, **options) -> Source:
-    if kind not in _MODULES:
+    if kind not in source_kinds():
         raise DataError(f"unknown source kind {kind!r}; known kinds: {', '.join(source_kinds())}")
-    if kind not in _SOURCES:
-        importlib.import_module(f"ltscale.data.sources.{_MODULES[kind]}")
     try:
         return _SOURCES[kind](Path(path), **options)
     except TypeError as exc:
