@@ -24,15 +24,24 @@ ECE_BINS = 15
 ECE_KEYS = ("ece", "ece_many", "ece_medium", "ece_few")
 
 
-def confidences(logits) -> tuple[np.ndarray, np.ndarray]:
-    """(top softmax probability, predicted class) of each row of ``logits``."""
-    z = np.asarray(logits, dtype=np.float64)
+def confidences(logits, chunk_elements: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """(top softmax probability, predicted class) of each row of ``logits``.
+
+    The top probability is 1 / Σ_c exp(z_c − max z), computed over row blocks of at most
+    ``chunk_elements`` values in float64: no probability matrix is made (8,142 classes × tens
+    of thousands of test images would be gigabytes)."""
+    z = np.asarray(logits)
     if len(z) == 0:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)
-    return p.max(axis=1), p.argmax(axis=1)
+    rows = max(1, chunk_elements // max(1, z.shape[1]))
+    top = np.empty(len(z))
+    pred = np.empty(len(z), dtype=np.int64)
+    for start in range(0, len(z), rows):
+        block = np.asarray(z[start:start + rows], dtype=np.float64)
+        pred[start:start + rows] = block.argmax(axis=1)
+        shifted = block - block.max(axis=1, keepdims=True)
+        top[start:start + rows] = 1.0 / np.exp(shifted).sum(axis=1)
+    return top, pred
 
 
 def reliability_bins(conf, correct, bins: int = ECE_BINS) -> dict:
