@@ -67,6 +67,23 @@ def ranks(backend: str) -> int:
     return n
 
 
+# Methods killed and resumed on the multi-rank backends. A method's own state (EMA targets,
+# queues, banks, masks, clusters) is checkpointed the same way on every backend, and the single-
+# rank backend kills every method; what a multi-rank backend adds (per-rank RNG, the sampler's
+# position, DDP buffers, ZeRO's partitioned optimizer state) is method-independent, so these
+# cover it with each kind of method state: a queue + EMA + shuffled BN (moco), an EMA target
+# (byol), pruning masks set at epoch start (sdclr), a clustered bank (sbcl). Each further method
+# costs one more process start per backend (~10 s) in CI.
+MULTI_RANK_RESUME = ("byol", "moco", "sbcl", "sdclr")
+
+
+def resume_methods(backend: str) -> list[str]:
+    """The methods whose SIGKILL + relaunch the matrix checks on ``backend``."""
+    if ranks(backend) == 1:
+        return method_names()
+    return [m for m in method_names() if m in MULTI_RANK_RESUME]
+
+
 def preset_for(views: int) -> str:
     """The first augmentation preset that gives ``views`` images per sample."""
     return next(p for p in preset_names() if make_preset(p, SIZE, 3).outputs == views)

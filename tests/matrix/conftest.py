@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.matrix.cells import method_names
+from tests.matrix.cells import resume_methods
 from tests.matrix.harness import KILL, Launch, make_matrix_data
 
 
@@ -21,7 +21,7 @@ def launches(matrix_data, tmp_path_factory):
 
     ``checks``: one uninterrupted launch (fixed-batch checks + the real stage).
     ``resume``: the real stage with ``MATRIX_KILL`` set, relaunched after each kill until it
-    exits 0 — every method is SIGKILLed once mid-epoch and resumed."""
+    exits 0 — each of ``resume_methods(backend)`` is SIGKILLed once mid-epoch and resumed."""
     done: dict = {}
 
     def get(backend: str, precision: str, mode: str) -> Launch:
@@ -32,8 +32,10 @@ def launches(matrix_data, tmp_path_factory):
                 launch = Launch(matrix_data, out, backend, precision, "checks")
                 launch.run()
             else:
-                launch = Launch(matrix_data, out, backend, precision, "train", env=KILL)
-                launch.run_until_done(len(method_names()) + 1)
+                methods = resume_methods(backend)
+                launch = Launch(matrix_data, out, backend, precision, "train", env=KILL,
+                                methods=methods)
+                launch.run_until_done(len(methods) + 1)
             done[key] = launch
         return done[key]
 

@@ -4,8 +4,9 @@ DeepSpeed ZeRO-2 on 2 gloo ranks) × every precision, on CPU (``-m matrix``; CI 
 Per cell: the loss falls over a few steps on a fixed batch; every EMA/target tensor follows its
 online tensor; what the method declares ``keep_fp32`` is fp32; the backbone receives
 channels-last images; the kNN monitor scores every epoch and the exported encoder holds fp32
-weights equal to the master copy. Per fp32 cell: a run whose rank is SIGKILLed mid-epoch and
-relaunched ends ``torch.equal`` to the uninterrupted run. One launch covers all methods of a
+weights equal to the master copy. Per fp32 cell (every method on the local backend; on DDP and
+DeepSpeed the methods of ``cells.MULTI_RANK_RESUME``, one of each kind of method state): a run
+whose rank is SIGKILLed mid-epoch and relaunched ends ``torch.equal`` to the uninterrupted run. One launch covers all methods of a
 (backend, precision), so the matrix costs a few process starts per backend, not one per cell.
 
 fp16 cells are skipped on CPU: DeepSpeed's CPU accelerator has no fp16, and fp16 loss scaling
@@ -16,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.matrix.cells import backend_names, method_names, precisions
+from tests.matrix.cells import backend_names, method_names, precisions, resume_methods
 from tests.matrix.harness import (
     checks_of,
     ema_problem,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.matrix
 
 CELLS = [(m, b, p) for b in backend_names() for p in precisions() for m in method_names()]
 IDS = [f"{m}-{b}-{p}" for m, b, p in CELLS]
-RESUME_CELLS = [c for c in CELLS if c[2] == "fp32"]
+RESUME_CELLS = [c for c in CELLS if c[2] == "fp32" and c[0] in resume_methods(c[1])]
 
 
 def _skip_unsupported(backend: str, precision: str) -> None:
