@@ -159,17 +159,17 @@ def real_stage(ctx: Context, method_name: str, kill: tuple[int, int] | None) -> 
 
         cls.__call__ = call
     result = run_pretrain(ctx)
-    method = result["method"]
+    method = result.method
     method = getattr(method, "method", method)
     master = master_weights(ctx, method.encoder)
     if ctx.backend.is_main:
-        saved = load_checkpoint(result["encoder"])["state_dict"]
+        saved = load_checkpoint(result.encoder)["state_dict"]
         export = {
             "all_fp32": all(t.dtype == torch.float32 for t in saved.values() if
                             t.is_floating_point()),
             "equal_master": all(torch.equal(saved[k].float(), v.float())
                                 for k, v in master.items()),
-            "knn": [h.get("knn/top1") for h in result["history"]],
+            "knn": [h.get("knn/top1") for h in result.history],
         }
         torch.save({k: v.detach().cpu().clone() for k, v in method.state_dict().items()},
                    out / f"final-{method_name}.pt")
