@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 
 from ltscale.errors import LtscaleError
+
+
+def _tables_to_stderr(args):
+    """With ``--json`` stdout carries only the JSON: the benchmarks' own tables go to stderr."""
+    return contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
 
 
 def add_parser(sub) -> None:
@@ -90,6 +97,13 @@ def add_parser(sub) -> None:
 
 
 def cmd_bench(args):
+    with _tables_to_stderr(args):
+        result = _run_bench(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
+def _run_bench(args) -> dict:
     if args.bench_command == "manifest":
         from ltscale.bench.manifest import bench_manifest
 
@@ -120,16 +134,16 @@ def cmd_bench(args):
 
         result = bench_build(args.images, args.classes, args.size, args.workers,
                              args.shard_size << 20, args.repeats)
-    if args.json:
-        print(json.dumps(result, indent=2))
+    return result
 
 
 def cmd_bench_finetune(args):
     from ltscale.bench.finetune import bench_finetune
 
-    result = bench_finetune(images=args.images, classes=args.classes, size=args.size,
-                            epochs=args.epochs, batch_size=args.batch, backbone=args.backbone,
-                            aug_copies=args.aug_copies, workers=args.workers)
+    with _tables_to_stderr(args):
+        result = bench_finetune(images=args.images, classes=args.classes, size=args.size,
+                                epochs=args.epochs, batch_size=args.batch, backbone=args.backbone,
+                                aug_copies=args.aug_copies, workers=args.workers)
     if args.json:
         print(json.dumps(result, indent=2))
 
