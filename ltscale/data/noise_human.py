@@ -25,7 +25,6 @@ dataset's labels at those positions, which catches a file of the other dataset o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import zipfile
@@ -37,6 +36,7 @@ from ltscale.data.index import NPZ_ERRORS, ShardIndex
 from ltscale.data.manifest_spec import HUMAN_LABEL_SETS, NoiseSpec
 from ltscale.data.sources.cifar import unpickle_arrays
 from ltscale.errors import ManifestError
+from ltscale.hashing import file_sha256
 
 CIFAR_KINDS = ("cifar10", "cifar100")
 _TRAIN_KEY = re.compile(r"^train-(\d+)$")
@@ -95,14 +95,6 @@ def load_label_file(path: Path) -> dict[str, np.ndarray]:
             value = value.numpy()
         out[str(key)] = np.asarray(value)
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_kind(index: ShardIndex) -> str | None:

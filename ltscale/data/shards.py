@@ -37,6 +37,7 @@ from ltscale.data.ownership import OWNER_MARKER, check_output_path, owned_datase
 from ltscale.data.sources.base import NO_LABEL, SampleRef, Source, check_key
 from ltscale.data.tarfmt import BLOCK, TarWriter, padded
 from ltscale.errors import DataError
+from ltscale.hashing import file_sha256
 from ltscale.progress import bar as progress_bar
 
 DEFAULT_SHARD_BYTES = 1 << 30
@@ -226,7 +227,7 @@ def _write_job(i: int) -> tuple[int, list[tuple[int, int]], str]:
     if final.exists():  # finished by an earlier, interrupted run of the same plan
         spans = _reuse(final, job)
         if spans is not None:
-            return i, spans, _sha256(final)
+            return i, spans, file_sha256(final)
         final.unlink()
     tmp = work / (job.name + ".partial")
     writer = TarWriter(tmp)
@@ -294,18 +295,10 @@ def _run_jobs(source: Source, jobs: list[_Job], work: Path, workers: int, progre
     return [(jobs[i].name, *results[i]) for i in range(len(jobs))]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _shard_entry(path: Path, name: str, sha: str | None = None) -> dict:
     if not path.exists():
         raise DataError(f"shard {path} does not exist")
-    return {"name": name, "bytes": path.stat().st_size, "sha256": sha or _sha256(path)}
+    return {"name": name, "bytes": path.stat().st_size, "sha256": sha or file_sha256(path)}
 
 
 # --- index and card ----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ reported with the shard and sample key.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -22,6 +21,7 @@ import numpy as np
 from ltscale.data.index import CARD_FILE, ShardIndex
 from ltscale.data.tarfmt import check_regular, header_before, safe_member_name
 from ltscale.errors import DataError
+from ltscale.hashing import file_sha256
 from ltscale.progress import bar as progress_bar
 
 
@@ -45,14 +45,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_dataset(directory: str | Path, deep: bool = False, progress: bool = True) -> VerifyReport:
@@ -82,7 +74,7 @@ def verify_dataset(directory: str | Path, deep: bool = False, progress: bool = T
         elif path.stat().st_size != entry["bytes"]:
             report.problems.append(Problem(name, None, f"size {path.stat().st_size} bytes, card "
                                            f"records {entry['bytes']} (truncated or changed)"))
-        elif _sha256(path) != entry["sha256"]:
+        elif file_sha256(path) != entry["sha256"]:
             report.problems.append(Problem(name, None, "SHA-256 differs from the card (the "
                                            "shard changed after it was indexed)"))
     for s, name in enumerate(index.shards):
@@ -194,7 +186,7 @@ def check_shards(index: ShardIndex, rows: np.ndarray | None = None, mode: str = 
             stamp = (size, st.st_mtime_ns, st.st_ino)
             if index.hashed_shards.get(name) == stamp:
                 continue
-            if _sha256(path) != entry["sha256"]:
+            if file_sha256(path) != entry["sha256"]:
                 raise DataError(f"shard {path}: SHA-256 differs from the one recorded when it "
                                 "was indexed (it changed since); refusing to train on it")
             index.hashed_shards[name] = stamp

@@ -44,14 +44,6 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def module_sha256(module: torch.nn.Module) -> str:
     """Content hash of a module's state (for an encoder that has no file, e.g. a random one)."""
     h = hashlib.sha256()

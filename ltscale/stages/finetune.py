@@ -36,7 +36,6 @@ from ltscale.finetune.cache import (
     FORMAT,
     FeatureCache,
     encode_share,
-    file_sha256,
     is_cached,
     load_cache,
     module_sha256,
@@ -52,6 +51,7 @@ from ltscale.finetune.classifier import (
 from ltscale.finetune.endtoend import run_end_to_end
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
 from ltscale.finetune.two_stage import apply_classifier_stage
+from ltscale.hashing import file_sha256
 from ltscale.losses import classification_loss
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import stage_loader, test_loader, test_selection

@@ -27,7 +27,6 @@ from ltscale.data.sampling import EpochSampler
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import RecipeError
-from ltscale.finetune.cache import file_sha256
 from ltscale.finetune.classifier import Head, head_spec
 from ltscale.finetune.selftrain import (
     TrainingSet,
@@ -36,6 +35,7 @@ from ltscale.finetune.selftrain import (
     pseudo_label_pool,
     unlabeled_rows,
 )
+from ltscale.hashing import file_sha256
 from ltscale.methods import create_method
 from ltscale.stages.context import Context
 from ltscale.stages.finetune import HEAD_FORMAT, head_from_file, predict_images

@@ -85,7 +85,7 @@ def _head_on_copied_encoder(trained: dict, tmp_path: Path, **changes) -> tuple[P
 
 
 def test_a_head_records_its_encoders_sha256(trained):
-    from ltscale.finetune.cache import file_sha256
+    from ltscale.hashing import file_sha256
 
     for name in ("finetune", "finetune_ce"):
         saved = torch.load(trained["out"] / name / "head.pt", weights_only=True)

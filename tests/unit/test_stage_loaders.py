@@ -79,8 +79,8 @@ def test_checksums_are_computed_once_per_shard_until_the_file_changes(tiny_idx, 
 
     ctx = _ctx(tiny_idx, tmp_path, check="checksum")
     hashed = []
-    real = verify._sha256
-    monkeypatch.setattr(verify, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    real = verify.file_sha256
+    monkeypatch.setattr(verify, "file_sha256", lambda p: hashed.append(p.name) or real(p))
     for _ in range(3):  # e.g. the train, kNN bank and kNN query loaders of one stage
         train_loader(ctx, augment=ctx.recipe.pretrain.augment, batch_size=8, workers=0,
                      seed=0, epochs=1)
