@@ -16,13 +16,16 @@ import yaml
 from ltscale.config.overrides import flatten
 from ltscale.config.schema import Recipe
 from ltscale.data.manifest_stats import manifest_stats
+from ltscale.engine.knn import KnnMonitor
 from ltscale.eval.aggregate import merge_seeds
 from ltscale.eval.report import SUMMARY_HEADER, markdown_table, summary_rows, write_report
 from ltscale.stages.context import Context, make_context
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
 from ltscale.stages.finetune import predict_images, run_finetune
+from ltscale.stages.loaders import knn_loaders
 from ltscale.stages.pretrain import (
     label_free_key,
+    load_encoder,
     new_encoder,
     run_pretrain,
     run_scratch,
@@ -156,10 +159,6 @@ def _knn_with_own_labels(ctx: Context, pre: TrainResult) -> TrainResult:
     knn = ctx.recipe.pretrain.knn
     if not (knn.enabled and knn.bank == "manifest" and pre.history and ctx.backend.is_main):
         return pre
-    from ltscale.engine.knn import KnnMonitor
-    from ltscale.stages.loaders import knn_loaders
-    from ltscale.stages.pretrain import load_encoder
-
     monitor = KnnMonitor(*knn_loaders(ctx), ctx.index.num_classes, ctx.device, knn.k,
                          knn.temperature)
     top1 = monitor(load_encoder(pre.encoder).to(ctx.device))

@@ -102,7 +102,9 @@ class ClassificationLoss(nn.Module):
         return loss * wy
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The loss of each sample; every registered loss defines it (the contract's one method
+        without a default)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define per_sample")
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
