@@ -14,7 +14,7 @@ uniform weights. The predictor's hidden width (512) is not given by the paper.""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -28,6 +28,7 @@ from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
 from ltscale.methods.ema import EMA
 from ltscale.methods.fassl_proto import FASSLProto, method_name, take_projector, unwrap
+from ltscale.methods.sdclr import SDCLR_OPTIM
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
@@ -42,6 +43,7 @@ class FASSLCfg(Section):
     momentum: float = Field(0.99, ge=0, le=1)  # teacher EMA τ; FASSL: 0.99 (Table 3)
     weight_clip: float = Field(3.0, ge=0)     # log-weights clipped to batch mean ± this many
     #                                           std ("clip outliers", value not given); 0: off
+    default_optim: ClassVar[dict] = SDCLR_OPTIM  # as fassl_proto's (FASSL gives none; assumed)
 
 
 @register_method("fassl", FASSLCfg)

@@ -12,7 +12,7 @@ Projector defaults are SDCLR's (512 → 512 → 128), so that its head can be ta
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -25,6 +25,7 @@ from ltscale.losses.fassl import prototype_contrastive_loss
 from ltscale.methods._registry import method_class, method_names, register_method
 from ltscale.methods.base import PretrainMethod
 from ltscale.methods.probe import OnlineProbe
+from ltscale.methods.sdclr import SDCLR_OPTIM
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
@@ -68,6 +69,8 @@ class FASSLProtoCfg(Section):
     proj_layers: int = Field(3, ge=2)
     prototypes: int = Field(128, gt=0)        # K; FASSL: 128 (64–512 within 0.5 points)
     beta: float = Field(0.2, gt=0)            # β: temperature of Eq. 2's NT-Xent over h = P·z
+    # FASSL gives no optimizer (§4.2); it continues from an SDCLR network: SDCLR's (assumed)
+    default_optim: ClassVar[dict] = SDCLR_OPTIM
 
 
 @register_method("fassl_proto", FASSLProtoCfg)

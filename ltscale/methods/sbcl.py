@@ -14,7 +14,7 @@ a mid-epoch checkpoint over the epoch's start hook, so the epoch is not clustere
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from ltscale.methods.sbcl_clustering import (
     class_temperatures,
 )
 from ltscale.methods.simclr import projector_dims, z_std
-from ltscale.methods.supcon import global_batch, two_view_projections
+from ltscale.methods.supcon import SUPCON_OPTIM, global_batch, two_view_projections
 from ltscale.models.heads import mlp
 
 
@@ -55,6 +55,9 @@ class SBCLCfg(Section):
     update_every: int = Field(10, ge=1)       # K: epochs between re-clustering + τ2 updates; 10
     cluster_iters: int = Field(10, ge=0)      # balanced k-means iterations after the
     #                                           farthest-first start (Algorithm 1's K)
+    # the optimizer is in the appendix our copy lacks: SupCon's reference one, as SBCL starts
+    # with SupCon epochs and compares with SupCon at equal settings (assumed)
+    default_optim: ClassVar[dict] = SUPCON_OPTIM
 
 
 @register_method("sbcl", SBCLCfg)

@@ -20,7 +20,7 @@ released code does."""
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -63,6 +63,12 @@ class BranchNorms(nn.Module):
         return out
 
 
+# SDCLR's released CIFAR-LT runs (cifar-10-LT.sh, train_simCLR.py): SGD at lr 0.5 for batch 512
+# (0.25 × B/256), momentum 0.9, weight decay 1e-4, 10 warm-up epochs, cosine decay
+SDCLR_OPTIM = {"name": "sgd", "lr": 0.25, "momentum": 0.9, "weight_decay": 1e-4,
+               "warmup_epochs": 10, "schedule": "cosine"}
+
+
 class SDCLRCfg(Section):
     name: Literal["sdclr"] = "sdclr"
     proj_dim: int = Field(512, gt=0)          # SDCLR's ResNet-18 head: hidden = feature width 512
@@ -74,6 +80,7 @@ class SDCLRCfg(Section):
     prune_scope: Literal["layer", "global"] = "layer"  # ratio per weight tensor, or one global
     #                                           threshold (SDCLR's released code)
     dual_bn: bool = True                      # pruned branch has its own BN (SDCLR --prune_dual_bn)
+    default_optim: ClassVar[dict] = SDCLR_OPTIM
 
 
 @register_method("sdclr", SDCLRCfg)

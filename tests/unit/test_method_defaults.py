@@ -12,6 +12,11 @@ from ltscale.methods import method_config, method_configs
 GENERIC = {"name": "sgd", "lr": 0.03, "bias_lr": None, "lars_eta": 0.02, "scale_lr": True,
            "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 10, "schedule": "cosine"}
 
+SUPCON = {"name": "sgd", "lr": 0.125, "momentum": 0.9, "weight_decay": 1e-4,
+          "warmup_epochs": 10, "schedule": "cosine"}
+SDCLR = {"name": "sgd", "lr": 0.25, "momentum": 0.9, "weight_decay": 1e-4,
+         "warmup_epochs": 10, "schedule": "cosine"}
+
 # method → (options, default_optim)
 TABLE = {
     # SimCLR, Chen et al. 2020: §2.3 default setting (LARS, lr 0.3·B/256, wd 1e-6, 10-epoch
@@ -52,24 +57,28 @@ TABLE = {
     "rotation": ({},
                  {"name": "sgd", "lr": 0.1, "scale_lr": False, "momentum": 0.9,
                   "weight_decay": 5e-4, "warmup_epochs": 0, "schedule": "cosine"}),
-    # SupCon, Khosla et al. 2020 / KCL, Kang et al. 2021: τ 0.1, 128-d output, KCL k 6; no paper
-    # optimizer is declared (not verified against the papers): the generic one
-    "supcon": ({"proj_dim": 2048, "out_dim": 128, "proj_layers": 2, "temperature": 0.1}, {}),
+    # SupCon, Khosla et al. 2020 / KCL, Kang et al. 2021: τ 0.1, 128-d output, KCL k 6. The
+    # optimizer is SupCon's reference code for CIFAR (SupContrast: SGD lr 0.5 at batch 1024,
+    # momentum 0.9, wd 1e-4, 10 warm-up epochs, cosine); KCL takes it too (assumed)
+    "supcon": ({"proj_dim": 2048, "out_dim": 128, "proj_layers": 2, "temperature": 0.1},
+               SUPCON),
     "kcl": ({"proj_dim": 2048, "out_dim": 128, "proj_layers": 2, "temperature": 0.1, "k": 6},
-            {}),
+            SUPCON),
     # SBCL, Hou et al. 2023: the authors' CIFAR-LT release (the paper's appendix is not in our
-    # copy); no paper optimizer declared
+    # copy); SupCon's optimizer (assumed: its warm-up is SupCon)
     "sbcl": ({"proj_dim": 2048, "out_dim": 128, "proj_layers": 2, "tau1": 0.1, "beta": 0.25,
               "delta": 10, "alpha": 10.0, "warmup_epochs": 10, "warmup_loss": "supcon", "k": 6,
-              "update_every": 10, "cluster_iters": 10}, {}),
-    # SDCLR, Jiang et al. 2021: its released CIFAR-LT settings; no paper optimizer declared
+              "update_every": 10, "cluster_iters": 10}, SUPCON),
+    # SDCLR, Jiang et al. 2021: its released CIFAR-LT settings (SGD lr 0.5 at batch 512,
+    # momentum 0.9, wd 1e-4, 10 warm-up epochs, cosine)
     "sdclr": ({"proj_dim": 512, "out_dim": 128, "proj_layers": 3, "temperature": 0.2,
-               "prune_ratio": 0.9, "prune_scope": "layer", "dual_bn": True}, {}),
-    # FASSL, Lin et al. (Table 3: teacher EMA 0.99; K 128); no paper optimizer declared
+               "prune_ratio": 0.9, "prune_scope": "layer", "dual_bn": True}, SDCLR),
+    # FASSL, Lin et al. (Table 3: teacher EMA 0.99; K 128); no optimizer given: SDCLR's, whose
+    # network it continues (assumed)
     "fassl_proto": ({"proj_dim": 512, "out_dim": 128, "proj_layers": 3, "prototypes": 128,
-                     "beta": 0.2}, {}),
+                     "beta": 0.2}, SDCLR),
     "fassl": ({"proj_dim": 512, "out_dim": 128, "proj_layers": 3, "pred_dim": 512,
-               "prototypes": 128, "momentum": 0.99, "weight_clip": 3.0}, {}),
+               "prototypes": 128, "momentum": 0.99, "weight_clip": 3.0}, SDCLR),
 }
 
 
