@@ -100,13 +100,21 @@ class LocalBackend:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def clear_grads(self, optimizer, model: nn.Module | None = None) -> None:
+        """Drop the previous step's gradients; the loop calls it after a step's first forward,
+        just before its first backward (as ``zero_grad`` then ``backward`` in a hand-written
+        loop). Freeing them there, rather than right after the update, lets backward's new
+        gradients take the freed blocks: freed before the forward, the forward's activations
+        take them and backward allocates fresh memory, 9 % more CPU per step for SimSiam on a
+        CPU (`ltscale bench step`)."""
+        optimizer.zero_grad(set_to_none=True)
+
     def backward(self, loss: torch.Tensor, model: nn.Module | None = None) -> None:
         self.scaler.scale(loss).backward()
 
     def step(self, optimizer, model: nn.Module | None = None) -> None:
         self.scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
         self.scaler.update()
-        optimizer.zero_grad(set_to_none=True)
 
     def no_sync(self, model: nn.Module):
         """Context for micro-batches whose gradients are only accumulated."""

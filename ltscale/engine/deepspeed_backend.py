@@ -264,6 +264,9 @@ class DeepSpeedBackend(LocalBackend):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self._low_dtype())
 
+    def clear_grads(self, optimizer, model: nn.Module | None = None) -> None:
+        pass  # DeepSpeed's engine.step() clears (its partitioned) gradients itself
+
     def backward(self, loss: torch.Tensor, model: nn.Module | None = None) -> None:
         engine = self._engine_of(model)
         engine.backward(loss, scale_wrt_gas=False)  # the loop already divided by accumulate

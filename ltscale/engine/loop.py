@@ -155,6 +155,8 @@ class _Run:
                     f"step {state.step + 1}; stopped without taking the step. Last good "
                     f"checkpoint: {where}. Lower the learning rate or use bf16/fp32 "
                     "precision instead of fp16.")
+            if m == 0:
+                backend.clear_grads(self.optimizer, self.model)
             backend.backward(loss / self.micro, self.model)
         meter.seen += len(batch[1])
         return {k: float(v.detach()) for k, v in out.items()}

@@ -98,6 +98,7 @@ def fixed_batch_checks(ctx: Context, method_name: str) -> dict:
     for step in range(STEPS):
         with ctx.backend.autocast():
             out = model(batch)
+        ctx.backend.clear_grads(optimizer, model)
         ctx.backend.backward(out["loss"], model)
         ctx.backend.step(optimizer, model)
         if hasattr(method, "after_step"):

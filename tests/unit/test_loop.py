@@ -168,6 +168,32 @@ def test_gradient_accumulation_matches_the_larger_batch():
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
+def test_each_step_uses_only_its_own_gradients():
+    """The loop equals a hand-written SGD loop (zero_grad, backward, step), with and without
+    accumulation: the previous step's gradients are dropped before each step's first backward
+    (and not later: a micro-batch's gradients are not lost)."""
+    def weights(acc):
+        torch.manual_seed(0)
+        loader, sampler = _toy_data(8 // acc)
+        model = Regress()
+        fit(model, loader, sampler, _sgd(model),
+            LoopConfig(epochs=1, progress=False, accumulate=acc, schedule="constant"),
+            LocalBackend("cpu"), NullTracker())
+        return model.lin.weight.detach().clone()
+
+    torch.manual_seed(0)
+    loader, _ = _toy_data(8)
+    ref = Regress()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    for batch in loader:
+        loss = ref(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for acc in (1, 2):
+        torch.testing.assert_close(weights(acc), ref.lin.weight.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_online_probe_learns_without_changing_the_method_trajectory():
     from ltscale.methods import create_method
     from ltscale.methods.probe import OnlineProbe
