@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import warnings
 
 import numpy as np
@@ -76,6 +77,27 @@ def merge_seeds(results: list[dict]) -> dict:
                                  if all(g in r for r in rel)}
     merged["seeds"] = agg
     return merged
+
+
+# metrics that are not fractions of one (times, losses, rates, sizes, counts): shown as logged
+_NOT_FRACTION = re.compile(r"^(test/)?(train|epoch)/|(loss|lr|seconds|skipped|z_std|images_per_s"
+                           r"|_mb)$")
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether ``metric`` is a fraction of one (accuracy, ECE, AUROC), shown as percent."""
+    return not _NOT_FRACTION.search(metric)
+
+
+def format_metric(metric: str, mean: float | None, std: float | None, digits: int = 2) -> str:
+    """``format_mean_std`` for fractions; other metrics (e.g. ``pretrain/seconds``) as logged."""
+    if is_fraction(metric):
+        return format_mean_std(mean, std, digits)
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def format_mean_std(mean: float | None, std: float | None, digits: int = 2) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ltscale.errors import LtscaleError
-from ltscale.eval.aggregate import format_mean_std
+from ltscale.eval.aggregate import format_metric, is_fraction
 
 DEFAULT_METRICS = ("test/many", "test/medium", "test/few", "test/top1")
 # shown by default too, when some run has them (runs made before calibration was measured do not)
@@ -184,7 +184,7 @@ def table_rows(groups: list[Group], group_by: list[str], metrics: list[str], fmt
                 for g in groups]
     else:
         header = [*group_by, "runs"] + [_short(m) for m in metrics]
-        rows = [[*g.key, str(len(g.runs))] + [format_mean_std(g.mean[m], g.std[m], digits)
+        rows = [[*g.key, str(len(g.runs))] + [format_metric(m, g.mean[m], g.std[m], digits)
                                               for m in metrics] for g in groups]
     return header, rows
 
@@ -221,7 +221,7 @@ def pivot_rows(groups: list[Group], group_by: list[str], rows_by: list[str], col
                 elif fmt == "csv":
                     line.append("" if g.mean[m] is None else repr(g.mean[m]))
                 else:
-                    line.append(format_mean_std(g.mean[m], g.std[m], digits))
+                    line.append(format_metric(m, g.mean[m], g.std[m], digits))
         out.append(line)
     return header, out
 
@@ -257,13 +257,17 @@ def plot_bars(groups: list[Group], group_by: list[str], metrics: list[str], path
     width = 0.8 / max(1, len(metrics))
     x = np.arange(len(groups))
     for i, m in enumerate(metrics):
-        means = [100 * (g.mean[m] or 0.0) for g in groups]
-        errs = [100 * (g.std[m] or 0.0) for g in groups]
+        scale = 100 if is_fraction(m) else 1
+        means = [scale * (g.mean[m] or 0.0) for g in groups]
+        errs = [scale * (g.std[m] or 0.0) for g in groups]
         ax.bar(x + (i - (len(metrics) - 1) / 2) * width, means, width, yerr=errs, capsize=2,
                label=_short(m))
     ax.set_xticks(x, [", ".join(g.key) for g in groups], rotation=20, ha="right", fontsize=8)
     calibration = any(_short(m).startswith("ece") for m in metrics)
-    ax.set_ylabel("accuracy, ECE (%)" if calibration else "accuracy (%)")
+    if not all(is_fraction(m) for m in metrics):
+        ax.set_ylabel("value (fractions in %)")
+    else:
+        ax.set_ylabel("accuracy, ECE (%)" if calibration else "accuracy (%)")
     ax.set_title(" × ".join(group_by) or "all runs", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -290,12 +294,13 @@ def plot_curves(groups: list[Group], group_by: list[str], x_key: str, metric: st
     for label, pts in lines.items():
         pts.sort(key=lambda p: p[0])
         xs = np.array([p[0] for p in pts])
-        ys = np.array([100 * (p[1].mean[metric] or 0.0) for p in pts])
-        sd = np.array([100 * (p[1].std[metric] or 0.0) for p in pts])
+        scale = 100 if is_fraction(metric) else 1
+        ys = np.array([scale * (p[1].mean[metric] or 0.0) for p in pts])
+        sd = np.array([scale * (p[1].std[metric] or 0.0) for p in pts])
         ax.plot(xs, ys, marker="o", label=", ".join(label) or _short(metric))
         ax.fill_between(xs, ys - sd, ys + sd, alpha=0.2)
     ax.set_xlabel(x_key)
-    ax.set_ylabel(f"{_short(metric)} (%)")
+    ax.set_ylabel(f"{_short(metric)} (%)" if is_fraction(metric) else _short(metric))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

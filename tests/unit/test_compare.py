@@ -180,3 +180,17 @@ def test_ece_column_by_default_when_runs_have_it(tmp_path, capsys):
 def test_no_ece_column_for_runs_without_it(store, capsys):
     rc, out, _ = _compare(store, capsys, "--group-by", "finetune.loss.name")
     assert rc == 0 and "ece" not in out.splitlines()[0]
+
+
+def test_fractions_show_as_percent_and_other_metrics_as_logged():
+    from ltscale.eval.aggregate import format_metric, is_fraction
+
+    for name in ("test/top1", "test/rare", "test/ece_few", "knn/top1", "noise/auroc"):
+        assert is_fraction(name), name
+    for name in ("pretrain/seconds", "epoch/loss", "train/lr", "epoch/peak_memory_mb",
+                 "test/epoch/seconds", "data/skipped"):
+        assert not is_fraction(name), name
+    assert format_metric("test/top1", 0.5512, 0.0084) == "55.12 ± 0.84"
+    assert format_metric("pretrain/seconds", 153.6, 12.5) == "153.60 ± 12.50"
+    assert format_metric("pretrain/seconds", 153.6, None) == "153.60"
+    assert format_metric("pretrain/seconds", None, None) == "n/a"
