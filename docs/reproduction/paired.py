@@ -1,6 +1,9 @@
 """Paired differences per manifest draw from `ltscale compare --format csv` (group-by γ, model, noise, draw)."""
-import csv, statistics as st, sys
+import csv
+import statistics as st
+import sys
 from collections import defaultdict
+
 rows = list(csv.DictReader(open(sys.argv[1])))
 metric = sys.argv[2] if len(sys.argv) > 2 else "top1"
 v = defaultdict(dict)  # (γ, noise) -> {(model, draw): value}
