@@ -19,6 +19,7 @@ from ltscale.data.manifest_stats import manifest_stats
 from ltscale.engine.knn import KnnMonitor
 from ltscale.eval.aggregate import merge_seeds
 from ltscale.eval.report import SUMMARY_HEADER, markdown_table, summary_rows, write_report
+from ltscale.stages.budget import measured, scratch_budget_note
 from ltscale.stages.context import Context, make_context
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
 from ltscale.stages.finetune import predict_images, run_finetune
@@ -78,12 +79,14 @@ def _seed_recipe(recipe: Recipe, seed: int, several: bool) -> Recipe:
 
 
 def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
-                 shared: dict | None = None) -> dict:
+                 shared: dict | None = None, scratch_only: bool = False) -> dict:
     """The whole pipeline; with ``recipe.seeds`` the training stages run once per seed (each its
     own nested run and output folder ``seed<S>/``) and the report gives mean ± std.
 
     ``shared`` (a dict kept across the points of a sweep) lets a point reuse an earlier point's
-    label-free pretraining of the same images (see ``_pretrain``); None: always pretrain."""
+    label-free pretraining of the same images (see ``_pretrain``); None: always pretrain.
+    ``scratch_only`` (``ltscale scratch``): only the data stage and the from-scratch networks
+    of ``baselines.ce_scratch``, each evaluated, in the same report, lineage and MLflow runs."""
     from ltscale.stages.context import effective_recipe
 
     recipe = effective_recipe(recipe)  # manifest.file: params describe the manifest used
@@ -100,9 +103,9 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
             if several:
                 logger.info(f"seed {seed}:")
                 with tracker.run(f"seed={seed}", nested=True, tags={"ltscale.stage": "seed"}):
-                    runs.append(_run_seed(r, tracker, progress, shared))
+                    runs.append(_run_seed(r, tracker, progress, shared, scratch_only))
             else:
-                runs.append(_run_seed(r, tracker, progress, shared))
+                runs.append(_run_seed(r, tracker, progress, shared, scratch_only))
         ctx = runs[0].ctx
         names = list(runs[0].results)
         results = {n: merge_seeds([run.results[n] for run in runs]) if several
@@ -114,7 +117,12 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
                    "imbalance": recipe.manifest.imbalance, "noise": recipe.manifest.noise,
                    "seeds": seeds,
                    "pretrain kNN top-1": [run.knn for run in runs],
-                   "stage seconds": {k: round(v, 1) for k, v in timings.items()}}
+                   "stage seconds": {k: round(v, 1) for k, v in timings.items()},
+                   "scratch budget": scratch_budget_note(runs[0].ctx)}
+        if scratch_only:
+            del context["pretrain kNN top-1"]
+        if context["scratch budget"] is None:
+            del context["scratch budget"]
         out = Path(recipe.output_dir)
         paths = write_report(out / "report", f"ltscale report: {recipe.name}", results,
                              ctx.index.classes, ctx.manifest.reference_counts().tolist(), context,
@@ -191,12 +199,12 @@ def _pretrain(ctx: Context, shared: dict | None) -> tuple[TrainResult, str]:
     return pre, run_id
 
 
-def _finetune_and_eval(ctx: Context, loss: str, encoder: Path, pretrain_run: str,
+def _finetune_and_eval(ctx: Context, loss: str, pre: TrainResult, pretrain_run: str,
                        timings: dict) -> HeadRun:
     """One head (``loss``; the recipe's finetune.loss with that name) on the pretrained encoder:
     a finetune and an eval child run. The first head trains in ``finetune/``, an extra one in
     ``finetune_<loss>/``; both read the feature cache in ``finetune/features``."""
-    main = loss == ctx.recipe.finetune.loss.name
+    main, encoder = loss == ctx.recipe.finetune.loss.name, pre.encoder
     if not main:
         recipe = ctx.recipe.model_copy(deep=True)
         recipe.finetune.loss.name = loss
@@ -211,18 +219,15 @@ def _finetune_and_eval(ctx: Context, loss: str, encoder: Path, pretrain_run: str
     timings["finetune"] += time.perf_counter() - t
     t = time.perf_counter()
     with _stage(ctx, "eval", source=finetune_run):
-        metrics = evaluate_logits(ctx, ft.logits, ft.targets, model)
+        metrics = evaluate_logits(ctx, ft.logits, ft.targets, model,
+                                  budget=pre.budget + measured(ft.history, ft.seconds))
         noise = _noise(ctx, ft)
     timings["eval"] += time.perf_counter() - t
     return HeadRun(model=model, finetune=ft, metrics=metrics, noise=noise)
 
 
-def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = None
-              ) -> SeedRun:
-    """data → pretrain → finetune → eval (+ baselines) for one seed, one child run per stage."""
-    timings: dict[str, float] = {}
-    results: dict[str, dict] = {}
-    noise: dict[str, dict] = {}
+def _data_stage(recipe: Recipe, tracker, progress: bool, timings: dict) -> Context:
+    """The data child run: shards, manifest, their statistics and files."""
     t = time.perf_counter()
     with tracker.run("data", nested=True, tags={"ltscale.stage": "data"}):
         ctx = make_context(recipe, tracker, progress)
@@ -237,21 +242,54 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = Non
         tracker.log_artifact(ctx.manifest_path)
         tracker.log_artifact(Path(recipe.data.shards) / "card.json")
     timings["data"] = time.perf_counter() - t
-    check_pool(ctx)  # self-training without an unlabeled pool stops before any training
     tracker.set_tags(ctx.tags("pipeline"))
-    logger.info(f"data: {stats['samples']} training images, imbalance {stats['imbalance_ratio']:.0f}, "
-        f"realised noise {stats['noise_rate']:.3f}, manifest {ctx.manifest.hash}")
+    logger.info(f"data: {stats['samples']} training images, imbalance "
+                f"{stats['imbalance_ratio']:.0f}, realised noise {stats['noise_rate']:.3f}, "
+                f"manifest {ctx.manifest.hash}")
+    return ctx
+
+
+def _scratch_baselines(ctx: Context, timings: dict, results: dict) -> TrainResult | None:
+    """One from-scratch network per loss of ``baselines.ce_scratch``, each trained and
+    evaluated in its own child run; returns the first (self-training's ``ce_scratch`` teacher)."""
+    scratch = None
+    for i, scratch_loss in enumerate(ctx.recipe.baselines.ce_scratch.losses()):
+        t = time.perf_counter()
+        stage = f"baseline_{scratch_stage(ctx, scratch_loss)}"
+        with _stage(ctx, stage):
+            trained = run_scratch(ctx, scratch_loss)
+            logits, targets = predict_images(ctx, trained.method)
+            model = f"scratch + {scratch_loss}"
+            results[model] = evaluate_logits(ctx, logits, targets, model, budget=trained.budget)
+        timings[stage] = time.perf_counter() - t
+        if i == 0:
+            scratch = trained
+    return scratch
+
+
+def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = None,
+              scratch_only: bool = False) -> SeedRun:
+    """data → pretrain → finetune → eval (+ baselines) for one seed, one child run per stage;
+    ``scratch_only``: data → the from-scratch networks → eval."""
+    timings: dict[str, float] = {}
+    results: dict[str, dict] = {}
+    noise: dict[str, dict] = {}
+    ctx = _data_stage(recipe, tracker, progress, timings)
+    if scratch_only:
+        _scratch_baselines(ctx, timings, results)
+        return SeedRun(ctx=ctx, results=results, noise=noise, timings=timings, knn=None)
+    check_pool(ctx)  # self-training without an unlabeled pool stops before any training
 
     t = time.perf_counter()
     pre, pretrain_run = _pretrain(ctx, shared)
     timings["pretrain"] = time.perf_counter() - t
     knn = pre.last_epoch.get("knn/top1")
     logger.info(f"pretrain: {len(pre.history)} epochs in {timings['pretrain']:.0f}s, "
-        f"kNN top-1 {knn if knn is None else f'{knn:.4f}'}")
+                f"kNN top-1 {knn if knn is None else f'{knn:.4f}'}")
 
     loss = recipe.finetune.loss.name
     timings["finetune"] = timings["eval"] = 0.0
-    heads = [_finetune_and_eval(ctx, head_loss, pre.encoder, pretrain_run, timings)
+    heads = [_finetune_and_eval(ctx, head_loss, pre, pretrain_run, timings)
              for head_loss in [loss, *recipe.finetune.extra_losses]]  # extras share the cache
     ft = heads[0].finetune  # the recipe's own head (self-training's teacher)
     for head in heads:
@@ -264,26 +302,19 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = Non
         with _stage(ctx, "baseline_random_encoder"):
             base = run_finetune(ctx, new_encoder(ctx), "baseline_random_encoder")
             model = f"random encoder + {loss}"
-            results[model] = evaluate_logits(ctx, base.logits, base.targets, model)
+            results[model] = evaluate_logits(ctx, base.logits, base.targets, model,
+                                             budget=measured(base.history, base.seconds))
         timings["baseline_random_encoder"] = time.perf_counter() - t
     scratch = None
-    if recipe.baselines.ce_scratch.enabled:  # one network per loss; the first is the teacher
-        for i, scratch_loss in enumerate(recipe.baselines.ce_scratch.losses()):
-            t = time.perf_counter()
-            stage = f"baseline_{scratch_stage(ctx, scratch_loss)}"
-            with _stage(ctx, stage):
-                trained = run_scratch(ctx, scratch_loss)
-                logits, targets = predict_images(ctx, trained.method)
-                model = f"scratch + {scratch_loss}"
-                results[model] = evaluate_logits(ctx, logits, targets, model)
-            timings[stage] = time.perf_counter() - t
-            if i == 0:
-                scratch = trained
+    if recipe.baselines.ce_scratch.enabled:
+        scratch = _scratch_baselines(ctx, timings, results)
     if recipe.selftrain.enabled:  # teacher → pseudo-labels for D_U → student (Yang & Xu 2020)
         t = time.perf_counter()
         with _stage(ctx, "selftrain"):
-            st = run_selftrain(ctx, ft, pre.encoder, scratch)
-            results[st.name] = evaluate_logits(ctx, st.logits, st.targets, st.name)
+            st = run_selftrain(ctx, ft, pre.encoder, scratch,
+                               finetuned_budget=pre.budget + measured(ft.history, ft.seconds))
+            results[st.name] = evaluate_logits(ctx, st.logits, st.targets, st.name,
+                                               budget=st.budget)
         timings["selftrain"] = time.perf_counter() - t
     return SeedRun(ctx=ctx, results=results, noise=noise, timings=timings, knn=knn,
                    features=ft.test_cache, model=heads[0].model)

@@ -78,6 +78,15 @@ def add_parser(sub) -> None:
     bf.add_argument("--workers", type=int, default=0, help="loader workers for encoding")
     bf.add_argument("--json", action="store_true")
     bf.set_defaults(func=cmd_bench_finetune)
+    bp = bsub.add_parser("baseline", help="ltscale's from-scratch network vs a plain PyTorch "
+                         "script on the same manifests: same settings, and the script's own")
+    bp.add_argument("recipe", nargs="?", default="recipes/scratch_fashion_mnist.yaml")
+    bp.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
+    bp.add_argument("--draws", default="0,1,2", metavar="S,S,…",
+                    help="manifest.seed values: one manifest draw each (default 0,1,2)")
+    bp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    bp.add_argument("--json", action="store_true")
+    bp.set_defaults(func=cmd_bench_baseline)
     sc = bsub.add_parser("scale", help="every stage at fractions of ImageNet-LT / iNat-2018 / "
                          "ImageNet-1k-shaped synthetic data: time, peak memory, growth exponent")
     sc.add_argument("--datasets", default="imagenet_lt,inat2018,imagenet1k")
@@ -144,6 +153,19 @@ def cmd_bench_finetune(args):
         result = bench_finetune(images=args.images, classes=args.classes, size=args.size,
                                 epochs=args.epochs, batch_size=args.batch, backbone=args.backbone,
                                 aug_copies=args.aug_copies, workers=args.workers)
+    if args.json:
+        print(json.dumps(result, indent=2))
+
+
+def cmd_bench_baseline(args):
+    from ltscale.bench.baseline import bench_baseline
+
+    try:
+        draws = tuple(int(d) for d in args.draws.split(","))
+    except ValueError:
+        raise LtscaleError(f"--draws {args.draws}: expected comma-separated integers") from None
+    with _tables_to_stderr(args):
+        result = bench_baseline(args.recipe, list(args.overrides), draws, args.threads)
     if args.json:
         print(json.dumps(result, indent=2))
 

@@ -9,9 +9,8 @@ from ltscale.lock import output_lock
 def add_parser(sub) -> None:
     for name, func, needs_from in (("pretrain", cmd_pretrain, False),
                                    ("finetune", cmd_finetune, True), ("eval", cmd_eval, True),
-                                   ("run", cmd_run, False)):
-        s = sub.add_parser(name, help=f"{name} stage from a recipe" if name != "run"
-                           else "the whole pipeline from a recipe")
+                                   ("run", cmd_run, False), ("scratch", cmd_scratch, False)):
+        s = sub.add_parser(name, help=_HELP.get(name, f"{name} stage from a recipe"))
         s.add_argument("recipe")
         s.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
         if needs_from:
@@ -19,6 +18,11 @@ def add_parser(sub) -> None:
         s.add_argument("--data", help="folder of the raw dataset (sets data.source.path)")
         s.add_argument("--no-track", action="store_true", help="do not log to MLflow")
         s.set_defaults(func=func)
+
+
+_HELP = {"run": "the whole pipeline from a recipe",
+         "scratch": "the recipe's from-scratch networks (baselines.ce_scratch) alone: trained, "
+                    "evaluated and reported, without pretraining"}
 
 
 def cmd_pretrain(args):
@@ -68,8 +72,13 @@ def cmd_eval(args):
     print(paths["md"].read_text())
 
 
-def cmd_run(args):
+def cmd_scratch(args):
+    cmd_run(args, scratch_only=True)
+
+
+def cmd_run(args, scratch_only: bool = False):
     from ltscale.config.sweeps import expand
+    from ltscale.errors import RecipeError
 
     overrides = list(args.overrides)
     if getattr(args, "data", None):
@@ -78,21 +87,24 @@ def cmd_run(args):
     for _, recipe in points:
         common.check_data_flag(recipe, getattr(args, "data", None))
         common.check_output_dir(recipe)
+        if scratch_only and not recipe.baselines.ce_scratch.enabled:
+            raise RecipeError("ltscale scratch trains the recipe's from-scratch networks, but "
+                              "baselines.ce_scratch.enabled is false; set it to true")
     shared: dict = {}  # label-free pretrainings, reused by later points on the same images
     for i, (point, recipe) in enumerate(points):
         if point:
             print(f"sweep point {i + 1}/{len(points)}: "
                   + ", ".join(f"{k}={v}" for k, v in point.items()))
-        _run_one(recipe, args, shared)
+        _run_one(recipe, args, shared, scratch_only)
 
 
-def _run_one(recipe, args, shared: dict | None = None):
+def _run_one(recipe, args, shared: dict | None = None, scratch_only: bool = False):
     from ltscale.pipeline import run_pipeline
     from ltscale.track import default_tracking_uri
 
     tracker = common.tracker(recipe, not args.no_track)
     with output_lock(recipe.output_dir):
-        summary = run_pipeline(recipe, tracker, shared=shared)
+        summary = run_pipeline(recipe, tracker, shared=shared, scratch_only=scratch_only)
     uri = recipe.tracking.uri or default_tracking_uri()
     print()
     print(summary["table"])

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from ltscale.config.base import AugmentCfg, OptimCfg, Section
+from ltscale.config.base import AugmentCfg, BackboneCfg, OptimCfg, Section
 from ltscale.methods import method_config, method_configs
 
 
@@ -54,20 +54,6 @@ def method_optim(method_name: str, *given: Any) -> dict:
     if chosen.get("name", defaults.get("name")) != defaults.get("name"):
         defaults = {}
     return defaults | chosen
-
-
-class BackboneCfg(Section):
-    name: str = "cifar_resnet20"
-    cifar_stem: bool = True
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v):
-        from ltscale.models import backbone_names
-
-        if v not in backbone_names():
-            raise ValueError(f"unknown backbone; registered: {', '.join(backbone_names())}")
-        return v
 
 
 class KnnCfg(Section):

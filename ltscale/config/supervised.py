@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, create_model, model_validator
 
-from ltscale.config.base import AugmentCfg, OptimCfg, Section
+from ltscale.config.base import AugmentCfg, BackboneCfg, OptimCfg, Section
 from ltscale.losses import loss_config, loss_names
 from ltscale.losses.base import LossOptions
 
@@ -103,7 +103,13 @@ class FinetuneCfg(Section):
 
 class ScratchCfg(Section):
     enabled: bool = True
+    # the from-scratch network; None: the same network as pretrain.backbone (the SSL encoder)
+    backbone: BackboneCfg | None = None
     epochs: int = Field(10, gt=0)
+    # epochs: train `epochs` epochs; match: as many epochs as it takes to see at least as many
+    # images as the two-stage pipeline (pretraining + fine-tuning), so that "SSL beats scratch"
+    # is tested at equal compute (ltscale/stages/budget.py)
+    budget: Literal["epochs", "match"] = "epochs"
     batch_size: int = Field(256, gt=0)
     max_steps_per_epoch: int | None = Field(None, gt=0)
     loss: LossCfg = LossCfg(name="ce")

@@ -126,7 +126,7 @@ def preset_names() -> list[str]:
 def make_preset(name: str, size: int, channels: int = 3, *, views: int | None = None,
                 crop_scale: tuple[float, float] | None = None, flip: bool | None = None,
                 jitter: float | None = None, grayscale: float | None = None,
-                blur: float | None = None) -> AugmentPreset:
+                blur: float | None = None, padding: int | None = None) -> AugmentPreset:
     """The preset ``name`` at ``size`` px; any option given replaces the preset's value in every
     view (``jitter`` is a strength s: brightness/contrast/saturation s, hue s/4; ``blur`` a
     probability). ``views`` repeats the preset's views cyclically to that many (multi-view)."""
@@ -152,6 +152,10 @@ def make_preset(name: str, size: int, channels: int = 3, *, views: int | None = 
         changes["grayscale_p"] = grayscale
     if blur is not None:
         changes["blur_p"] = blur
+    if padding is not None:
+        if padding < 0:
+            raise RecipeError(f"augment.padding must be at least 0 (got {padding})")
+        changes["padding"] = int(padding)
     specs = [replace(v, **changes).for_channels(channels) for v in specs]
     return AugmentPreset(name, tuple(specs), rotations=(name == "rotation"))
 

@@ -199,7 +199,9 @@ class _Run:
         seconds = time.perf_counter() - meter.t0
         n = max(1, meter.steps)
         record = {f"epoch/{k}": v / n for k, v in meter.sums.items()}
-        record |= {"epoch/images_per_s": meter.seen * backend.world_size / seconds,
+        record |= {"epoch/images": float(meter.seen * backend.world_size),
+                   "epoch/steps": float(meter.steps),
+                   "epoch/images_per_s": meter.seen * backend.world_size / seconds,
                    "epoch/seconds": seconds, "epoch/data_wait_fraction": meter.wait / seconds,
                    "epoch/peak_memory_mb": _peak_memory_mb(backend.device)}
         stats = getattr(self.loader, "stats", None)

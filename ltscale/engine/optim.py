@@ -8,10 +8,11 @@ import torch
 from torch import nn
 
 
-def split_decay(params: list[nn.Parameter]) -> tuple[list, list]:
-    """Weights get weight decay; norm parameters and biases (1-d tensors) do not."""
-    decay = [p for p in params if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in params if p.requires_grad and p.ndim <= 1]
+def split_decay(params: list[nn.Parameter], decay_all: bool = False) -> tuple[list, list]:
+    """Weights get weight decay; norm parameters and biases (1-d tensors) do not, unless
+    ``decay_all``."""
+    decay = [p for p in params if p.requires_grad and (decay_all or p.ndim > 1)]
+    no_decay = [p for p in params if p.requires_grad and not decay_all and p.ndim <= 1]
     return decay, no_decay
 
 
@@ -24,7 +25,7 @@ def build_optimizer(groups: list[dict], cfg, batch_size: int) -> torch.optim.Opt
     bias_lr = (cfg.lr if cfg.bias_lr is None else cfg.bias_lr) * scale
     param_groups = []
     for g in groups:
-        decay, no_decay = split_decay(list(g["params"]))
+        decay, no_decay = split_decay(list(g["params"]), cfg.decay_norm_bias)
         extra = {k: v for k, v in g.items() if k != "params"}
         param_groups.append({"params": decay, "weight_decay": cfg.weight_decay, "base_lr": lr,
                              **extra})
@@ -32,7 +33,8 @@ def build_optimizer(groups: list[dict], cfg, batch_size: int) -> torch.optim.Opt
                              **extra})
     param_groups = [g | {"lr": g["base_lr"]} for g in param_groups if g["params"]]
     if cfg.name == "sgd":
-        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum)
+        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "lars":
         for g in param_groups:  # norms and biases: no decay and no layer-wise adaptation
             g["lars_exclude"] = g["weight_decay"] == 0.0
@@ -78,8 +80,27 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+# onecycle (Smith & Topin 2019, as torch.optim.lr_scheduler.OneCycleLR): the lr starts at
+# peak / ONECYCLE_DIV, rises along a half cosine to the peak over the warm-up steps, then falls
+# along a half cosine to peak / (ONECYCLE_DIV · ONECYCLE_FINAL_DIV)
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4
+
+
+def _cos_between(start: float, end: float, t: float) -> float:
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, t))))
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Linear warm-up from 0, then cosine decay to 0 (or constant)."""
+    """The lr of step ``step`` (0-based) of ``total_steps`` as a fraction of the peak.
+
+    cosine / constant: linear warm-up from 0 over ``warmup_steps``, then cosine decay to 0 (or
+    constant). onecycle: see ``ONECYCLE_DIV``."""
+    if schedule == "onecycle":
+        low, peak = 1.0 / ONECYCLE_DIV, max(0, warmup_steps - 1)  # the peak's step
+        if step <= peak:
+            return _cos_between(low, 1.0, step / peak) if peak else 1.0
+        t = (step - peak) / max(1, total_steps - 1 - peak)
+        return _cos_between(1.0, low / ONECYCLE_FINAL_DIV, t)
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":

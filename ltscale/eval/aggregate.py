@@ -75,13 +75,18 @@ def merge_seeds(results: list[dict]) -> dict:
     if all(r is not None for r in rel):
         merged["reliability"] = {g: merge_bins([r[g] for r in rel]) for g in rel[0]
                                  if all(g in r for r in rel)}
+    budgets = [r.get("budget") for r in results]
+    if all(b is not None for b in budgets):  # images and steps agree over seeds; seconds vary
+        merged["budget"] = {k: float(np.mean([b[k] for b in budgets])) for k in budgets[0]}
     merged["seeds"] = agg
     return merged
 
 
 # metrics that are not fractions of one (times, losses, rates, sizes, counts): shown as logged
-_NOT_FRACTION = re.compile(r"^(test/)?(train|epoch)/|(loss|lr|seconds|skipped|z_std|images_per_s"
-                           r"|_mb)$")
+_NOT_FRACTION = re.compile(r"^(test/)?(train|epoch|budget)/|(loss|lr|seconds|skipped|z_std"
+                           r"|images_per_s|_mb)$")
+# counts, shown without decimals
+_COUNT = re.compile(r"^budget/(images|steps)$")
 
 
 def is_fraction(metric: str) -> bool:
@@ -93,6 +98,8 @@ def format_metric(metric: str, mean: float | None, std: float | None, digits: in
     """``format_mean_std`` for fractions; other metrics (e.g. ``pretrain/seconds``) as logged."""
     if is_fraction(metric):
         return format_mean_std(mean, std, digits)
+    if _COUNT.match(metric):
+        digits = 0
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "n/a"
     if std is None or (isinstance(std, float) and math.isnan(std)):

@@ -23,7 +23,7 @@ from ltscale.eval.aggregate import format_metric, is_fraction
 
 DEFAULT_METRICS = ("test/many", "test/medium", "test/few", "test/top1")
 # shown by default too, when some run has them (runs made before calibration was measured do not)
-DEFAULT_IF_PRESENT = ("test/ece",)
+DEFAULT_IF_PRESENT = ("test/ece", "budget/images", "budget/steps", "budget/seconds")
 
 
 class CompareError(LtscaleError):

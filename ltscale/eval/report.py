@@ -59,6 +59,23 @@ def _calibration_section(results: dict[str, dict]) -> list[str]:
             "", markdown_table(CALIBRATION_HEADER, summary_rows(results, CALIBRATION_KEYS)), ""]
 
 
+BUDGET_HEADER = ["model", "images seen", "optimizer steps", "seconds"]
+
+
+def _budget_section(results: dict[str, dict], note: str | None) -> list[str]:
+    rows = [[name, f"{m['budget']['images']:,.0f}", f"{m['budget']['steps']:,.0f}",
+             f"{m['budget']['seconds']:.0f}"] for name, m in results.items() if m.get("budget")]
+    if not rows:
+        return []
+    return ["## Budget", "",
+            "What training each model cost, all its stages together (pretraining + fine-tuning "
+            "for the two-stage models): images seen (samples drawn by the training sampler; "
+            "a sample's views count once, a cached feature counts as its image), optimizer steps, "
+            "and wall-clock seconds of those stages on the machine that ran them (the "
+            "feature-cache pass included)." + (f" {note}" if note else ""), "",
+            markdown_table(BUDGET_HEADER, rows), ""]
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -154,6 +171,7 @@ def write_report(out_dir: Path, title: str, results: dict[str, dict], classes: l
     if any(m.get("seeds") for m in results.values()):
         md += ["Results over several seeds: mean ± sample standard deviation.", ""]
     md += [markdown_table(SUMMARY_HEADER, summary_rows(results)), ""]
+    md += _budget_section(results, context.get("scratch budget"))
     md += _calibration_section(results)
     if noise:
         md += _noise_section(noise)

@@ -78,7 +78,7 @@ def train_head(head: nn.Module, features, labels, *, loss_fn: nn.Module, epochs:
             loss_fn.set_epoch(epoch, epochs)
         rng = np.random.default_rng([seed, epoch, 7])
         head.train()
-        total, correct, count = 0.0, 0, 0
+        total, correct, count, steps_done = 0.0, 0, 0, 0
         seen = np.zeros(num_classes, dtype=np.int64)
         for batch in sampler.batches():
             idx = batch.positions
@@ -96,12 +96,14 @@ def train_head(head: nn.Module, features, labels, *, loss_fn: nn.Module, epochs:
             loss.backward()
             opt.step()
             sched.step()
+            steps_done += 1
             total += float(loss.detach()) * len(idx)
             correct += int((logits.detach().argmax(1) == y).sum())
             count += len(idx)
             seen += np.bincount(labels_np[idx], minlength=num_classes)
         record = {"epoch": epoch + 1, "loss": total / max(1, count),
-                  "accuracy": correct / max(1, count), "seen": seen.tolist()}
+                  "accuracy": correct / max(1, count), "seen": seen.tolist(),
+                  "images": count, "steps": steps_done}
         history.append(record)
         if tracker is not None:
             tracker.log_metrics({metric: record["loss"],

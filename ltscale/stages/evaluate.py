@@ -36,10 +36,13 @@ def check_eval_disjoint(ctx: Context) -> int:
     return check_disjoint(train_ids, test_ids, ctx.recipe.eval.allow_overlap)
 
 
-def evaluate_logits(ctx: Context, logits, targets, model: str | None = None) -> dict:
+def evaluate_logits(ctx: Context, logits, targets, model: str | None = None,
+                    budget=None) -> dict:
     """Test metrics of ``logits``, logged to the current run; ``model`` (the report's name for
     it, e.g. "simsiam + la_sl") is tagged ``ltscale.model`` so that `ltscale compare --reference`
-    can match the paper's figure for that model."""
+    can match the paper's figure for that model. ``budget`` (a ``stages.budget.Budget``: what
+    training the model cost, all its stages) is logged beside them (``budget/*``) and kept in
+    the result under ``"budget"``."""
     e = ctx.recipe.eval
     if model is not None:
         ctx.tracker.set_tags({"ltscale.model": model})
@@ -50,6 +53,10 @@ def evaluate_logits(ctx: Context, logits, targets, model: str | None = None) -> 
     if len(m["per_class"]) <= e.class_metrics_max:
         scalars |= {f"test/class_{c}": v for c, v in enumerate(m["per_class"]) if v == v}  # no NaN
     scalars["test/train_overlap"] = overlap
+    if budget is not None:
+        scalars |= budget.as_metrics()
+        m["budget"] = {"images": budget.images, "steps": budget.steps,
+                       "seconds": budget.seconds}
     ctx.tracker.log_metrics(scalars)
     return m
 

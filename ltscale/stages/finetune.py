@@ -218,7 +218,8 @@ def _end_to_end(ctx: Context, encoder: nn.Module, name: str, stage_dir: Path,
     metrics["finetune/trainable_parameters"] = e2e.trainable_parameters
     last = e2e.history[-1] if e2e.history else {}
     history = [{"epoch": r["epoch"], "loss": r.get("epoch/loss"),
-                "accuracy": r.get("epoch/acc")} for r in e2e.history]
+                "accuracy": r.get("epoch/acc"), "images": r.get("epoch/images", 0),
+                "steps": r.get("epoch/steps", 0)} for r in e2e.history]
     if "epoch/loss" in last:
         metrics["finetune/final_loss"] = last["epoch/loss"]
     ctx.tracker.set_tags({"ltscale.finetuned_encoder": str(head_encoder)})

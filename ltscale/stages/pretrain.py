@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,21 +23,24 @@ from ltscale.errors import CheckpointError, RecipeError
 from ltscale.methods import METHOD_INPUTS, create_method, method_class
 from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone
+from ltscale.stages.budget import measured, pipeline_plan, scratch_epochs
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import knn_loaders, train_loader
-from ltscale.stages.results import TrainResult
+from ltscale.stages.results import Budget, TrainResult
 
 logger = logging.getLogger(__name__)
 
 
-def new_encoder(ctx: Context, seed: int | None = None) -> torch.nn.Module:
+def new_encoder(ctx: Context, seed: int | None = None, backbone=None) -> torch.nn.Module:
+    """A freshly initialised encoder: ``backbone`` (a ``BackboneCfg``; None: the recipe's
+    ``pretrain.backbone``), seeded with ``seed`` (None: the recipe's)."""
     torch.manual_seed(ctx.recipe.seed if seed is None else seed)
-    b = ctx.recipe.pretrain.backbone
+    b = backbone or ctx.recipe.pretrain.backbone
     return create_backbone(b.name, in_chans=ctx.recipe.data.channels, cifar_stem=b.cifar_stem)
 
 
 def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
-                 projector: torch.nn.Module | None = None) -> Path:
+                 projector: torch.nn.Module | None = None, backbone=None) -> Path:
     """A plain state_dict of the encoder plus what is needed to rebuild it.
 
     ``encoder`` may also be a method (anything with ``.encoder``): its ``projector``, when it has
@@ -45,7 +49,7 @@ def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
     if hasattr(encoder, "encoder") and isinstance(encoder.encoder, torch.nn.Module):
         projector = projector if projector is not None else getattr(encoder, "projector", None)
         encoder = encoder.encoder
-    b = ctx.recipe.pretrain.backbone
+    b = backbone or ctx.recipe.pretrain.backbone
     saved = {"backbone": b.name, "cifar_stem": b.cifar_stem, "in_chans": ctx.recipe.data.channels,
              "feat_dim": int(getattr(encoder, "feat_dim", 0)),
              "state_dict": {k: v.cpu() for k, v in encoder.state_dict().items()}}
@@ -105,7 +109,7 @@ def encoder_from_file_contents(saved: dict, path: str | Path) -> torch.nn.Module
 
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
            optim_cfg, augment, balance: str, max_steps: int | None, monitor: bool,
-           settings: dict) -> TrainResult:
+           settings: dict, backbone=None) -> TrainResult:
     roles = training_roles(method)
     loader, sampler = train_loader(ctx, augment=augment, batch_size=batch_size, workers=workers,
                                    seed=ctx.recipe.seed, epochs=epochs, balance=balance,
@@ -145,10 +149,13 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
                 checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end,
                 fingerprint=_fingerprint(ctx, settings))
     ctx.backend.finish(method)  # fp32 master weights for the export and the next stage
-    encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx)  # + its projector
-    return TrainResult(method=method, history=state.history, seconds=time.perf_counter() - t0,
+    encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx,  # + its projector
+                                backbone=backbone)
+    seconds = time.perf_counter() - t0
+    return TrainResult(method=method, history=state.history, seconds=seconds,
                        encoder=encoder_path,
-                       checkpoint=latest_checkpoint(stage_dir / "checkpoint.pt"))
+                       checkpoint=latest_checkpoint(stage_dir / "checkpoint.pt"),
+                       budget=measured(state.history, seconds))
 
 
 # settings that do not change the trajectory, so a checkpoint resumes across them: loader
@@ -250,7 +257,7 @@ def run_pretrain(ctx: Context) -> TrainResult:
     ctx.tracker.log_params(flatten({"pretrain": p.model_dump(), "manifest":
                                     ctx.recipe.manifest.model_dump()}))
     common = p.model_dump(exclude={"stages", "method"})
-    previous, chain, result = None, [], None
+    previous, chain, result, budget = None, [], None, Budget()
     for i, stage in enumerate(stages):
         method = build_method(ctx, stage.method, new_encoder(ctx))
         if p.online_probe:
@@ -273,10 +280,11 @@ def run_pretrain(ctx: Context) -> TrainResult:
                             monitor=True, settings=settings)
             ctx.tracker.log_metrics({"pretrain/seconds": result.seconds})
         chain.append(stage.model_dump())
-        previous = result.method
+        previous, budget = result.method, budget + result.budget
     ctx.tracker.set_tags({"ltscale.encoder": str(result.encoder.resolve()),
                           "ltscale.checkpoint": str(result.checkpoint.resolve())})
-    return result
+    ctx.tracker.log_metrics(budget.as_metrics())
+    return dataclasses.replace(result, budget=budget)  # the encoder cost every stage
 
 
 def scratch_stage(ctx: Context, loss: str | None = None) -> str:
@@ -291,16 +299,21 @@ def run_scratch(ctx: Context, loss: str | None = None) -> TrainResult:
     ``baselines.ce_scratch``'s loss or, naming one of its ``extra_losses``, that loss (with the
     section's other loss options)."""
     s = ctx.recipe.baselines.ce_scratch
-    if loss not in (None, s.loss.name):
-        s = s.model_copy(update={"loss": s.loss.model_copy(update={"name": loss}),
-                                 "extra_losses": []})
-    method = create_method("supervised", new_encoder(ctx), num_classes=ctx.index.num_classes,
+    epochs = scratch_epochs(ctx)  # budget: match → the pipeline's images
+    backbone = s.backbone or ctx.recipe.pretrain.backbone
+    s = s.model_copy(update={"loss": s.loss.model_copy(update={"name": loss or s.loss.name}),
+                             "extra_losses": [], "epochs": epochs, "backbone": backbone})
+    method = create_method("supervised", new_encoder(ctx, backbone=backbone),
+                           num_classes=ctx.index.num_classes,
                            class_counts=ctx.manifest.class_counts().tolist(), loss=s.loss.name,
                            loss_options=s.loss.options())
     ctx.tracker.log_params(flatten({"ce_scratch": s.model_dump()}))
+    if s.budget == "match":
+        logger.info(f"{scratch_stage(ctx, loss)}: budget match → {epochs} epochs "
+                    f"({pipeline_plan(ctx).images} images in pretraining + fine-tuning)")
     # the extra losses are not part of one network's settings: its checkpoints resume alone
-    return _train(ctx, method, name=scratch_stage(ctx, loss), epochs=s.epochs,
+    return _train(ctx, method, name=scratch_stage(ctx, loss), epochs=epochs,
                   batch_size=s.batch_size, workers=ctx.recipe.pretrain.workers,
                   optim_cfg=s.optim, augment=s.augment, balance=s.balance,
                   max_steps=s.max_steps_per_epoch, monitor=False,
-                  settings=s.model_dump(exclude={"extra_losses"}))
+                  settings=s.model_dump(exclude={"extra_losses"}), backbone=backbone)

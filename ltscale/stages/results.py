@@ -13,6 +13,23 @@ import torch
 from torch import nn
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What training a model cost (see ``stages/budget.py``): images seen, optimizer steps and
+    wall-clock seconds, summed over the stages that trained it."""
+    images: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: "Budget") -> "Budget":
+        return Budget(self.images + other.images, self.steps + other.steps,
+                      self.seconds + other.seconds)
+
+    def as_metrics(self) -> dict[str, float]:
+        return {"budget/images": float(self.images), "budget/steps": float(self.steps),
+                "budget/seconds": float(self.seconds)}
+
+
 @dataclass
 class TrainResult:
     """A model trained by the engine loop: a pretraining stage or the CE-from-scratch
@@ -23,6 +40,7 @@ class TrainResult:
     seconds: float
     encoder: Path
     checkpoint: Path | None = None
+    budget: Budget = field(default_factory=lambda: Budget())  # all the stages that made it
 
     @property
     def last_epoch(self) -> dict:
@@ -58,3 +76,4 @@ class SelfTrainResult:
     train_set: object       # finetune.selftrain.TrainingSet
     metrics: dict[str, float]
     history: list[dict]
+    budget: Budget = field(default_factory=lambda: Budget())  # teacher + student

@@ -37,6 +37,7 @@ from ltscale.finetune.selftrain import (
 )
 from ltscale.hashing import file_sha256
 from ltscale.methods import create_method
+from ltscale.stages.budget import measured
 from ltscale.stages.context import Context
 from ltscale.stages.finetune import HEAD_FORMAT, head_from_file, predict_images
 from ltscale.stages.loaders import stage_loader
@@ -47,7 +48,7 @@ from ltscale.stages.pretrain import (
     run_scratch,
     save_encoder,
 )
-from ltscale.stages.results import FinetuneResult, SelfTrainResult, TrainResult
+from ltscale.stages.results import Budget, FinetuneResult, SelfTrainResult, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,12 @@ def check_pool(ctx: Context) -> None:
 
 
 def teacher_model(ctx: Context, finetuned: FinetuneResult | None,
-                  scratch: TrainResult | None) -> tuple[nn.Module, str]:
-    """(teacher, its name in the report) as ``selftrain.teacher`` says. A ``ce_scratch`` teacher
-    is trained here when the pipeline's baseline did not run."""
+                  scratch: TrainResult | None, finetuned_budget: Budget | None = None
+                  ) -> tuple[nn.Module, str, Budget]:
+    """(teacher, its name in the report, what training it cost) as ``selftrain.teacher`` says.
+    A ``ce_scratch`` teacher is trained here when the pipeline's baseline did not run.
+    ``finetuned_budget``: the fine-tuned teacher's cost with its pretraining (the pipeline knows
+    it); without it, the fine-tuning's alone."""
     r = ctx.recipe
     if r.selftrain.teacher == "finetune":
         if finetuned is None or finetuned.encoder is None:
@@ -84,11 +88,12 @@ def teacher_model(ctx: Context, finetuned: FinetuneResult | None,
                               "file and head; use selftrain.teacher=ce_scratch otherwise")
         encoder = load_encoder(finetuned.encoder, in_chans=r.data.channels)
         head = head_from_file(finetuned.head, ctx.index.num_classes)
+        cost = finetuned_budget or measured(finetuned.history, finetuned.seconds)
         return EncoderHead(encoder, head), \
-            f"{r.pretrain.final_method.name} + {r.finetune.loss.name}"
+            f"{r.pretrain.final_method.name} + {r.finetune.loss.name}", cost
     if scratch is None:
         scratch = run_scratch(ctx)
-    return scratch.method, f"scratch + {r.baselines.ce_scratch.loss.name}"
+    return scratch.method, f"scratch + {r.baselines.ce_scratch.loss.name}", scratch.budget
 
 
 def student_loader(ctx: Context, train_set: TrainingSet):
@@ -136,20 +141,23 @@ def _save_head(path: Path, method, encoder_path: Path, ctx: Context) -> None:
 
 
 def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
-                  pretrained: Path | None = None, scratch: TrainResult | None = None
-                  ) -> SelfTrainResult:
+                  pretrained: Path | None = None, scratch: TrainResult | None = None,
+                  finetuned_budget: Budget | None = None) -> SelfTrainResult:
     """Pseudo-label D_U with the teacher, train the student on D_L ∪ D_U, predict the test set.
 
     ``finetuned``: the fine-tuning stage's result (its ``encoder`` file and ``head``);
     ``pretrained``: the pretrain stage's encoder file (``selftrain.init: pretrained``);
-    ``scratch``: the CE-from-scratch baseline's result, when it ran."""
+    ``scratch``: the CE-from-scratch baseline's result, when it ran; ``finetuned_budget``: what
+    the fine-tuned teacher cost, pretraining included. The result's budget is the teacher's plus
+    the student's."""
     s, r = ctx.recipe.selftrain, ctx.recipe
     stage_dir = ctx.out / NAME
     ctx.tracker.log_params(flatten({"selftrain": s.model_dump()}))
     timings = {}
 
     t = time.perf_counter()
-    teacher, teacher_name = teacher_model(ctx, finetuned, scratch)
+    teacher, teacher_name, teacher_cost = teacher_model(ctx, finetuned, scratch,
+                                                        finetuned_budget)
     pseudo = pseudo_label_pool(ctx, teacher, s.threshold, workers=s.workers)
     metrics = pseudo_label_metrics(pseudo, ctx.manifest)
     if ctx.backend.is_main:
@@ -203,4 +211,5 @@ def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
             f"{s.init}, {s.loss.name})")
     return SelfTrainResult(name=name, logits=logits, targets=targets, method=method,
                            teacher=teacher_name, pseudo=pseudo, train_set=train_set,
-                           metrics=metrics, history=state.history)
+                           metrics=metrics, history=state.history,
+                           budget=teacher_cost + measured(state.history, timings["student"]))
