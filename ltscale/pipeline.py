@@ -70,6 +70,30 @@ def _stage(ctx: Context, name: str, source: str | None = None):
         yield run
 
 
+def machine(device) -> str:
+    """The machine that measured a report's seconds, in words: the GPU on CUDA, else the CPU
+    model and core count (os.sched_getaffinity: the cores this process may use); torch version."""
+    import os
+    import platform
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        model = platform.processor() or "CPU"
+        try:
+            with open("/proc/cpuinfo") as fh:
+                model = next((ln.split(":", 1)[1].strip() for ln in fh
+                              if ln.startswith("model name")), model)
+        except OSError:
+            pass
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count()
+        where = f"{model}, {cores} cores"
+    return f"{where}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
 def _seed_recipe(recipe: Recipe, seed: int, several: bool) -> Recipe:
     r = recipe.model_copy(deep=True)
     r.seed = seed
@@ -118,7 +142,8 @@ def run_pipeline(recipe: Recipe, tracker, progress: bool = True,
                    "seeds": seeds,
                    "pretrain kNN top-1": [run.knn for run in runs],
                    "stage seconds": {k: round(v, 1) for k, v in timings.items()},
-                   "scratch budget": scratch_budget_note(runs[0].ctx)}
+                   "scratch budget": scratch_budget_note(runs[0].ctx),
+                   "machine": machine(ctx.device)}
         if scratch_only:
             del context["pretrain kNN top-1"]
         if context["scratch budget"] is None:

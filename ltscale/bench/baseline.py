@@ -41,7 +41,7 @@ def same_settings(ctx, epochs: int) -> PlainSettings:
     return PlainSettings(network=net.name, epochs=epochs, batch_size=s.batch_size, lr=lr,
                          momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
                          decay_norm_bias=o.decay_norm_bias, schedule=o.schedule,
-                         warmup=o.warmup_epochs / epochs, start_factor=o.start_factor,
+                         warmup=o.warmup_epochs / epochs,
                          padding=padding, flip=s.augment.flip is not False,
                          loss=s.loss.name, drop_last=True, seed=ctx.recipe.seed)
 
