@@ -1,4 +1,9 @@
-"""Write-then-rename helpers: a reader never sees a half-written file in place of a good one."""
+"""Write-then-rename helpers: a reader never sees a half-written file in place of a good one.
+
+The temporary file ``tempfile.mkstemp`` makes is private (0600); before it is put in place it
+gets the mode a plain ``open`` would give a new file, 0666 less the umask (0644 under umask 022),
+as the shards have: an index, card or manifest is as readable as the data it describes.
+"""
 
 from __future__ import annotations
 
@@ -19,9 +24,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~umask())
+        finally:
+            os.close(fd)
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
@@ -29,6 +37,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's umask, read from /proc/self/status where Linux shows it (setting it to read
+    it back is not safe while other threads create files)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

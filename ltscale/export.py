@@ -22,17 +22,20 @@ Every file is written under a temporary name, loaded back and run on a random ba
 ltscale encoder; only when the largest absolute difference of the features is within
 ``atol`` · max(1, max |feature|) is it renamed into place. A mismatch is an ``ExportError`` and
 leaves no file. ``export.json`` beside the files records what was exported and the differences.
+An existing file is replaced only when ltscale wrote it (``ltscale.owned``; ``force``: any file),
+checked for every file before the first is written.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
 import torch
 
-from ltscale.atomic import atomic_path, write_json_atomic
 from ltscale.errors import CheckpointError, LtscaleError
+from ltscale.owned import check_replace, owned_path
 
 FORMATS = ("torchvision", "onnx")
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
@@ -100,7 +103,7 @@ def check_close(name: str, path: Path, got, want: torch.Tensor, atol: float) -> 
 
 
 def export_torchvision(saved: dict, encoder, source: Path, out: Path, x: torch.Tensor,
-                       atol: float = ATOL) -> float:
+                       atol: float = ATOL, force: bool = False) -> float:
     """Write ``out`` (see the module doc); return the verified max abs difference."""
     import torchvision
 
@@ -109,7 +112,7 @@ def export_torchvision(saved: dict, encoder, source: Path, out: Path, x: torch.T
         raise ExportError(f"{source}: no torchvision export: {why}; use --format onnx")
     state = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
     want = _features(encoder, x)
-    with atomic_path(out) as tmp:
+    with owned_path(out, "--out", force) as tmp:
         torch.save(state, tmp)
         loaded = torch.load(tmp, map_location="cpu", weights_only=True)
         model = getattr(torchvision.models, saved["backbone"])(weights=None)
@@ -135,13 +138,14 @@ def _onnx_modules():
     return onnxruntime
 
 
-def export_onnx(encoder, out: Path, x: torch.Tensor, atol: float = ATOL) -> float:
+def export_onnx(encoder, out: Path, x: torch.Tensor, atol: float = ATOL,
+                force: bool = False) -> float:
     """Write ``out`` (see the module doc); return the verified max abs difference, over a batch
     of another size than the one traced (the batch dimension is dynamic)."""
     ort = _onnx_modules()
     want = _features(encoder, x)
     trace = x[:2] if len(x) > 2 else x
-    with atomic_path(out) as tmp:
+    with owned_path(out, "--out", force) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(encoder, (trace,), str(tmp), dynamo=True, verbose=False,
@@ -160,7 +164,8 @@ def export_onnx(encoder, out: Path, x: torch.Tensor, atol: float = ATOL) -> floa
 
 def export_encoder(source: str | Path, out_dir: str | Path | None = None,
                    formats: tuple[str, ...] | None = None, image_size: int | None = None,
-                   batch: int = 3, atol: float = ATOL, seed: int = 0, log=print) -> dict:
+                   batch: int = 3, atol: float = ATOL, seed: int = 0, log=print,
+                   force: bool = False) -> dict:
     """Export the encoder file ``source`` into ``out_dir`` (default: ``<its folder>/export``).
 
     ``formats`` None: torchvision when the encoder fits it (else a note says why not) and onnx.
@@ -184,22 +189,26 @@ def export_encoder(source: str | Path, out_dir: str | Path | None = None,
     x = torch.randn(batch, int(saved["in_chans"]), size, size,
                     generator=torch.Generator().manual_seed(seed))
     arch = saved["backbone"]
+    names = {"torchvision": f"{arch}_torchvision.pt", "onnx": f"{arch}.onnx"}
+    for name in [names[f] for f in formats] + ["export.json"]:
+        check_replace(out_dir / name, "--out", force)  # before the first file is written
     files, diffs = {}, {}
     for fmt in formats:
+        path = out_dir / names[fmt]
         if fmt == "torchvision":
-            path = out_dir / f"{arch}_torchvision.pt"
-            diffs[fmt] = export_torchvision(saved, encoder, source, path, x, atol)
+            diffs[fmt] = export_torchvision(saved, encoder, source, path, x, atol, force)
         else:
-            path = out_dir / f"{arch}.onnx"
-            diffs[fmt] = export_onnx(encoder, path, x, atol)
+            diffs[fmt] = export_onnx(encoder, path, x, atol, force)
         files[fmt] = path
         log(f"{fmt}: {path} (verified: max abs difference {diffs[fmt]:.3g} on a random "
             f"{tuple(x.shape)} batch)")
     for fmt, why in skipped.items():
         log(f"{fmt}: not exported: {why}")
-    write_json_atomic(out_dir / "export.json", {
+    record = {
         "source": str(source.resolve()), "architecture": arch, "cifar_stem": saved["cifar_stem"],
         "in_chans": int(saved["in_chans"]), "feat_dim": int(saved.get("feat_dim") or 0),
         "files": {k: v.name for k, v in files.items()}, "max_abs_diff": diffs,
-        "verified_input_shape": list(x.shape), "atol": atol, "skipped": skipped})
+        "verified_input_shape": list(x.shape), "atol": atol, "skipped": skipped}
+    with owned_path(out_dir / "export.json", "--out", force) as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return {"files": files, "max_abs_diff": diffs, "skipped": skipped}

@@ -5,13 +5,21 @@ other's heads and reports. ``output_lock`` takes an exclusive, non-blocking ``fl
 ``<output_dir>/.ltscale.lock`` (rank 0 of a launched job takes it for the whole job) and writes
 the holder's pid and host into it; a second run is refused naming them. The kernel drops the
 lock when the process ends, however it ends, so a killed run never leaves a stale lock behind.
+
+The lock file is opened without following a symbolic link (``O_NOFOLLOW``) and created without
+truncating (``O_CREAT``, no ``O_TRUNC``); a lock path that is a symbolic link, not a regular
+file, a file with other hard links, or a file holding something other than an ltscale holder
+line is refused, naming it, before anything is written: the lock never empties a file of yours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import socket
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +30,30 @@ LOCK_FILE = ".ltscale.lock"
 
 class OutputLocked(LtscaleError):
     """Another ltscale process is writing this output folder."""
+
+
+class LockRefused(LtscaleError):
+    """The lock path is not a lock file ltscale may create or empty."""
+
+
+# what ltscale writes into its lock file: nothing, or its holder's pid and host
+_HOLDER = re.compile(rb"(pid \d+ on \S{1,400})?")
+
+
+def _check_lock_path(path: Path, what: str, st: os.stat_result | None = None) -> None:
+    """Refuse a lock path that is a symbolic link, not a regular file or has other hard links
+    (emptying it would empty another name's file too); ``st``: the opened file's status."""
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+    why = ("is a symbolic link" if stat.S_ISLNK(st.st_mode)
+           else "is not a regular file" if not stat.S_ISREG(st.st_mode)
+           else "has other hard links" if st.st_nlink > 1 else None)
+    if why:
+        raise LockRefused(f"{what} {path.parent}: {path} {why}; remove it (ltscale creates its "
+                          "own lock file there)")
 
 
 @contextlib.contextmanager
@@ -36,14 +68,26 @@ def output_lock(output_dir: str | os.PathLike, what: str = "output_dir") -> Iter
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    _check_lock_path(path, what)
     try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # made a symbolic link since the check
+            raise LockRefused(f"{what} {folder}: {path} is a symbolic link; remove it (ltscale "
+                              "creates its own lock file there)") from None
+        raise
+    try:
+        _check_lock_path(path, what, os.fstat(fd))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "unknown"
             raise OutputLocked(f"{what} {folder} is in use by another ltscale run ({holder}); "
                                f"wait for it to end or choose another {what}") from None
+        if not _HOLDER.fullmatch(os.pread(fd, 513, 0)):
+            raise LockRefused(f"{what} {folder}: {path} holds something other than an ltscale "
+                              "lock; move it away (ltscale creates its own lock file there)")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         try:

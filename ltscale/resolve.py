@@ -32,8 +32,14 @@ def resolve_artifact(ref: str, kind: str, tracking_uri: str | None = None) -> Pa
     from mlflow.exceptions import MlflowException
 
     from ltscale.track import default_tracking_uri
+    from ltscale.track.store import missing_store
 
-    client = mlflow.MlflowClient(tracking_uri or default_tracking_uri())
+    uri = tracking_uri or default_tracking_uri()
+    db = missing_store(uri)  # MLflow would create an empty database there: only read a store
+    if db is not None:
+        raise CheckpointError(f"--from {ref}: no such file or directory, nor a run id: the "
+                              f"tracking store {uri} does not exist ({db}; nothing was created)")
+    client = mlflow.MlflowClient(uri)
     try:
         run = client.get_run(ref)
     except MlflowException:

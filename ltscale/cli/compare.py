@@ -4,8 +4,11 @@ paper's figures beside ours (``--reference``)."""
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ltscale.errors import LtscaleError
+
+logger = logging.getLogger(__name__)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -35,6 +38,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     cp.add_argument("--reference", metavar="RECIPE",
                     help="the recipe's reference figures (the paper's) beside the matching runs")
     cp.add_argument("--out", metavar="FILE", help="also write the table to FILE")
+    cp.add_argument("--force", action="store_true",
+                    help="let --out / --plots replace files ltscale did not write (by default "
+                    "only files listed in the folder's .ltscale-written.json are replaced)")
     cp.add_argument("--tracking-uri", default=None,
                     help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     cp.set_defaults(func=cmd_compare)
@@ -51,26 +57,73 @@ def cmd_compare(args):
     if args.reference:
         return _compare_reference(args, uri)
     runs = c.filter_runs(c.load_runs(args.experiment, uri, stage=args.stage), args.where)
-    metrics = c.resolve_metrics(runs, args.metric)
+    notes: list[str] = []  # logged once every output is known to be writable
+    metrics = c.resolve_metrics(runs, args.metric, notes)
     group_by = list(args.group_by)
     for key in (args.rows or []) + (args.cols or []) + ([args.x] if args.x else []):
         if key not in group_by:
             group_by.append(key)
+    group_by += _condition_keys(runs, group_by, bool(args.rows or args.cols), notes)
+    plots = {}
+    if args.plots:
+        out = Path(args.plots)
+        plots = {"bars": out / "compare_bars.png"}
+        for m in metrics if args.x else []:
+            plots[m] = out / f"compare_{m.replace('/', '_')}_vs_{args.x.replace('.', '_')}.png"
+    _check_outputs(uri, args, [(args.out, "--out")] + [(p, "--plots") for p in plots.values()])
+    for note in notes:
+        logger.info(note)
     groups = c.group_runs(runs, group_by, metrics)
     if args.rows or args.cols:
         header, rows = c.pivot_rows(groups, group_by, args.rows or [], args.cols or [], metrics,
                                     args.format)
     else:
         header, rows = c.table_rows(groups, group_by, metrics, args.format)
-    _emit(c.render(header, rows, args.format), args.out)
-    if args.plots:
-        out = Path(args.plots)
-        print(f"plot: {c.plot_bars(groups, group_by, metrics, out / 'compare_bars.png')}")
-        if args.x:
-            for m in metrics:
-                name = f"compare_{m.replace('/', '_')}_vs_{args.x.replace('.', '_')}.png"
-                print(f"plot: {c.plot_curves(groups, group_by, args.x, m, out / name)}")
+    _emit(c.render(header, rows, args.format), args.out, args.force)
+    for m, path in plots.items():
+        if m == "bars":
+            print(f"plot: {c.plot_bars(groups, group_by, metrics, path, args.force)}")
+        else:
+            print(f"plot: {c.plot_curves(groups, group_by, args.x, m, path, args.force)}")
     return 0
+
+
+def _condition_keys(runs: list[dict], group_by: list[str], pivot: bool,
+                    notes: list[str]) -> list[str]:
+    """The keys that must also separate the rows, so that each pools only replicates of one
+    condition (``ltscale.eval.conditions``): added with a note to a plain table; a paper
+    layout (--rows/--cols), whose cells they would not fit, is refused naming them."""
+    from ltscale.eval.compare import CompareError
+    from ltscale.eval.conditions import describe, split_keys
+
+    extra = split_keys(runs, group_by)
+    if extra and pivot:
+        raise CompareError(f"--rows/--cols: the runs of one cell are not one condition: they "
+                           f"differ in {describe(extra)}; add these keys to --rows or --cols, "
+                           "or keep one value with --where")
+    if extra:
+        notes.append(f"rows also split by {describe(extra)}: a row pools only runs of one "
+                     "condition (seeds)")
+    return list(extra)
+
+
+def _check_outputs(uri: str, args, outputs: list) -> None:
+    """Before anything is written: no output is an input (the tracking store, the recipe), and
+    each replaces only a file ltscale wrote, unless --force (``ltscale.owned``)."""
+    import os
+
+    from ltscale.owned import check_replace
+    from ltscale.track.store import sqlite_file
+
+    inputs = {"the tracking store": sqlite_file(uri), "the recipe": args.reference}
+    for path, option in outputs:
+        if not path:
+            continue
+        for what, given in inputs.items():
+            if given and os.path.realpath(path) == os.path.realpath(given):
+                raise LtscaleError(f"{option} {path} is {what} this command reads; name another "
+                                   "file (nothing was changed)")
+        check_replace(path, option, args.force)
 
 
 def _compare_reference(args, uri: str) -> int:
@@ -82,19 +135,23 @@ def _compare_reference(args, uri: str) -> int:
     recipe = load_recipe(args.reference)
     if recipe.reference is None:
         raise LtscaleError(f"{args.reference} has no reference: section (the paper's figures)")
-    rows = ref.reference_rows(recipe, ref.load_model_runs(args.experiment, uri))
+    runs = ref.load_model_runs(args.experiment, uri)
+    _check_outputs(uri, args, [(args.out, "--out")])
+    rows = ref.reference_rows(recipe, runs)
     print(f"{recipe.reference.paper}, {recipe.reference.table}: paper vs ours "
           f"(experiment {args.experiment})")
     if recipe.reference.note:
         print(f"note: {recipe.reference.note}")
-    _emit(c.render(ref.HEADER, rows, args.format), args.out)
+    _emit(c.render(ref.HEADER, rows, args.format), args.out, args.force)
     return 0
 
 
-def _emit(text: str, out: str | None) -> None:
-    """Print the table; with ``--out`` also write it (atomically) to that file."""
+def _emit(text: str, out: str | None, force: bool = False) -> None:
+    """Print the table; with ``--out`` also write it (atomically) to that file, replacing only a
+    file ltscale wrote unless ``force``."""
     if out:
-        from ltscale.atomic import write_text_atomic
+        from ltscale.owned import owned_path
 
-        write_text_atomic(out, text)
+        with owned_path(out, "--out", force) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     print(text, end="")

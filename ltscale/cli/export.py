@@ -22,6 +22,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     ep.add_argument("--atol", type=float, default=None,
                     help="allowed max abs feature difference, times max(1, max |feature|) "
                     "(default 1e-4)")
+    ep.add_argument("--force", action="store_true",
+                    help="replace files in --out that ltscale did not write (by default only "
+                    "files listed in the folder's .ltscale-written.json are replaced)")
     ep.add_argument("--tracking-uri", default=None,
                     help="for a run id: default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     ep.set_defaults(func=cmd_export)
@@ -34,5 +37,6 @@ def cmd_export(args) -> int:
 
     source = resolve_artifact(args.source, "encoder", args.tracking_uri)
     export_encoder(source, args.out, tuple(args.format) if args.format else None,
-                   image_size=args.image_size, atol=ATOL if args.atol is None else args.atol)
+                   image_size=args.image_size, atol=ATOL if args.atol is None else args.atol,
+                   force=args.force)
     return 0

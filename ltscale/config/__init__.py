@@ -8,7 +8,10 @@
   registry);
 - ``loading``: a YAML file or dict → ``Recipe``, with one-line errors naming dotted keys;
 - ``overrides``: ``key.sub=value`` overrides and dotted flattening;
-- ``safe_yaml``: YAML with size and alias limits; ``sweeps``: a recipe's grid of runs.
+- ``safe_yaml``: YAML with size and alias limits and unique keys; ``sweeps``: a recipe's grid of
+  runs;
+- ``strict``: what every section refuses besides pydantic's checks (silent type conversions,
+  counts above their bounds); ``suggest``: the valid key nearest to an unknown one.
 
 Import from the submodules: this package imports nothing itself, so that a component module
 (a method, a loss) may import ``config.base`` while ``config.pretrain`` imports the components.

@@ -1,15 +1,60 @@
-"""The base of every recipe section (unknown keys are refused, assignments validated), and the
-optimizer and augmentation sections that several stages use."""
+"""The base of every recipe section (unknown keys are refused, assignments validated, no silent
+type conversions, counts bounded: ``config.strict``), and the optimizer and augmentation
+sections that several stages use."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ltscale.config.strict import as_line_errors, count_refusal, type_errors
 
 
 class Section(BaseModel):
+    """A recipe section. Every field of every subclass (stages, methods, losses too) refuses a
+    flag for a number and a decimal number for an integer, and a count named in
+    ``config.strict.COUNT_LIMITS`` above its bound."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # a model validator, not a field one: pydantic allows no before-validator on the field that
+    # discriminates the method sections (``name``); the section's other errors come with these
+    @model_validator(mode="wrap")
+    @classmethod
+    def _no_silent_conversion(cls, data, handler):
+        errors = type_errors(cls, data)
+        if not errors:
+            return handler(data)
+        try:
+            handler(data)
+        except ValidationError as exc:  # its other errors, not a second one for the same value
+            ours = [e["loc"] for e in errors]
+            errors += [e for e in as_line_errors(exc)
+                       if not any(e["loc"][:len(loc)] == loc for loc in ours)]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+    def __setattr__(self, name, value):  # assignment: the model validator sees no new value
+        errors = type_errors(type(self), {name: value})
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        super().__setattr__(name, value)
+
+    @field_validator("*")
+    @classmethod
+    def _bounded_counts(cls, value, info: ValidationInfo):
+        why = count_refusal(info.field_name, value)
+        if why:
+            raise ValueError(why)
+        return value
 
 
 class BackboneCfg(Section):
@@ -40,9 +85,44 @@ class OptimCfg(Section):
     weight_decay: float = Field(5e-4, ge=0)
     decay_norm_bias: bool = False               # weight decay on norm parameters and biases too
     warmup_epochs: float = Field(10, ge=0)
+    # warm-up as a share of the stage's epochs (onecycle's pct_start); replaces warmup_epochs
+    # when set, so a warm-up share stays a share when the epochs change (budget: match)
+    warmup_fraction: float | None = Field(None, ge=0, le=1)
     # cosine: linear warm-up from 0, cosine to 0; constant: warm-up, then flat; onecycle: from
     # lr/25 up to lr over the warm-up, then down to lr/2.5e5, both along half cosines
     schedule: Literal["cosine", "constant", "onecycle"] = "cosine"
+
+
+    def warmup_for(self, epochs: float) -> float:
+        """Warm-up epochs of a stage of ``epochs`` epochs."""
+        return self.warmup_epochs if self.warmup_fraction is None \
+            else self.warmup_fraction * epochs
+
+
+def layered_fields(defaults: dict, *given, key: str) -> dict:
+    """A section's fields: ``defaults`` (a method's or stage's own), then the fields set in each
+    of ``given`` (dicts or sections; later ones win). Naming another ``key`` (optimizer name,
+    preset) than the defaults' drops the defaults: they belong to that choice."""
+    chosen: dict = {}
+    for g in given:
+        if isinstance(g, BaseModel):
+            chosen |= {k: getattr(g, k) for k in g.model_fields_set}
+        elif isinstance(g, dict):
+            chosen |= g
+    defaults = dict(defaults)
+    if chosen.get(key, defaults.get(key)) != defaults.get(key):
+        defaults = {}
+    return defaults | chosen
+
+
+def layered_optim(defaults: dict, *given) -> dict:
+    """``layered_fields`` for an optimizer (keyed by its name), and setting ``warmup_epochs``
+    without ``warmup_fraction`` drops a default warm-up share (the recipe's epochs win)."""
+    chosen = layered_fields({}, *given, key="name")
+    out = layered_fields(defaults, chosen, key="name")
+    if "warmup_epochs" in chosen and "warmup_fraction" not in chosen:
+        out.pop("warmup_fraction", None)
+    return out
 
 
 class AugmentCfg(Section):

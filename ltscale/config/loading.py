@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from ltscale.config.overrides import apply_overrides
 from ltscale.config.safe_yaml import MAX_RECIPE_BYTES, safe_load_limited
 from ltscale.config.schema import Recipe
+from ltscale.config.suggest import nearest_key
 from ltscale.errors import LtscaleError, RecipeError
 
 
@@ -26,8 +27,10 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
         if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check the spelling; see recipes/quickstart.yaml "
-                         "for the keys a recipe takes)")
+            near = nearest_key(Recipe, err["loc"])
+            hint = f"did you mean {near}? " if near else "check the spelling; "
+            lines.append(f"  {key}: unknown key ({hint}see recipes/quickstart.yaml for the keys "
+                         "a recipe takes)")
         else:
             got = err.get("input")
             msg = err["msg"].removeprefix("Value error, ")

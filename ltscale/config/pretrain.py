@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, model_validator
 
-from ltscale.config.base import AugmentCfg, BackboneCfg, OptimCfg, Section
+from ltscale.config.base import AugmentCfg, BackboneCfg, OptimCfg, Section, layered_optim
 from ltscale.methods import method_config, method_configs
 
 
@@ -48,12 +48,7 @@ def method_optim(method_name: str, *given: Any) -> dict:
         defaults = dict(getattr(method_config(method_name), "default_optim", {}))
     except KeyError:
         defaults = {}  # an unknown method: the method section's validation names it
-    chosen: dict = {}
-    for g in given:
-        chosen |= _set_fields(g)
-    if chosen.get("name", defaults.get("name")) != defaults.get("name"):
-        defaults = {}
-    return defaults | chosen
+    return layered_optim(defaults, *given)
 
 
 class KnnCfg(Section):

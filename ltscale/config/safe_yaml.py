@@ -1,6 +1,7 @@
-"""YAML read as data with limits: no tags or objects (``SafeLoader``), and at most
+"""YAML read as data with limits: no tags or objects (``SafeLoader``), at most
 ``MAX_YAML_ALIASES`` alias references, so a "billion laughs" document cannot expand into
-gigabytes; recipes are also capped at ``MAX_RECIPE_BYTES``."""
+gigabytes, and no key twice in one mapping (YAML would keep the last value silently); recipes are
+also capped at ``MAX_RECIPE_BYTES``."""
 
 from __future__ import annotations
 
@@ -22,10 +23,43 @@ class _LimitedLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping holds the same key twice."""
+
+
+def _check_unique_keys(node: yaml.Node, path: tuple[str, ...] = (), seen: set | None = None):
+    """Raise ``DuplicateKeyError`` naming the dotted key and both lines of its first repeat."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias: its node was checked where it was defined
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_unique_keys(item, (*path, str(i)), seen)
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], yaml.Node] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None and (key.tag, name) in first:
+                dotted = ".".join((*path, name))
+                raise DuplicateKeyError(
+                    f"key {dotted} is given twice, on lines "
+                    f"{first[key.tag, name].start_mark.line + 1} and {key.start_mark.line + 1} "
+                    "(YAML would keep the last silently); keep one")
+            if name is not None:
+                first[key.tag, name] = key
+            _check_unique_keys(value, (*path, str(name)), seen)
+
+
 def safe_load_limited(text: str):
-    """``yaml.safe_load`` with the alias limit (values are data: no tags, no objects)."""
+    """``yaml.safe_load`` with the alias limit and unique keys (values are data: no tags, no
+    objects)."""
     loader = _LimitedLoader(text)
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_unique_keys(node)
+        return loader.construct_document(node)
     finally:
         loader.dispose()

@@ -7,6 +7,7 @@ was expected.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,6 +17,10 @@ from ltscale.config.pretrain import PretrainCfg
 from ltscale.config.supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
 from ltscale.errors import LtscaleError
+
+# every seed is a whole run of the training stages; papers report 3 to 5, and 1,000 runs of even
+# a one-minute recipe take 17 hours
+SEEDS_MAX = 1000
 
 
 class SourceCfg(Section):
@@ -158,8 +163,9 @@ class Recipe(Section):
     name: str = "quickstart"
     seed: int = Field(0, ge=0, lt=2**32)
     # `ltscale run` repeats the training stages for each seed (the manifest keeps manifest.seed)
-    # and reports mean ± std; None: just `seed`
-    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(None, min_length=1)
+    # and reports mean ± std; None: just `seed`. At most SEEDS_MAX, each once
+    seeds: list[Annotated[int, Field(ge=0, lt=2**32)]] | None = Field(None, min_length=1,
+                                                                      max_length=SEEDS_MAX)
     output_dir: str = "runs/quickstart"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     engine: EngineCfg = EngineCfg()
@@ -176,6 +182,15 @@ class Recipe(Section):
     # `ltscale submit` sends them as a job array); each point is validated as a recipe of its own
     sweep: dict[str, list[Any]] = {}
     reference: ReferenceCfg | None = None  # the paper's figures for this experiment
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v):
+        repeated = sorted(s for s, n in Counter(v or []).items() if n > 1)
+        if repeated:  # the same seed is the same run: it would count twice in mean ± std
+            raise ValueError(f"seed {', '.join(map(str, repeated))} is given more than once; "
+                             "each seed is one run, so a repeat would be counted twice")
+        return v
 
     @field_validator("sweep")
     @classmethod

@@ -44,7 +44,7 @@ import torch
 from ltscale.data.loading.base import EpochStats, report_skipped
 from ltscale.engine import preempt
 from ltscale.engine.checkpoint import CheckpointManager
-from ltscale.engine.optim import lr_factor, set_lr
+from ltscale.engine.optim import lr_factor, momentum_offset, set_lr, set_momentum
 from ltscale.errors import DataError
 from ltscale.progress import bar as progress_bar
 
@@ -170,6 +170,9 @@ class _Run:
             _preempted(self.ckpt, state, self.model, self.optimizer, self.sampler, cfg,
                        self.backend)
         lr = set_lr(self.optimizer, lr_factor(state.step, self.total, self.warmup, cfg.schedule))
+        if cfg.schedule == "onecycle":
+            set_momentum(self.optimizer,
+                         momentum_offset(state.step, self.total, self.warmup, cfg.schedule))
         outs = [self._micro_batch(batches, state, epoch, m, meter) for m in range(self.micro)]
         self.backend.step(self.optimizer, self.model)
         hook = getattr(self.inner, "after_step", None)

@@ -32,6 +32,8 @@ def build_optimizer(groups: list[dict], cfg, batch_size: int) -> torch.optim.Opt
         param_groups.append({"params": no_decay, "weight_decay": 0.0, "base_lr": bias_lr,
                              **extra})
     param_groups = [g | {"lr": g["base_lr"]} for g in param_groups if g["params"]]
+    if cfg.name in ("sgd", "lars"):  # what the onecycle schedule cycles momentum around
+        param_groups = [g | {"base_momentum": cfg.momentum} for g in param_groups]
     if cfg.name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -107,6 +109,30 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+ONECYCLE_MOMENTUM = 0.05  # onecycle: momentum ± this (0.85–0.95 at 0.9, as OneCycleLR's)
+
+
+def momentum_offset(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """onecycle: the momentum's offset from its base at step ``step``, against the lr: +0.05
+    at the start, −0.05 at the lr's peak, back to +0.05 at the end (half cosines, as
+    ``OneCycleLR(cycle_momentum=True)``); 0 for the other schedules."""
+    if schedule != "onecycle":
+        return 0.0
+    peak = max(0, warmup_steps - 1)
+    if step <= peak:
+        t = step / peak if peak else 1.0
+        return _cos_between(ONECYCLE_MOMENTUM, -ONECYCLE_MOMENTUM, t)
+    t = (step - peak) / max(1, total_steps - 1 - peak)
+    return _cos_between(-ONECYCLE_MOMENTUM, ONECYCLE_MOMENTUM, t)
+
+
+def set_momentum(optimizer: torch.optim.Optimizer, offset: float) -> None:
+    """Momentum of every group that has a ``base_momentum`` (SGD, LARS): base + ``offset``."""
+    for g in optimizer.param_groups:
+        if "base_momentum" in g and "momentum" in g:
+            g["momentum"] = min(0.999, max(0.0, g["base_momentum"] + offset))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:

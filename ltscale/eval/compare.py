@@ -4,13 +4,18 @@ paper's table (rows and columns chosen from keys), with plots.
 
 Runs are the experiment's finished runs of one stage (``eval`` by default: its ``test/*``
 metrics); their params are the flattened resolved recipe, so any dotted recipe key can group.
-A key or metric no run has is refused, naming the ones that exist.
+A key or metric no run has is refused, naming the ones that exist; a default metric no run has
+is left out with a note. A group pools only replicates of one condition
+(``ltscale.eval.conditions``): runs of different datasets or settings are never averaged
+together. The store is only read: a SQLite store whose file does not exist is refused, not
+created; plots replace only files ltscale wrote (``ltscale.owned``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -20,6 +25,9 @@ import numpy as np
 
 from ltscale.errors import LtscaleError
 from ltscale.eval.aggregate import format_metric, is_fraction
+from ltscale.eval.conditions import CONDITION_TAGS, describe, differing
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = ("test/many", "test/medium", "test/few", "test/top1")
 # shown by default too, when some run has them (runs made before calibration was measured do not)
@@ -57,9 +65,13 @@ def load_runs(experiment: str, uri: str, stage: str = "eval",
     """``{"id", "params", "metrics", "tags"}`` for each run of ``stage`` in ``experiment``;
     ``stage="all"``: every run that evaluated a model (eval, the baselines, self-training).
     A run's model name (tag ``ltscale.model``, e.g. "simsiam + la") is also its param
-    ``model``, so it can group like a recipe key."""
+    ``model``, so it can group like a recipe key; so is the dataset's tag
+    ``ltscale.index_hash``. A SQLite store whose file does not exist is refused, not created."""
     import mlflow
 
+    from ltscale.track.store import require_store
+
+    require_store(uri, "no runs to compare")
     client = mlflow.MlflowClient(uri)
     exp_id = experiment_id(client, experiment, uri)
     where = ("tags.`ltscale.model` != ''" if stage == ALL_MODELS
@@ -75,6 +87,7 @@ def load_runs(experiment: str, uri: str, stage: str = "eval",
             params = dict(r.data.params)
             if "ltscale.model" in tags:
                 params["model"] = tags["ltscale.model"]
+            params.update({t: tags[t] for t in CONDITION_TAGS if t in tags})
             out.append({"id": r.info.run_id, "params": params, "metrics": dict(r.data.metrics),
                         "tags": tags})
         token = page.token
@@ -87,18 +100,32 @@ def load_runs(experiment: str, uri: str, stage: str = "eval",
     return sorted(out, key=lambda r: r["id"])
 
 
-def resolve_metrics(runs: list[dict], metrics: list[str] | None) -> list[str]:
+def resolve_metrics(runs: list[dict], metrics: list[str] | None,
+                    notes: list[str] | None = None) -> list[str]:
     """The metrics asked for (``many`` means ``test/many``); unknown ones are refused. By default
-    ``DEFAULT_METRICS`` and those of ``DEFAULT_IF_PRESENT`` that some run has (the expected
-    calibration error ``ece``; ``ece_many`` / ``ece_medium`` / ``ece_few`` on request)."""
+    those of ``DEFAULT_METRICS`` and ``DEFAULT_IF_PRESENT`` that some run has (the expected
+    calibration error ``ece``; ``ece_many`` / ``ece_medium`` / ``ece_few`` on request): a
+    default no run has (``many`` when no class has over ``eval.many_threshold`` training images)
+    is left out with a note (logged, or added to ``notes``); none at all is refused."""
     have = sorted({k for r in runs for k in r["metrics"]})
+    shown = [h for h in have if not re.match(r"test/class_\d+$", h)]
     if not metrics:
-        metrics = list(DEFAULT_METRICS) + [m for m in DEFAULT_IF_PRESENT if m in have]
+        absent = [m for m in DEFAULT_METRICS if m not in have]
+        chosen = [m for m in DEFAULT_METRICS + DEFAULT_IF_PRESENT if m in have]
+        if not chosen:
+            raise CompareError(f"no run has the default metrics ({', '.join(map(_short, absent))}"
+                               f"); name some with --metric; metrics: {', '.join(shown) or 'none'}")
+        if absent:
+            note = f"no run has {', '.join(map(_short, absent))}: left out of the table"
+            if notes is None:
+                logger.info(note)
+            else:
+                notes.append(note)
+        return chosen
     out = []
     for m in metrics:
         name = m if m in have or "/" in m else f"test/{m}"
         if name not in have:
-            shown = [h for h in have if not re.match(r"test/class_\d+$", h)]
             raise CompareError(f"--metric {m}: no run has it; metrics: {', '.join(shown)}")
         out.append(name)
     return out
@@ -147,13 +174,21 @@ def _check_keys(runs: list[dict], keys: list[str], option: str = "--group-by") -
 def group_runs(runs: list[dict], group_by: list[str], metrics: list[str]) -> list[Group]:
     """One group per distinct combination of ``group_by`` values, sorted by them (numbers in a
     value by size: ``sym:0.2`` before ``sym:0.4``, ``exp:10`` before ``exp:100``); per metric
-    the mean and sample std (ddof 1; None for one run) over the group's runs that have it."""
+    the mean and sample std (ddof 1; None for one run) over the group's runs that have it.
+    A group whose runs are not replicates of one condition is refused, naming the keys that
+    differ (``ltscale.eval.conditions.split_keys`` gives the keys to add to ``group_by``)."""
     _check_keys(runs, group_by)
     buckets: dict[tuple, list[dict]] = {}
     for r in runs:
         buckets.setdefault(tuple(r["params"].get(k, "n/a") for k in group_by), []).append(r)
     groups = []
     for key, members in sorted(buckets.items(), key=lambda kv: [_order(v) for v in kv[0]]):
+        mixed = differing(members)
+        if mixed:
+            where = ", ".join(f"{k}={v}" for k, v in zip(group_by, key)) or "all runs"
+            raise CompareError(f"the runs of row {where} are not one condition: they differ in "
+                               f"{describe(mixed)}; add these keys to --group-by or keep one "
+                               "value with --where")
         mean, std, n = {}, {}, {}
         for m in metrics:
             vals = [r["metrics"][m] for r in members
@@ -248,9 +283,24 @@ def numeric(value: str) -> float | None:
         return float(found[-1]) if found else None
 
 
-def plot_bars(groups: list[Group], group_by: list[str], metrics: list[str], path: Path) -> Path:
+def _save(fig, path: Path, force: bool, dpi: int = 110) -> Path:
+    """The figure as a PNG at ``path``, written atomically, replacing only a file ltscale wrote
+    (``ltscale.owned``) unless ``force``."""
+    from ltscale.eval.plots import _plt
+    from ltscale.owned import owned_path
+
+    try:
+        with owned_path(path, "--plots", force) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        _plt().close(fig)
+    return path
+
+
+def plot_bars(groups: list[Group], group_by: list[str], metrics: list[str], path: Path,
+              force: bool = False) -> Path:
     """Grouped bars: one cluster per group, one bar per metric, ± std error bars."""
-    from ltscale.eval.plots import _plt, _save
+    from ltscale.eval.plots import _plt
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(groups) * max(1, len(metrics)) / 2), 3.6))
@@ -271,14 +321,14 @@ def plot_bars(groups: list[Group], group_by: list[str], metrics: list[str], path
     ax.set_title(" × ".join(group_by) or "all runs", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, force)
 
 
 def plot_curves(groups: list[Group], group_by: list[str], x_key: str, metric: str,
-                path: Path) -> Path:
+                path: Path, force: bool = False) -> Path:
     """``metric`` against the numeric value of ``x_key`` (e.g. the noise rate or γ), one line
     per combination of the other group-by keys, ± std bands."""
-    from ltscale.eval.plots import _plt, _save
+    from ltscale.eval.plots import _plt
 
     if x_key not in group_by:
         raise CompareError(f"--x {x_key} must also be a --group-by key")
@@ -303,4 +353,4 @@ def plot_curves(groups: list[Group], group_by: list[str], x_key: str, metric: st
     ax.set_ylabel(f"{_short(metric)} (%)" if is_fraction(metric) else _short(metric))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, force)

@@ -12,11 +12,10 @@ they follow ``.to(device)`` but stay out of a ``state_dict``."""
 
 from __future__ import annotations
 
-import typing
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, ValidationError, field_validator
+from pydantic import ConfigDict, ValidationError
 from torch import nn
 
 from ltscale.config.base import Section
@@ -24,19 +23,10 @@ from ltscale.errors import RecipeError
 
 
 class LossOptions(Section):
-    """Options of a loss. Numbers must be finite, and a flag is no number (``tau: true`` is an
-    error, not 1.0)."""
+    """Options of a loss. Numbers must be finite; like every ``Section``, a flag is no number
+    (``tau: true`` is an error, not 1.0)."""
 
     model_config = ConfigDict(allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_numbers(cls, value, info):
-        if isinstance(value, bool):
-            annotation = cls.model_fields[info.field_name].annotation
-            if annotation is not bool and bool not in typing.get_args(annotation):
-                raise ValueError("a number is expected, not a flag")
-        return value
 
 
 class ReductionOption(LossOptions):

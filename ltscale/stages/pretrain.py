@@ -139,7 +139,7 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
             with ctx.backend.fp32_weights(method) as module:
                 return {"knn/top1": monitor_fn(module.encoder)} if monitor_fn else {}
     stage_dir = ctx.out / name
-    cfg = LoopConfig(epochs=epochs, warmup_epochs=optim_cfg.warmup_epochs,
+    cfg = LoopConfig(epochs=epochs, warmup_epochs=optim_cfg.warmup_for(epochs),
                      schedule=optim_cfg.schedule, max_steps_per_epoch=max_steps,
                      accumulate=settings.get("accumulate", 1),
                      checkpoint_every=settings.get("checkpoint_every", 0),

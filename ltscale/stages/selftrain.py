@@ -187,7 +187,7 @@ def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
                            sample_weights=train_set.weights)
     loader, sampler = student_loader(ctx, train_set)
     optimizer = build_optimizer([{"params": list(method.parameters())}], s.optim, s.batch_size)
-    cfg = LoopConfig(epochs=s.epochs, warmup_epochs=s.optim.warmup_epochs,
+    cfg = LoopConfig(epochs=s.epochs, warmup_epochs=s.optim.warmup_for(s.epochs),
                      schedule=s.optim.schedule, max_steps_per_epoch=s.max_steps_per_epoch,
                      progress=ctx.progress, desc=NAME)
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,

@@ -14,7 +14,8 @@ REDUCED = [
     "manifest.max_per_class=600", "pretrain.epochs=1", "pretrain.max_steps_per_epoch=6",
     "pretrain.batch_size=64", "pretrain.workers=0", "pretrain.knn.bank_per_class=20",
     "pretrain.knn.queries=200", "finetune.workers=0",
-    "baselines.ce_scratch.epochs=1", "baselines.ce_scratch.max_steps_per_epoch=6",
+    "baselines.ce_scratch.budget=epochs", "baselines.ce_scratch.epochs=1",
+    "baselines.ce_scratch.max_steps_per_epoch=6",
     "baselines.ce_scratch.batch_size=64",
 ]
 
@@ -33,8 +34,7 @@ def test_report_has_every_model_and_sane_numbers(quickstart):
     work, _ = quickstart
     report = json.loads((work / "run" / "report" / "report.json").read_text())
     results = report["results"]
-    assert set(results) == {"simsiam + la_sl", "random encoder + la_sl", "scratch + ce",
-                            "scratch + la_sl"}
+    assert set(results) == {"simsiam + la_sl", "random encoder + la_sl", "scratch + la_sl"}
     for name, m in results.items():
         assert 0.0 <= m["top1"] <= 1.0 and m["top5"] >= m["top1"]
         assert len(m["per_class"]) == 10
@@ -45,7 +45,7 @@ def test_report_has_every_model_and_sane_numbers(quickstart):
     assert results["simsiam + la_sl"]["top1"] > 0.3
     # γ = 100 over n_max = 600: counts 600 … 6; Many > 100, Medium 20-100, Few < 20
     assert report["train_counts"] == [600, 359, 215, 129, 77, 46, 27, 16, 10, 6]
-    groups = results["scratch + ce"]["groups"]
+    groups = results["scratch + la_sl"]["groups"]
     assert groups == {"many": [0, 1, 2, 3], "medium": [4, 5, 6], "few": [7, 8, 9]}
     md = (work / "run" / "report" / "report.md").read_text()
     assert "| simsiam + la_sl |" in md and (work / "run" / "report" / "per_class.png").stat().st_size > 0
@@ -64,7 +64,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage(quickstart):
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId")
                 == parent.info.run_id}
     assert set(children) == {"data", "pretrain", "finetune", "eval", "baseline_random_encoder",
-                             "baseline_ce_scratch", "baseline_scratch_la_sl"}
+                             "baseline_ce_scratch"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert parent.data.params["pretrain.epochs"] == "1"
     assert parent.data.params["manifest.imbalance"] == "exp:100"
@@ -77,7 +77,7 @@ def test_mlflow_has_a_parent_run_with_a_child_per_stage(quickstart):
     assert {n: r.data.tags.get("ltscale.model") for n, r in children.items()
             if "ltscale.model" in r.data.tags} == {
         "eval": "simsiam + la_sl", "baseline_random_encoder": "random encoder + la_sl",
-        "baseline_ce_scratch": "scratch + ce", "baseline_scratch_la_sl": "scratch + la_sl"}
+        "baseline_ce_scratch": "scratch + la_sl"}
     assert math.isfinite(children["pretrain"].data.metrics["epoch/loss"])
     assert "knn/top1" in children["pretrain"].data.metrics
     assert children["data"].data.metrics["manifest/samples"] == 1485

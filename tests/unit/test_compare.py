@@ -79,15 +79,15 @@ def test_markdown_groups_by_keys_with_mean_and_std_over_seeds(store, capsys):
 
 
 def test_csv_gives_raw_means_and_stds(store, capsys):
-    rc, out, _ = _compare(store, capsys, "--group-by", "finetune.loss.name", "--metric", "many",
-                          "--format", "csv")
+    rc, out, _ = _compare(store, capsys, "--group-by", "finetune.loss.name", "manifest.noise",
+                          "--metric", "many", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert rc == 0 and [r["finetune.loss.name"] for r in rows] == ["ce", "la_sl"]
+    assert rc == 0 and [r["finetune.loss.name"] for r in rows] == ["ce", "ce", "la_sl", "la_sl"]
     ce = rows[0]
-    assert ce["runs"] == "6"  # both noise rates × three seeds
-    values = [_value("ce", n, s, "test/many") for n in NOISE for s in SEEDS]
-    mean = sum(values) / 6
-    std = (sum((v - mean) ** 2 for v in values) / 5) ** 0.5
+    assert ce["runs"] == "3" and ce["manifest.noise"] == "sym:0.2"  # three seeds
+    values = [_value("ce", "sym:0.2", s, "test/many") for s in SEEDS]
+    mean = sum(values) / 3
+    std = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
     assert float(ce["many_mean"]) == pytest.approx(mean, abs=1e-12)
     assert float(ce["many_std"]) == pytest.approx(std, abs=1e-12)
 
@@ -125,9 +125,9 @@ def test_stage_all_groups_every_evaluated_model_by_its_name(store, capsys):
     assert lines[2:] == ["| scratch + ce | 41.00 ± 1.00 | 31.00 ± 1.00 |",
                          "| simsiam + ce | 56.00 ± 1.00 | 46.00 ± 1.00 |",
                          "| simsiam + la_sl | 76.00 ± 1.00 | 66.00 ± 1.00 |"]
-    # the default stays the eval runs alone
+    # the default stays the eval runs alone (rows split by noise rate: one condition each)
     rc, out, _ = _compare(store, capsys, "--group-by", "model", "--metric", "top1")
-    assert rc == 0 and "scratch + ce" not in out and "simsiam + ce | 6 |" in out
+    assert rc == 0 and "scratch + ce" not in out and "simsiam + ce | sym:0.2 | 3 |" in out
 
 
 def test_where_keeps_the_matching_runs_only(store, capsys):

@@ -194,6 +194,40 @@ def test_each_step_uses_only_its_own_gradients():
         torch.testing.assert_close(weights(acc), ref.lin.weight.detach(), rtol=1e-5, atol=1e-6)
 
 
+def test_onecycle_loop_equals_a_plain_loop_with_torchs_one_cycle_lr():
+    """The from-scratch default schedule: the engine's onecycle (lr and momentum cycle, Nesterov,
+    decay on every parameter) trains exactly as a plain loop with torch's OneCycleLR."""
+    from ltscale.config.base import OptimCfg
+    from ltscale.engine.optim import build_optimizer
+
+    epochs, cfg = 3, OptimCfg(lr=0.05, scale_lr=False, nesterov=True, weight_decay=1e-3,
+                              decay_norm_bias=True, schedule="onecycle", warmup_fraction=0.5)
+    torch.manual_seed(0)
+    loader, sampler = _toy_data(8)
+    model = Regress()
+    fit(model, loader, sampler, build_optimizer([{"params": list(model.parameters())}], cfg, 8),
+        LoopConfig(epochs=epochs, warmup_epochs=cfg.warmup_for(epochs), schedule="onecycle",
+                   progress=False), LocalBackend("cpu"), NullTracker())
+
+    torch.manual_seed(0)
+    loader, sampler = _toy_data(8)
+    ref = Regress()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9, nesterov=True,
+                          weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=epochs * 8,
+                                                pct_start=0.5)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            loss = ref(batch)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    torch.testing.assert_close(model.lin.weight.detach(), ref.lin.weight.detach(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_online_probe_learns_without_changing_the_method_trajectory():
     from ltscale.methods import create_method
     from ltscale.methods.probe import OnlineProbe

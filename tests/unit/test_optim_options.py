@@ -1,5 +1,6 @@
 """The optimizer options a strong supervised recipe needs: Nesterov momentum, weight decay on
-norms and biases, the one-cycle schedule (against torch's own OneCycleLR), padded-crop width."""
+norms and biases, the one-cycle schedule with its momentum cycle (against torch's own
+OneCycleLR), padded-crop width."""
 
 import math
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from ltscale.config.base import AugmentCfg, OptimCfg
 from ltscale.data.augment import make_preset
-from ltscale.engine.optim import build_optimizer, lr_factor
+from ltscale.engine.optim import build_optimizer, lr_factor, momentum_offset, set_momentum
 
 
 def _net():
@@ -45,9 +46,14 @@ def test_onecycle_is_torchs_one_cycle_lr(total, warmup):
     opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total,
                                                 pct_start=warmup / total)
+    ours = build_optimizer([{"params": [nn.Parameter(torch.zeros(1))]}],
+                           OptimCfg(lr=0.1, scale_lr=False, momentum=0.9), 256)
     for step in range(total):
         assert opt.param_groups[0]["lr"] == pytest.approx(
             0.1 * lr_factor(step, total, warmup, "onecycle"), rel=1e-9, abs=1e-12)
+        set_momentum(ours, momentum_offset(step, total, warmup, "onecycle"))
+        assert ours.param_groups[0]["momentum"] == pytest.approx(
+            opt.param_groups[0]["momentum"], rel=1e-9)  # cycled 0.95 → 0.85 → 0.95
         opt.step()
         sched.step()
 

@@ -100,3 +100,14 @@ def test_without_runs_every_cell_is_not_run():
     assert [(r[3], r[4], r[5]) for r in rows] == [("69.3", "not run", "0"),
                                                  ("40.0", "not run", "0"),
                                                  ("68.2", "not run", "0")]
+
+
+def test_out_over_the_recipe_read_is_refused_even_with_force(store, tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(RECIPE, sort_keys=False))
+    before = path.read_bytes()
+    assert main(["compare", "ref", "--reference", str(path), "--tracking-uri", store,
+                 "--out", str(path), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {path} is the recipe this command reads" in err and err.count("\n") == 1
+    assert path.read_bytes() == before
