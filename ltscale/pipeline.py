@@ -256,7 +256,7 @@ def _data_stage(recipe: Recipe, tracker, progress: bool, timings: dict) -> Conte
     t = time.perf_counter()
     with tracker.run("data", nested=True, tags={"ltscale.stage": "data"}):
         ctx = make_context(recipe, tracker, progress)
-        stats = manifest_stats(ctx.manifest)
+        stats = manifest_stats(ctx.manifest, ctx.index)
         tracker.set_tags(ctx.tags("data"))
         tracker.log_params(flatten(ctx.recipe.model_dump()))
         tracker.log_text(json.dumps(ctx.manifest.header, indent=2, default=str),

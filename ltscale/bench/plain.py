@@ -28,6 +28,7 @@ from torchvision.models import resnet
 
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest
+from ltscale.data.pixels import to_mode
 from ltscale.data.reader import IndexedReader
 
 
@@ -66,7 +67,7 @@ def _decode(reader: IndexedReader, rows: np.ndarray, channels: int) -> torch.Ten
     mode = "L" if channels == 1 else "RGB"
     out = []
     for data in reader.read_many(rows):
-        arr = np.array(Image.open(io.BytesIO(data)).convert(mode))
+        arr = np.array(to_mode(Image.open(io.BytesIO(data)), mode))
         out.append(torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy()))
     return torch.stack(out)
 

@@ -59,6 +59,8 @@ def cmd_data_verify(args):
     if args.max_problems < 0:
         raise LtscaleError(f"--max-problems {args.max_problems}: must be 0 or more")
     report = verify_dataset(args.dir, deep=args.deep)
+    for note in report.notes:
+        print(f"note: {note}")
     for problem in report.problems[:args.max_problems]:
         print(problem)
     if len(report.problems) > args.max_problems:

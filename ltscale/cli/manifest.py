@@ -119,9 +119,10 @@ def check_manifest_output(out: str, index, inputs) -> None:
 
 def cmd_manifest_stats(args):
     from ltscale.data.manifest import Manifest
-    from ltscale.data.manifest_stats import format_stats, manifest_stats
+    from ltscale.data.manifest_stats import dataset_index, format_stats, manifest_stats
 
-    stats = manifest_stats(Manifest.load(args.manifest))
+    m = Manifest.load(args.manifest)
+    stats = manifest_stats(m, *dataset_index(m))
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
 
 

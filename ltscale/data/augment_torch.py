@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps, ImageStat
 
 from ltscale.data.augment import AugmentPreset, EvalSpec, ViewSpec
+from ltscale.data.pixels import to_mode
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -65,7 +66,8 @@ def _draft(img: Image.Image, mode: str, need_w: float, need_h: float) -> float:
 
 
 def _to_mode(img: Image.Image, mode: str) -> Image.Image:
-    return img if img.mode == mode else img.convert(mode)
+    """16-bit scaled, not clipped; alpha dropped; float and 32-bit refused (``data.pixels``)."""
+    return to_mode(img, mode)
 
 
 _LUMA = np.array([0.299, 0.587, 0.114])

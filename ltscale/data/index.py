@@ -4,7 +4,10 @@ Columns (one row per sample): ``key``; ``split`` (position in ``splits``); ``sha
 ``shards``); ``offset`` and ``size`` of the image member's data inside the tar; ``ext`` (the image
 member is ``<key>.<ext>``); ``label`` (the source's label, -1 where it has none); ``path`` (the
 sample's original path or name in the raw source); and any further integer label columns a source
-provides (``coarse_label`` for CIFAR-100, ``noisy_label`` for Clothing1M) in ``extra``.
+provides (``coarse_label`` for CIFAR-100, ``noisy_label`` for Clothing1M) in ``extra``; and
+``image_sha256``, the first 16 bytes of the SHA-256 of the image member's bytes, an (n, 16) uint8
+column that finds byte-identical images (``data.duplicates``). Indexes written before that column
+existed load without it (``has_image_hashes`` is then False) and keep their hash.
 
 Stored as one ``index.npz`` (numpy, no pickles) beside ``card.json``. Columns load lazily, so
 building a manifest over a million samples reads only the label and split columns. The content
@@ -28,8 +31,10 @@ from ltscale.errors import DataError
 INDEX_FILE = "index.npz"
 CARD_FILE = "card.json"
 COLUMNS = ("key", "split", "shard", "offset", "size", "ext", "label", "path")
+IMAGE_HASH = "image_sha256"  # optional: absent from indexes built before it existed
+IMAGE_HASH_BYTES = 16
 _DTYPES = {"split": np.int8, "shard": np.int32, "offset": np.int64, "size": np.int64,
-           "label": np.int64}
+           "label": np.int64, IMAGE_HASH: np.uint8}
 _EXTRA_PREFIX = "extra__"
 # what numpy raises on a damaged .npz (a flipped byte, a cut file) besides OSError/ValueError
 NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, UnicodeDecodeError)
@@ -40,7 +45,8 @@ class ShardIndex:
                  columns: dict[str, np.ndarray] | None = None,
                  extra: dict[str, np.ndarray] | None = None,
                  extra_classes: dict[str, list[str] | None] | None = None,
-                 root: Path | None = None, stored_hash: str | None = None, source=None):
+                 root: Path | None = None, stored_hash: str | None = None, source=None,
+                 image_hashes: bool | None = None):
         self.shards, self.splits, self.classes = list(shards), list(splits), list(classes)
         self._cols: dict[str, np.ndarray] = {}
         for name, values in (columns or {}).items():
@@ -50,6 +56,8 @@ class ShardIndex:
         self.root = Path(root) if root is not None else None
         self._stored_hash = stored_hash
         self._source = source  # lazily loaded npz path
+        # whether the index has the optional IMAGE_HASH column (a loaded index: its npz has it)
+        self.has_image_hashes = IMAGE_HASH in self._cols if image_hashes is None else image_hashes
         self.hashed_shards: dict[str, tuple] = {}  # shards whose SHA-256 matched (check_shards)
         lengths = {k: len(v) for k, v in {**self._cols, **self._extra}.items()}
         if len(set(lengths.values())) > 1:
@@ -83,6 +91,11 @@ class ShardIndex:
     label = property(lambda self: self.column("label"))
     path = property(lambda self: self.column("path"))
 
+    def image_hashes(self) -> np.ndarray | None:
+        """(n, 16) uint8: the first 16 bytes of each image's SHA-256; None for an index built
+        before ltscale recorded them."""
+        return self.column(IMAGE_HASH) if self.has_image_hashes else None
+
     def extra(self, name: str) -> np.ndarray:
         if name not in self.extra_classes:
             raise DataError(f"the index has no label column {name!r} (it has "
@@ -113,6 +126,9 @@ class ShardIndex:
             arr = np.ascontiguousarray(self.column(col))
             h.update(col.encode())
             h.update(arr.tobytes())
+        if self.has_image_hashes:  # absent from older indexes: their hashes stay valid
+            h.update(IMAGE_HASH.encode())
+            h.update(np.ascontiguousarray(self.column(IMAGE_HASH)).tobytes())
         for name in sorted(self.extra_classes):
             h.update(name.encode())
             h.update(np.ascontiguousarray(self.extra(name)).tobytes())
@@ -130,7 +146,7 @@ class ShardIndex:
         meta = {"shards": self.shards, "splits": self.splits, "classes": self.classes,
                 "extra_classes": self.extra_classes, "hash": self.compute_hash()}
         self._stored_hash = meta["hash"]
-        arrays = {c: self.column(c) for c in COLUMNS}
+        arrays = {c: self.column(c) for c in self._columns()}
         arrays.update({_EXTRA_PREFIX + k: self.extra(k) for k in self.extra_classes})
         with atomic_path(Path(directory) / INDEX_FILE) as tmp:
             with open(tmp, "wb") as fh:
@@ -147,17 +163,21 @@ class ShardIndex:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 split = z["split"]
+                hashes = IMAGE_HASH in z.files
         except (OSError, ValueError, KeyError, *NPZ_ERRORS) as exc:
             raise DataError(f"{path}: unreadable shard index ({exc}); rebuild the dataset with "
                             "`ltscale data build`") from None
         return cls(shards=meta["shards"], splits=meta["splits"], classes=meta["classes"],
                    columns={"split": split}, extra_classes=meta.get("extra_classes") or {},
-                   root=directory, stored_hash=meta["hash"], source=path)
+                   root=directory, stored_hash=meta["hash"], source=path, image_hashes=hashes)
 
     def load_all(self) -> "ShardIndex":
         """Read every column now (e.g. before forking workers)."""
-        for c in COLUMNS:
+        for c in self._columns():
             self.column(c)
         for k in self.extra_classes:
             self.extra(k)
         return self
+
+    def _columns(self) -> tuple[str, ...]:
+        return COLUMNS + ((IMAGE_HASH,) if self.has_image_hashes else ())

@@ -1,9 +1,16 @@
-"""Summaries of a manifest (`ltscale manifest stats`) and of how two differ (`manifest diff`)."""
+"""Summaries of a manifest (`ltscale manifest stats`) and of how two differ (`manifest diff`).
+
+``manifest stats`` also reports byte-identical images among the manifest's samples (the same
+image under different labels in one role, or in two roles, e.g. labeled and test) from the image
+hashes of the dataset the manifest was built from, or says why it could not. ``manifest diff``
+compares samples only between manifests of one index: a row id means nothing in another index.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
+from ltscale.data.duplicates import NO_HASHES, Duplicates, find_duplicates
 from ltscale.data.manifest import ROLES, Manifest
 from ltscale.data.noise import transition_counts
 from ltscale.eval.shots import FEW, MANY, shot_groups
@@ -13,7 +20,37 @@ JSON_TRANSITION_MAX_CLASSES = 200   # dense in the JSON up to this many (sparse 
 TOP_FLIPS = 10
 
 
-def manifest_stats(m: Manifest) -> dict:
+def dataset_index(m: Manifest):
+    """(index, "") of the dataset ``m`` was built from, or (None, why it cannot be used)."""
+    from ltscale.data.index import ShardIndex
+    from ltscale.errors import DataError
+
+    root = m.header.get("dataset")
+    if not root:
+        return None, "the manifest names no dataset folder"
+    try:
+        index = ShardIndex.load(root)
+    except DataError:
+        return None, f"no readable dataset at {root}, the folder the manifest was built from"
+    if index.content_hash() != m.header["index_hash"]:
+        return None, (f"the dataset at {root} now has index {index.content_hash()}, not the "
+                      f"manifest's {m.header['index_hash']}")
+    return index, ""
+
+
+def manifest_duplicates(m: Manifest, index=None, why_not: str = "") -> Duplicates:
+    """Byte-identical images among the manifest's samples, by role (labels: the clean ones)."""
+    hashes = index.image_hashes() if index is not None else None
+    if index is not None and hashes is None:
+        why_not = f"the index at {index.root} {NO_HASHES}"
+    return find_duplicates(None if hashes is None else hashes[m.ids], m.role, ROLES, m.clean,
+                           lambda rows: [str(k) for k in index.key[m.ids[rows]]], kind="role",
+                           why_not=why_not or "no dataset index given")
+
+
+def manifest_stats(m: Manifest, index=None, why_not: str = "") -> dict:
+    """The manifest's summary; with the ``index`` it was built from, also its byte-identical
+    images (``why_not``: why there is no index, said in the report instead)."""
     lab = m.mask("labeled")
     clean, observed = m.clean[lab], m.observed[lab]
     known = clean >= 0
@@ -46,6 +83,8 @@ def manifest_stats(m: Manifest) -> dict:
     }
     if "noise_source" in m.header:
         out["noise_source"] = m.header["noise_source"]
+    dup = manifest_duplicates(m, index, why_not)
+    out["content_duplicates"] = dup.as_dict() | {"summary": dup.lines()}
     pairs = _pairs(m)
     if m.num_classes <= JSON_TRANSITION_MAX_CLASSES:  # dense C×C only while it is small
         out["transition_matrix"] = np.round(m.transition_matrix(), 4).tolist()
@@ -112,6 +151,7 @@ def format_stats(stats: dict) -> str:
                      f"(class {s['diagonal_min_class']}); {s['distinct_flips']} distinct flips")
         lines += [f"  {f['clean']} -> {f['observed']}: {f['count']} ({f['rate']:.3f} of the "
                   "class)" for f in s["top_flips"]]
+    lines += [f"content: {line}" for line in stats.get("content_duplicates", {}).get("summary", [])]
     return "\n".join(lines)
 
 
@@ -126,27 +166,38 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def manifest_diff(a: Manifest, b: Manifest) -> dict:
-    """What changes from manifest ``a`` to ``b``: spec keys, samples per role, labels."""
+    """What changes from manifest ``a`` to ``b``: spec keys, samples per role, labels. Samples
+    are compared only when both come from one index (``shared``, ``only_a``, ``only_b`` and the
+    relabeled counts are None otherwise: row ids of two indexes name different images)."""
+    same_index = a.header["index_hash"] == b.header["index_hash"]
     fa, fb = _flatten(a.header["spec"]), _flatten(b.header["spec"])
     spec = {k: [fa.get(k), fb.get(k)] for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}
     roles = {}
     for r in ROLES:
         ia, ib = a.ids[a.mask(r)], b.ids[b.mask(r)]
-        if len(ia) or len(ib):
-            roles[r] = {"a": int(len(ia)), "b": int(len(ib)), "shared": int(len(np.intersect1d(ia, ib))),
-                        "only_a": int(len(np.setdiff1d(ia, ib))),
-                        "only_b": int(len(np.setdiff1d(ib, ia)))}
-    la, lb = a.mask("labeled"), b.mask("labeled")
-    shared, pa, pb = np.intersect1d(a.ids[la], b.ids[lb], return_indices=True)
-    relabeled = int((a.observed[la][pa] != b.observed[lb][pb]).sum())
+        if not (len(ia) or len(ib)):
+            continue
+        roles[r] = {"a": int(len(ia)), "b": int(len(ib)), "shared": None, "only_a": None,
+                    "only_b": None}
+        if same_index:
+            roles[r] |= {"shared": int(len(np.intersect1d(ia, ib))),
+                         "only_a": int(len(np.setdiff1d(ia, ib))),
+                         "only_b": int(len(np.setdiff1d(ib, ia)))}
+    shared = relabeled = None
+    if same_index:
+        la, lb = a.mask("labeled"), b.mask("labeled")
+        both, pa, pb = np.intersect1d(a.ids[la], b.ids[lb], return_indices=True)
+        shared = int(len(both))
+        relabeled = int((a.observed[la][pa] != b.observed[lb][pb]).sum())
     ca, cb = a.class_counts(), b.class_counts()
     delta = (cb - ca) if len(ca) == len(cb) else None
     return {
         "a": a.hash, "b": b.hash,
-        "same_index": a.header["index_hash"] == b.header["index_hash"],
+        "index_hashes": [a.header["index_hash"], b.header["index_hash"]],
+        "same_index": same_index,
         "spec": spec,
         "roles": roles,
-        "labeled_shared": int(len(shared)),
+        "labeled_shared": shared,
         "labeled_relabeled": relabeled,
         "noise_rate": [a.header["noise_rate"], b.header["noise_rate"]],
         "class_count_delta": delta.tolist() if delta is not None else None,
@@ -154,18 +205,23 @@ def manifest_diff(a: Manifest, b: Manifest) -> dict:
 
 
 def format_diff(d: dict) -> str:
-    lines = [f"manifest {d['a']} -> {d['b']}"
-             + ("" if d["same_index"] else " (built from DIFFERENT indexes)")]
+    lines = [f"manifest {d['a']} -> {d['b']}"]
+    if not d["same_index"]:
+        ia, ib = d["index_hashes"]
+        lines.append(f"samples not compared: the manifests were built from different indexes "
+                     f"({ia} and {ib}), whose row ids name different images")
     if d["spec"]:
         lines.append("spec:")
         lines += [f"  {k}: {va!r} -> {vb!r}" for k, (va, vb) in d["spec"].items()]
     else:
         lines.append("spec: identical")
     for r, c in d["roles"].items():
-        lines.append(f"{r}: {c['a']} -> {c['b']} ({c['shared']} shared, {c['only_a']} only in a, "
-                     f"{c['only_b']} only in b)")
-    lines.append(f"labeled samples in both with a different observed label: "
-                 f"{d['labeled_relabeled']} of {d['labeled_shared']}")
+        lines.append(f"{r}: {c['a']} -> {c['b']}" + (
+            f" ({c['shared']} shared, {c['only_a']} only in a, {c['only_b']} only in b)"
+            if d["same_index"] else ""))
+    if d["same_index"]:
+        lines.append(f"labeled samples in both with a different observed label: "
+                     f"{d['labeled_relabeled']} of {d['labeled_shared']}")
     lines.append(f"noise rate {d['noise_rate'][0]:.4f} -> {d['noise_rate'][1]:.4f}")
     if d["class_count_delta"] is not None and any(d["class_count_delta"]):
         changed = [(c, v) for c, v in enumerate(d["class_count_delta"]) if v]

@@ -37,6 +37,7 @@ from PIL import Image
 
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest_spec import NoiseSpec
+from ltscale.data.pixels import to_mode
 from ltscale.data.reader import IndexedReader
 from ltscale.errors import DataError, ManifestError
 
@@ -62,7 +63,7 @@ def _thumbnail(data: bytes, where: str) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (THUMBNAIL, THUMBNAIL))  # JPEG: decode at a reduced scale
-            small = img.convert("RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
+            small = to_mode(img, "RGB").resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{where}: the image cannot be decoded for instance-dependent noise "
                         f"({exc}); `ltscale data verify` the dataset") from None

@@ -12,33 +12,43 @@ again with the same input. Only when every shard, the index and the card exist i
 directory renamed to the output, so a failed build never leaves a half-written dataset where a
 good one was expected. The same input gives byte-identical shards and index.
 
+Only one build writes an output at a time: ``build_lock`` (``.<out>.lock`` beside it) refuses a
+second, naming the first's pid and host. An operating-system error while writing names the file
+being written (``write`` and ``fsync`` errors, e.g. no space left, name none by themselves). The
+index records each image's hash as it is written; byte-identical images under different labels,
+or in two splits, are logged as warnings when the build ends.
+
 A source that already is a set of WebDataset shards (``in_place``) is indexed where it lies; only
 the index and card are written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import shutil
 import signal
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ltscale import __version__
 from ltscale.atomic import write_json_atomic
 from ltscale.data.index import CARD_FILE, ShardIndex
-from ltscale.data.ownership import OWNER_MARKER, check_output_path, owned_dataset, remove_owned
+from ltscale.data.ownership import check_output_path, owned_dataset, remove_owned
+from ltscale.data.shard_index import assemble, card, image_digest, index_in_place
 from ltscale.data.sources.base import NO_LABEL, SampleRef, Source, check_key
 from ltscale.data.tarfmt import BLOCK, TarWriter, padded
 from ltscale.errors import DataError
 from ltscale.hashing import file_sha256
+from ltscale.lock import build_lock
 from ltscale.progress import bar as progress_bar
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SHARD_BYTES = 1 << 30
 _SIZE_PROBE = 64          # samples encoded to estimate sizes when a source cannot stat them
@@ -80,6 +90,21 @@ def build_shards(source: Source, out: str | Path, *, source_kind: str, source_pa
     ``overwrite`` and only when it is a dataset ltscale wrote (``owned_dataset``)."""
     out = Path(out)
     check_output_path(out, [source_path, *inputs], "--out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(out):
+        index = _build(source, out, source_kind=source_kind, source_path=source_path,
+                       shard_bytes=shard_bytes, workers=workers, overwrite=overwrite,
+                       progress=progress, inputs=inputs)
+    from ltscale.data.duplicates import index_duplicates
+
+    found = index_duplicates(index)
+    for line in found.lines() if found.found else ():
+        logger.warning("%s: %s", out, line)
+    return index
+
+
+def _build(source: Source, out: Path, *, source_kind: str, source_path: str, shard_bytes: int,
+           workers: int, overwrite: bool, progress: bool, inputs) -> ShardIndex:
     if out.exists() or out.is_symlink():
         problem = owned_dataset(out)
         if problem is not None:
@@ -89,7 +114,6 @@ def build_shards(source: Source, out: str | Path, *, source_kind: str, source_pa
             raise DataError(f"{out} already exists (an ltscale dataset); pass --overwrite to "
                             "replace it (the old dataset stays in place until the new one is "
                             "complete)")
-    out.parent.mkdir(parents=True, exist_ok=True)
     work = out.with_name(f".{out.name}.building")
     _check_work_dir(work)
     splits = source.splits()
@@ -102,18 +126,22 @@ def build_shards(source: Source, out: str | Path, *, source_kind: str, source_pa
         if work.exists():
             shutil.rmtree(work)
         work.mkdir()
-        write_json_atomic(work / _PLAN_FILE, {"digest": "in-place", "shards": len(in_place)})
-        index = _index_in_place(source, refs)
-        shard_info = [_shard_entry(Path(n), n) for n in index.shards]
+        with naming(work / _PLAN_FILE):
+            write_json_atomic(work / _PLAN_FILE, {"digest": "in-place", "shards": len(in_place)})
+        index, shas = index_in_place(source, refs)
+        shard_info = [_shard_entry(Path(n), n, shas.get(n)) for n in index.shards]
     else:
         jobs = _plan(source, refs, shard_bytes)
         _prepare_work_dir(work, jobs, source_kind, source_path, shard_bytes)
         results = _run_jobs(source, jobs, work, workers, progress)
-        index = _assemble(source, jobs, results)
+        index = assemble(source, jobs, results)
         shard_info = [_shard_entry(work / j.name, j.name, results[i][2])
                       for i, j in enumerate(jobs)]
-    index.save(work)
-    write_json_atomic(work / CARD_FILE, _card(source, index, shard_info, source_kind, source_path))
+    with naming(work / "index.npz"):
+        index.save(work)
+    with naming(work / CARD_FILE):
+        write_json_atomic(work / CARD_FILE,
+                          card(source, index, shard_info, source_kind, source_path))
     (work / _PLAN_FILE).unlink(missing_ok=True)
     if out.exists():
         problem = owned_dataset(out)  # checked again: nothing of the user's may have moved in
@@ -126,6 +154,19 @@ def build_shards(source: Source, out: str | Path, *, source_kind: str, source_pa
     else:
         os.replace(work, out)
     return ShardIndex.load(out)
+
+
+@contextlib.contextmanager
+def naming(path: Path):
+    """Give an ``OSError`` that names no file (``write``/``fsync``: no space, quota, I/O
+    error) the file being written, so the one-line error says where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise type(exc)(exc.errno, exc.strerror or str(exc) or type(exc).__name__,
+                            str(path)) from exc
+        raise
 
 
 def _check_work_dir(work: Path) -> None:
@@ -206,7 +247,8 @@ def _prepare_work_dir(work: Path, jobs: list[_Job], kind: str, path: str, shard_
     work.mkdir(exist_ok=True)
     for stale in work.glob("*.partial"):
         stale.unlink()
-    write_json_atomic(plan_file, {"digest": digest, "shards": len(jobs)})
+    with naming(plan_file):
+        write_json_atomic(plan_file, {"digest": digest, "shards": len(jobs)})
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -221,7 +263,7 @@ def _member_names(ref: SampleRef) -> list[str]:
     return names
 
 
-def _write_job(i: int) -> tuple[int, list[tuple[int, int]], str]:
+def _write_job(i: int) -> tuple[int, list[tuple[int, int, bytes]], str]:
     source, job, work = _WORKER["source"], _WORKER["jobs"][i], _WORKER["work"]
     final = work / job.name
     if final.exists():  # finished by an earlier, interrupted run of the same plan
@@ -230,18 +272,22 @@ def _write_job(i: int) -> tuple[int, list[tuple[int, int]], str]:
             return i, spans, file_sha256(final)
         final.unlink()
     tmp = work / (job.name + ".partial")
-    writer = TarWriter(tmp)
+    with naming(tmp):
+        writer = TarWriter(tmp)
     spans = []
     try:
         for ref in job.refs:
             data = source.read(ref)
-            spans.append((writer.add(f"{ref.key}.{ref.ext}", data), len(data)))
-            if ref.label != NO_LABEL:
-                writer.add(f"{ref.key}.cls", str(ref.label).encode())
-            for name, value in ref.extra:
-                if value != NO_LABEL:
-                    writer.add(f"{ref.key}.{name}.cls", str(value).encode())
-        writer.close()  # fsyncs
+            with naming(tmp):
+                spans.append((writer.add(f"{ref.key}.{ref.ext}", data), len(data),
+                              image_digest(data)))
+                if ref.label != NO_LABEL:
+                    writer.add(f"{ref.key}.cls", str(ref.label).encode())
+                for name, value in ref.extra:
+                    if value != NO_LABEL:
+                        writer.add(f"{ref.key}.{name}.cls", str(value).encode())
+        with naming(tmp):
+            writer.close()  # fsyncs
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -249,8 +295,9 @@ def _write_job(i: int) -> tuple[int, list[tuple[int, int]], str]:
     return i, spans, writer.sha256
 
 
-def _reuse(path: Path, job: _Job) -> list[tuple[int, int]] | None:
-    """Offsets of a finished shard if it holds exactly the planned members, else None."""
+def _reuse(path: Path, job: _Job) -> list[tuple[int, int, bytes]] | None:
+    """Offsets, sizes and digests of the images of a finished shard if it holds exactly the
+    planned members, else None."""
     import tarfile
 
     expected = [n for ref in job.refs for n in _member_names(ref)]
@@ -258,11 +305,12 @@ def _reuse(path: Path, job: _Job) -> list[tuple[int, int]] | None:
     try:
         with tarfile.open(path, "r:") as tar:
             members = tar.getmembers()
+            if [m.name for m in members] != expected:
+                return None
+            return [(m.offset_data, m.size, image_digest(tar.extractfile(m).read()))
+                    for m in members if m.name in images]
     except (tarfile.TarError, OSError):
         return None
-    if [m.name for m in members] != expected:
-        return None
-    return [(m.offset_data, m.size) for m in members if m.name in images]
 
 
 def _plain_signals() -> None:
@@ -299,79 +347,3 @@ def _shard_entry(path: Path, name: str, sha: str | None = None) -> dict:
     if not path.exists():
         raise DataError(f"shard {path} does not exist")
     return {"name": name, "bytes": path.stat().st_size, "sha256": sha or file_sha256(path)}
-
-
-# --- index and card ----------------------------------------------------------------------------
-def _columns(source: Source, refs_in_order, spans, shard_of) -> tuple[dict, dict]:
-    cols = {"key": [], "split": [], "shard": [], "offset": [], "size": [], "ext": [],
-            "label": [], "path": []}
-    extra = {k: [] for k in source.extra_labels}
-    splits = source.splits()
-    for ref, (offset, size), shard in zip(refs_in_order, spans, shard_of):
-        cols["key"].append(ref.key)
-        cols["split"].append(splits.index(ref.split))
-        cols["shard"].append(shard)
-        cols["offset"].append(offset)
-        cols["size"].append(size)
-        cols["ext"].append(ref.ext)
-        cols["label"].append(ref.label)
-        cols["path"].append(ref.path)
-        given = dict(ref.extra)
-        for k in extra:
-            extra[k].append(given.get(k, NO_LABEL))
-    cols["key"] = np.array(cols["key"], dtype=str)
-    cols["ext"] = np.array(cols["ext"], dtype=str)
-    cols["path"] = np.array(cols["path"], dtype=str)
-    return cols, extra
-
-
-def _assemble(source: Source, jobs: list[_Job], results) -> ShardIndex:
-    refs = [r for j in jobs for r in j.refs]
-    spans = [s for _, job_spans, _ in results for s in job_spans]
-    shard_of = [i for i, j in enumerate(jobs) for _ in j.refs]
-    cols, extra = _columns(source, refs, spans, shard_of)
-    return ShardIndex(shards=[j.name for j in jobs], splits=source.splits(),
-                      classes=source.classes, columns=cols, extra=extra,
-                      extra_classes=source.extra_labels)
-
-
-def _index_in_place(source: Source, refs: dict[str, list[SampleRef]]) -> ShardIndex:
-    rows = [r for split in source.splits() for r in refs[split]]
-    spans = [(r.locator[1], r.locator[2]) for r in rows]
-    cols, extra = _columns(source, rows, spans, [r.locator[0] for r in rows])
-    return ShardIndex(shards=[str(p) for p in source.in_place], splits=source.splits(),
-                      classes=source.classes, columns=cols, extra=extra,
-                      extra_classes=source.extra_labels)
-
-
-def _card(source: Source, index: ShardIndex, shard_info: list[dict], kind: str, path: str) -> dict:
-    per_split = {}
-    for split in index.splits:
-        ids = index.split_ids(split)
-        labels = index.label[ids]
-        entry = {"samples": int(len(ids)),
-                 "class_counts": np.bincount(labels[labels >= 0],
-                                             minlength=index.num_classes).tolist(),
-                 "unlabeled": int((labels < 0).sum())}
-        for name in index.extra_classes:
-            col = index.extra(name)[ids]
-            entry[f"{name}_known"] = int((col >= 0).sum())
-        per_split[split] = entry
-    files = sorted({CARD_FILE, "index.npz"} | (set() if getattr(source, "in_place", False)
-                                                 else {s["name"] for s in shard_info}))
-    return {
-        "written_by": OWNER_MARKER,
-        "files": files,
-        "name": getattr(source, "name", Path(path).name),
-        "source": {"kind": kind, "path": str(path)},
-        "classes": index.classes,
-        "extra_labels": index.extra_classes,
-        "splits": per_split,
-        "image_bytes": int(index.size.sum()),
-        "image_formats": dict(Counter(index.ext.tolist())),
-        "shards": shard_info,
-        "in_place": bool(getattr(source, "in_place", False)),
-        "index_hash": index.content_hash(),
-        "format": "webdataset tar: <key>.<ext> image, <key>.cls label, <key>.<name>.cls extra labels",
-        "ltscale_version": __version__,
-    }

@@ -3,8 +3,11 @@
 Checks, in order: the index loads and its recomputed hash equals the stored one and the card's;
 every shard exists with the recorded size and SHA-256; no member of a shard has an absolute or
 ``..`` name or is a link or special file; every index entry points at a tar header
-naming its member with the recorded size; with ``deep``, every image decodes. Each problem is
-reported with the shard and sample key.
+naming its member with the recorded size; with ``deep``, every image decodes to pixels training
+reads (``data.pixels``: a float or 32-bit image is reported, not misread). Each problem is
+reported with the shard and sample key. The card's fields are checked too (``data.card``: a field
+edited after the build is named), and byte-identical images under different labels or in two
+splits are reported as notes (``data.duplicates``), or that the index cannot tell.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class VerifyReport:
     shards: int = 0
     decoded: int = 0
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # findings that do not fail verification
 
     @property
     def ok(self) -> bool:
@@ -61,6 +65,7 @@ def verify_dataset(directory: str | Path, deep: bool = False, progress: bool = T
         report.problems.append(Problem(
             "index.npz", None, f"index hash {found} differs from the recorded "
             f"{index.content_hash()} (card: {card.get('index_hash')}); the index was modified"))
+    _check_card_and_content(card, index, report)
     recorded = {s["name"]: s for s in card.get("shards", [])}
     bad_shards: set[int] = set()
     for s, name in enumerate(index.shards):
@@ -101,6 +106,15 @@ def verify_dataset(directory: str | Path, deep: bool = False, progress: bool = T
     return report
 
 
+def _check_card_and_content(card: dict, index: ShardIndex, report: VerifyReport) -> None:
+    from ltscale.data.card import check_card
+    from ltscale.data.duplicates import index_duplicates
+
+    problems, notes = check_card(card, index)
+    report.problems += [Problem(CARD_FILE, None, what) for what in problems]
+    report.notes += notes + index_duplicates(index).lines()
+
+
 def _unsafe_members(path: Path) -> list[str]:
     """Members of the shard that no reader may accept: absolute or ``..`` names, links and
     special files (checked on every member, also those the index does not point at)."""
@@ -134,14 +148,19 @@ def _check_entry(index: ShardIndex, row: int, fd: int, deep: bool) -> str | None
     if deep:
         from PIL import Image
 
+        from ltscale.data.pixels import unreadable
+
         data = os.pread(fd, size, offset)
         if len(data) != size:
             return f"shard ends after {len(data)} of {size} bytes"
         try:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
+                misread = unreadable(img)  # decodes, but training cannot read its pixels
         except Exception as exc:  # PIL raises many types for broken images
             return f"image does not decode ({type(exc).__name__}: {exc})"
+        if misread:
+            return f"training would refuse it: {misread}"
     return None
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +49,18 @@ class Context:
         return self.backend.device
 
     def tags(self, stage: str) -> dict:
+        """The stage run's tags; the manifest's (``track.tracker.DATASET_TAGS``) also make the
+        tracker log it as the run's dataset input."""
         return {"ltscale.stage": stage, "ltscale.version": __version__,
                 "ltscale.git_commit": git_commit(), "ltscale.manifest_hash": self.manifest.hash,
-                "ltscale.index_hash": self.manifest.header["index_hash"]}
+                "ltscale.index_hash": self.manifest.header["index_hash"],
+                "ltscale.dataset": self.dataset_name(),
+                "ltscale.shards": str(Path(self.recipe.data.shards).resolve())}
+
+    def dataset_name(self) -> str:
+        """The manifest in words: the dataset folder, its imbalance and noise."""
+        f = spec_fields(self.manifest.spec)
+        return f"{Path(self.recipe.data.shards).name} {f['imbalance']} {f['noise']}"
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,6 +127,46 @@ def check_output_dir(recipe: Recipe) -> None:
                             "its files outside the data it reads: choose another output_dir")
 
 
+def shards_source(shards: Path) -> dict | None:
+    """The source ``card.json`` records for the dataset at ``shards`` (``{"kind", "path"}``); None
+    when the card is missing, unreadable or records none."""
+    try:
+        src = json.loads((Path(shards) / "card.json").read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(src, dict) or not src.get("kind") or not src.get("path"):
+        return None
+    return {"kind": str(src["kind"]), "path": str(src["path"])}
+
+
+def _same_source(built: dict | None, recipe: Recipe) -> bool:
+    src = recipe.data.source
+    return built is not None and built["kind"] == src.kind and (
+        os.path.realpath(built["path"]) == os.path.realpath(src.path))
+
+
+_UNRECORDED_WARNED: set[str] = set()
+
+
+def check_provenance(shards: Path, recipe: Recipe) -> None:
+    """Existing shards are trained on only when built from the recipe's ``data.source``: else the
+    recipe, the logged params and the reports would name a source the run never read. A card
+    that records no source is used as given, with a warning that says so."""
+    built, src = shards_source(shards), recipe.data.source
+    if built is None:
+        if str(shards) not in _UNRECORDED_WARNED:
+            _UNRECORDED_WARNED.add(str(shards))
+            logger.warning(f"data.shards {shards}: its card.json records no source, so nothing "
+                           f"shows it was built from data.source {src.kind} {src.path}, which "
+                           "this run logs; rebuild it from that source to be sure")
+        return
+    if not _same_source(built, recipe):
+        raise DataError(f"data.shards {shards} was built from {built['kind']} {built['path']}, "
+                        f"not from the recipe's data.source {src.kind} {src.path}; the run would "
+                        "record a source it never read: set data.source to the shards' source "
+                        "or data.shards to a new folder (built from data.source)")
+
+
 def _usable(shards: Path, recipe: Recipe) -> bool:
     """Whether ``shards`` holds an index this version reads. Shards an older release built from
     the recipe's own source are rebuilt; anything else is left alone and reported."""
@@ -126,20 +176,19 @@ def _usable(shards: Path, recipe: Recipe) -> bool:
         ShardIndex.load(shards)
         return True
     except DataError as exc:
-        try:
-            card = json.loads((shards / "card.json").read_text())["source"]
-        except (OSError, ValueError, KeyError):
-            card = {}
-        src = recipe.data.source
-        if card.get("kind") == src.kind and str(card.get("path")) == str(src.path):
-            logger.warning(f"rebuilding {shards} from {src.path} ({exc})")
+        if _same_source(shards_source(shards), recipe):
+            logger.warning(f"rebuilding {shards} from {recipe.data.source.path} ({exc})")
             return False
         raise
 
 
 def ensure_shards(recipe: Recipe, progress: bool = True) -> ShardIndex:
+    """The recipe's shards: built from ``data.source`` when absent, else reused only when built
+    from it (``check_provenance``)."""
     shards = Path(recipe.data.shards)
-    if not _usable(shards, recipe):
+    if _usable(shards, recipe):
+        check_provenance(shards, recipe)
+    else:
         src = recipe.data.source
         build_shards(open_source(src.kind, src.path, **src.options), shards, source_kind=src.kind,
                      source_path=src.path, shard_bytes=recipe.data.shard_bytes,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
+from ltscale.data.duplicates import NO_HASHES, hash_groups
 from ltscale.errors import ManifestError
 from ltscale.eval.metrics import classification_metrics, scalar_metrics
 from ltscale.eval.noise import noise_separation
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import test_selection
+
+logger = logging.getLogger(__name__)
+_UNCHECKED: set = set()  # indexes without image hashes already warned about
 
 
 def check_disjoint(train_manifest_ids, eval_ids, allow: bool = False, examples: int = 5) -> int:
@@ -29,11 +35,50 @@ def check_disjoint(train_manifest_ids, eval_ids, allow: bool = False, examples: 
     return int(len(overlap))
 
 
+def check_content_disjoint(index, train_manifest_ids, eval_ids, allow: bool = False,
+                           examples: int = 5) -> int | None:
+    """Refuse evaluation images that are byte-identical to training images (another row of the
+    index with the same image hash: a duplicate file, the same image in two splits); return how
+    many evaluation samples share an image with training (by row or by content). ``None``, with
+    a warning, when the index has no image hashes (built by an older ltscale)."""
+    hashes = index.image_hashes()
+    if hashes is None:
+        where = str(index.root or "(memory)")
+        if (where, index.content_hash()) not in _UNCHECKED:
+            _UNCHECKED.add((where, index.content_hash()))
+            logger.warning("test images not checked against the training images by content: "
+                           f"the index at {where} {NO_HASHES}")
+        return None
+    train = np.asarray(train_manifest_ids, dtype=np.int64)
+    evals = np.asarray(eval_ids, dtype=np.int64)
+    gid = hash_groups(np.concatenate([hashes[train], hashes[evals]]))
+    g_train, g_eval = gid[:len(train)], gid[len(train):]
+    shared = np.isin(g_eval, g_train)
+    other_row = shared & ~np.isin(evals, train)  # a row in both is check_disjoint's to refuse
+    if other_row.any() and not allow:
+        shown = []
+        for pos in np.flatnonzero(other_row)[:examples]:
+            match = train[np.flatnonzero(g_train == g_eval[pos])[0]]
+            shown.append(f"{index.key[evals[pos]]} = {index.key[match]}")
+        n = int(other_row.sum())
+        raise ManifestError(
+            f"{n} evaluation images are byte-identical to training images of the manifest "
+            f"(labeled or unlabeled; same image hash in the index at {index.root}), e.g. "
+            f"{', '.join(shown)}{' …' if n > examples else ''}. Remove the duplicates from the "
+            "dataset, or set eval.allow_overlap: true to accept them.")
+    return int(shared.sum())
+
+
 def check_eval_disjoint(ctx: Context) -> int:
-    """``check_disjoint`` for the context's training manifest and test rows."""
+    """``check_disjoint`` and ``check_content_disjoint`` for the context's training manifest and
+    test rows; returns the test samples that share an image with training (by row, and by
+    content where the index has image hashes)."""
     train_ids, _ = ctx.manifest.rows("labeled", "unlabeled")
     _, test_ids, _ = test_selection(ctx)
-    return check_disjoint(train_ids, test_ids, ctx.recipe.eval.allow_overlap)
+    allow = ctx.recipe.eval.allow_overlap
+    by_row = check_disjoint(train_ids, test_ids, allow)
+    by_content = check_content_disjoint(ctx.index, train_ids, test_ids, allow)
+    return by_row if by_content is None else by_content
 
 
 def evaluate_logits(ctx: Context, logits, targets, model: str | None = None,

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.reliability
 
 def _recipe(tmp_path: Path, data: Data, **sections) -> Path:
     raw = {"name": "bad-input", "seed": 0, "output_dir": str(tmp_path / "run"),
-           "data": {"source": {"kind": "imagefolder", "path": str(tmp_path / "no-images")},
+           "data": {"source": {"kind": "imagefolder", "path": str(data.shards.parent / "images")},
                     "shards": str(data.shards), "image_size": 16, "channels": 3,
                     "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
            "manifest": {"file": str(data.manifest)},
@@ -90,6 +90,7 @@ def test_a_recipe_naming_a_missing_manifest_file_stops_before_training(clean_dat
 def test_a_recipe_naming_missing_shards_and_source_stops_before_training(clean_data, tmp_path,
                                                                          capsys):
     recipe = _recipe(tmp_path, clean_data, data__shards=str(tmp_path / "no-shards"),
+                     data__source__path=str(tmp_path / "no-images"),
                      manifest={"imbalance": "none"})
     err = _pretrain(recipe, capsys)
     assert str(tmp_path / "no-images") in err and "not found" in err

@@ -12,8 +12,8 @@ def test_manifest_from_other_shards_is_refused(tiny_idx, tmp_path, capsys):
                  str(tmp_path / "m.npz")]) == 0
     capsys.readouterr()
     rc = main(["pretrain", "recipes/quickstart.yaml", f"data.shards={b}",
-               f"manifest.file={tmp_path / 'm.npz'}", f"output_dir={tmp_path / 'out'}",
-               "--no-track"])
+               f"data.source.path={tiny_idx}", f"manifest.file={tmp_path / 'm.npz'}",
+               f"output_dir={tmp_path / 'out'}", "--no-track"])
     err = capsys.readouterr().err
     assert rc == 2 and "was built from index" in err and str(b) in err
     assert "Traceback" not in err

@@ -135,16 +135,20 @@ def test_iter_samples_over_a_flat_tree(tmp_path):
     assert all(s.data == (root / s.meta["path"]).read_bytes() for s in samples)
 
 
-def test_links_inside_the_root_are_followed(tmp_path):
+def test_links_inside_the_class_are_followed(tmp_path):
     root = tmp_path / "tree"
     put(root, "cat/0.jpg", 1)
     put(root, "dog/0.jpg", 2)
-    (root / "cat/alias.jpg").symlink_to(root / "dog/0.jpg")
+    put(root, "dog/.kept/1.jpg", 3)
+    (root / "dog/alias.jpg").symlink_to(root / "dog/.kept/1.jpg")
     (root / "dog/loop").symlink_to(root / "dog")  # a folder link back to itself is walked once
     src = open_source("imagefolder", root)
     refs = {r.path: r for r in src.refs("train")}
-    assert sorted(refs) == ["cat/0.jpg", "cat/alias.jpg", "dog/0.jpg"]
-    assert src.read(refs["cat/alias.jpg"]) == (root / "dog/0.jpg").read_bytes()
+    assert sorted(refs) == ["cat/0.jpg", "dog/0.jpg", "dog/alias.jpg"]
+    assert src.read(refs["dog/alias.jpg"]) == (root / "dog/.kept/1.jpg").read_bytes()
+    (root / "cat/alias.jpg").symlink_to(root / "dog/0.jpg")  # into another class: refused
+    with pytest.raises(DataError, match=r"cat/alias.jpg links outside its class folder"):
+        open_source("imagefolder", root)
 
 
 # --- bad inputs --------------------------------------------------------------------------------
