@@ -109,12 +109,7 @@ def output_lock(output_dir: str | os.PathLike, what: str = "output_dir") -> Iter
     path = folder / LOCK_FILE
     fd = _open_lock(path, what, folder)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputLocked(f"{what} {folder} is in use by another ltscale run "
-                               f"({_holder(fd)}); wait for it to end or choose another "
-                               f"{what}") from None
+        _flock_or_refuse(fd, f"{what} {folder} is in use by another ltscale run", what)
         _claim(fd, path, what, folder)
         try:
             yield
@@ -123,6 +118,17 @@ def output_lock(output_dir: str | os.PathLike, what: str = "output_dir") -> Iter
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _flock_or_refuse(fd: int, busy: str, what: str) -> None:
+    """Take the exclusive lock on ``fd`` or refuse: ``busy``, the holder, what to do."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputLocked(f"{busy} ({_holder(fd)}); wait for it to end or choose another "
+                           f"{what}") from None
 
 
 def build_lock_path(out: str | os.PathLike) -> Path:
@@ -136,19 +142,14 @@ def build_lock(out: str | os.PathLike, what: str = "--out") -> Iterator[None]:
     refused naming ``out`` and the first build's pid and host. The lock file is removed (while
     still held) when the build ends; a build that opened it just before checks, once it holds
     the lock, that the path still names the file it locked, and otherwise starts over."""
-    import fcntl
 
     out = Path(out)
     path = build_lock_path(out)
     for _ in range(5):
         fd = _open_lock(path, what, out)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OutputLocked(f"{what} {out} is being written by another ltscale build "
-                                   f"({_holder(fd)}); wait for it to end or choose another "
-                                   f"{what}") from None
+            _flock_or_refuse(fd, f"{what} {out} is being written by another ltscale build",
+                             what)
             st = os.fstat(fd)
             try:
                 now = os.lstat(path)

@@ -30,21 +30,28 @@ def resolve_artifact(ref: str, kind: str, tracking_uri: str | None = None) -> Pa
         raise CheckpointError(f"{ref}: no such file or directory")
     import mlflow
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     from ltscale.track import default_tracking_uri
-    from ltscale.track.store import missing_store
+    from ltscale.track.store import check_readable, missing_store, unreadable
 
     uri = tracking_uri or default_tracking_uri()
     db = missing_store(uri)  # MLflow would create an empty database there: only read a store
     if db is not None:
         raise CheckpointError(f"--from {ref}: no such file or directory, nor a run id: the "
                               f"tracking store {uri} does not exist ({db}; nothing was created)")
+    check_readable(uri, f"--from {ref}")  # a server that does not answer: one line in seconds
     client = mlflow.MlflowClient(uri)
     try:
         run = client.get_run(ref)
-    except MlflowException:
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") not in ("RESOURCE_DOES_NOT_EXIST",
+                                                  "INVALID_PARAMETER_VALUE"):
+            raise unreadable(uri, exc) from None
         raise CheckpointError(f"{ref!r} is neither a file nor a run id in the tracking store "
-                              f"{tracking_uri or default_tracking_uri()}") from None
+                              f"{uri}") from None
+    except SQLAlchemyError as exc:
+        raise unreadable(uri, exc) from None
     tag = run.data.tags.get(f"ltscale.{kind}")
     if not tag:
         raise CheckpointError(f"MLflow run {ref} has no ltscale.{kind} tag; pass the run of a "

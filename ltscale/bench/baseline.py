@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import tempfile
 import time
 
 import torch
@@ -41,7 +42,7 @@ def same_settings(ctx, epochs: int) -> PlainSettings:
     return PlainSettings(network=net.name, epochs=epochs, batch_size=s.batch_size, lr=lr,
                          momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay,
                          decay_norm_bias=o.decay_norm_bias, schedule=o.schedule,
-                         warmup=o.warmup_epochs / epochs,
+                         warmup=o.warmup_for(epochs) / epochs,
                          padding=padding, flip=s.augment.flip is not False,
                          loss=s.loss.name, drop_last=True, seed=ctx.recipe.seed)
 
@@ -61,34 +62,45 @@ def _ltscale(ctx) -> dict:
 def bench_baseline(recipe_path: str, overrides: list[str], draws: tuple[int, ...],
                    threads: int | None = None, log=print) -> dict:
     from ltscale.config.loading import load_recipe
-    from ltscale.stages.context import make_context
-    from ltscale.stages.loaders import test_selection
 
     if threads:
         torch.set_num_threads(threads)
     rows = []
     for d in draws:
         recipe = load_recipe(recipe_path, [*overrides, f"manifest.seed={d}"])
-        recipe.output_dir = f"{recipe.output_dir}/bench_baseline/draw{d}"
-        ctx = make_context(recipe, None, progress=False)
-        epochs = recipe.baselines.ce_scratch.epochs
-        split, test_rows, _ = test_selection(ctx)
-        data = load_data(recipe.data.shards, ctx.manifest, test_rows, recipe.data.channels,
-                         recipe.data.mean, recipe.data.std)
-        same = same_settings(ctx, epochs)
-        plain = dataclasses.replace(PlainSettings(), network=same.network, epochs=epochs,
-                                    loss=same.loss, seed=recipe.seed)
-        row = {"draw": d, "manifest": ctx.manifest.hash, "ltscale": _ltscale(ctx),
-               "same": train_and_test(data, same), "plain": train_and_test(data, plain)}
-        rows.append(row)
-        log(f"draw {d}: " + ", ".join(f"{k} {100 * row[k]['top1']:.2f}"
-                                      for k in ("ltscale", "same", "plain")))
+        with tempfile.TemporaryDirectory(prefix="ltscale-bench-baseline-") as tmp:
+            recipe.output_dir = tmp  # a fresh run: no checkpoint of an earlier one is resumed
+            rows.append(_draw(recipe, d, log))
+    same, plain = rows[-1].pop("settings")
+    for r in rows:
+        r.pop("settings", None)
     result = {"recipe": recipe_path, "overrides": overrides, "draws": list(draws), "rows": rows,
               "settings": {"same": dataclasses.asdict(same), "plain": dataclasses.asdict(plain)}}
     result["summary"] = {k: _mean_std([r[k]["top1"] for r in rows])
                          for k in ("ltscale", "same", "plain")}
     log(table(result))
     return result
+
+
+def _draw(recipe, d: int, log) -> dict:
+    """The three networks on manifest draw ``d``."""
+    from ltscale.stages.budget import scratch_epochs
+    from ltscale.stages.context import make_context
+    from ltscale.stages.loaders import test_selection
+
+    ctx = make_context(recipe, None, progress=False)
+    epochs = scratch_epochs(ctx)  # the recipe's epochs, or its matched budget's
+    _, test_rows, _ = test_selection(ctx)
+    data = load_data(recipe.data.shards, ctx.manifest, test_rows, recipe.data.channels,
+                     recipe.data.mean, recipe.data.std)
+    same = same_settings(ctx, epochs)
+    plain = dataclasses.replace(PlainSettings(), network=same.network, epochs=epochs,
+                                loss=same.loss, seed=recipe.seed)
+    row = {"draw": d, "manifest": ctx.manifest.hash, "ltscale": _ltscale(ctx),
+           "same": train_and_test(data, same), "plain": train_and_test(data, plain)}
+    log(f"draw {d}: " + ", ".join(f"{k} {100 * row[k]['top1']:.2f}"
+                                  for k in ("ltscale", "same", "plain")))
+    return row | {"settings": (same, plain)}
 
 
 def _mean_std(values: list[float]) -> dict:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    previous_term = _terminate_like_interrupt()
+    previous = _stop_signals_raise()
     try:
         return int(args.func(args) or 0)
     except LtscaleError as exc:
@@ -54,28 +54,59 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ltscale: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: every open MLflow run ends KILLED, then exit 143."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+_forks = {"open": 0, "hooked": False}  # forks of this process under way (loader workers)
 
 
-def _terminate_like_interrupt():
+def _on_stop_signal(signum, frame):
+    """SIGTERM raises ``Terminated``, SIGINT ``KeyboardInterrupt`` — except while this process
+    forks: raised then, in an at-fork hook (logging's), the exception would be swallowed
+    ("Exception ignored in …") and the signal lost, so it is sent again once the fork is done."""
+    if _forks["open"]:
+        import threading
+
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _fork_starts():
+    _forks["open"] += 1
+
+
+def _fork_done():
+    _forks["open"] = max(0, _forks["open"] - 1)
+
+
+def _fork_child():
+    _forks["open"] = 0
+
+
+def _stop_signals_raise() -> dict:
     """Make SIGTERM raise ``Terminated`` when nobody else handles it (a submitit job or a test
-    harness may have its own handler, which is kept). Returns the handler to restore."""
+    harness may have its own handler, which is kept) and SIGINT ``KeyboardInterrupt`` (Python's
+    default, but not lost during a fork). Returns the handlers to restore."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return None
-    return signal.signal(signal.SIGTERM, _on_sigterm)
+        return {}
+    if not _forks["hooked"]:
+        os.register_at_fork(before=_fork_starts, after_in_parent=_fork_done,
+                            after_in_child=_fork_child)
+        _forks["hooked"] = True
+    previous = {}
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL),
+                         (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is default:
+            previous[sig] = signal.signal(sig, _on_stop_signal)
+    return previous
 
 
 _OS_HINTS = {errno.EROFS: "the file system is read-only",

@@ -19,7 +19,16 @@ def recipe_from_args(args):
     recipe = load_recipe(args.recipe, overrides)
     check_data_flag(recipe, getattr(args, "data", None))
     check_output_dir(recipe)
+    check_device(recipe)
     return recipe
+
+
+def check_device(recipe) -> None:
+    """``device: cuda`` where torch sees no GPU: refused before any work."""
+    if recipe.device == "cuda":
+        from ltscale.engine.backend import check_cuda
+
+        check_cuda()
 
 
 def check_output_dir(recipe) -> None:
@@ -110,9 +119,10 @@ def stage_run(recipe, tracker, stage: str, tags: dict | None = None):
     from ltscale.lock import output_lock
     from ltscale.stages.context import make_context
 
-    with output_lock(recipe.output_dir), \
-            tracker.run(f"{recipe.name}/{stage}", tags={"ltscale.stage": stage}):
-        ctx = make_context(recipe, tracker)
-        tracker.set_tags(ctx.tags(stage) | (tags or {}))
-        tracker.log_params(flatten(ctx.recipe.model_dump()))
-        yield ctx
+    with output_lock(recipe.output_dir):
+        tracker.use_folder(recipe.output_dir)  # runs a killed process left open: KILLED
+        with tracker.run(f"{recipe.name}/{stage}", tags={"ltscale.stage": stage}):
+            ctx = make_context(recipe, tracker)
+            tracker.set_tags(ctx.tags(stage) | (tags or {}))
+            tracker.log_params(flatten(ctx.recipe.model_dump()))
+            yield ctx

@@ -56,7 +56,8 @@ def cmd_compare(args):
     uri = args.tracking_uri or default_tracking_uri()
     if args.reference:
         return _compare_reference(args, uri)
-    runs = c.filter_runs(c.load_runs(args.experiment, uri, stage=args.stage), args.where)
+    runs = c.filter_runs(_read_runs(uri, c.load_runs, args.experiment, uri, stage=args.stage),
+                         args.where)
     notes: list[str] = []  # logged once every output is known to be writable
     metrics = c.resolve_metrics(runs, args.metric, notes)
     group_by = list(args.group_by)
@@ -86,6 +87,22 @@ def cmd_compare(args):
         else:
             print(f"plot: {c.plot_curves(groups, group_by, args.x, m, path, args.force)}")
     return 0
+
+
+def _read_runs(uri: str, load, *args, **kwargs) -> list[dict]:
+    """``load(*args, **kwargs)`` from the store ``uri``, checked first (a server that does not
+    answer, a missing, damaged or non-SQLite file: one line within seconds); an MLflow or
+    database error while reading is one line naming the store too."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ltscale.track.store import check_readable, unreadable
+
+    check_readable(uri, "no runs to compare")
+    try:
+        return load(*args, **kwargs)
+    except (MlflowException, SQLAlchemyError) as exc:
+        raise unreadable(uri, exc) from None
 
 
 def _condition_keys(runs: list[dict], group_by: list[str], pivot: bool,
@@ -135,7 +152,7 @@ def _compare_reference(args, uri: str) -> int:
     recipe = load_recipe(args.reference)
     if recipe.reference is None:
         raise LtscaleError(f"{args.reference} has no reference: section (the paper's figures)")
-    runs = ref.load_model_runs(args.experiment, uri)
+    runs = _read_runs(uri, ref.load_model_runs, args.experiment, uri)
     _check_outputs(uri, args, [(args.out, "--out")])
     rows = ref.reference_rows(recipe, runs)
     print(f"{recipe.reference.paper}, {recipe.reference.table}: paper vs ours "

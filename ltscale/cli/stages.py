@@ -58,11 +58,12 @@ def cmd_finetune(args):
 
 def cmd_eval(args):
     from ltscale.resolve import resolve_artifact
-    from ltscale.stages.eval_head import evaluate_head, head_encoder
+    from ltscale.stages.eval_head import check_head_fits, evaluate_head, head_encoder
 
     recipe = common.recipe_from_args(args)
     head_path = resolve_artifact(args.source, "head", recipe.tracking.uri)
     encoder_ref = head_encoder(head_path)  # refused before any work if it changed
+    check_head_fits(head_path, encoder_ref, recipe.data)  # or was trained on another dataset
     tracker = common.tracker(recipe, not args.no_track)
     with common.stage_run(recipe, tracker, "eval", {"ltscale.head": str(head_path)}
                           | common.source_tags(args.source)) as ctx:
@@ -87,6 +88,7 @@ def cmd_run(args, scratch_only: bool = False):
     for _, recipe in points:
         common.check_data_flag(recipe, getattr(args, "data", None))
         common.check_output_dir(recipe)
+        common.check_device(recipe)
         if scratch_only and not recipe.baselines.ce_scratch.enabled:
             raise RecipeError("ltscale scratch trains the recipe's from-scratch networks, but "
                               "baselines.ce_scratch.enabled is false; set it to true")
@@ -104,6 +106,7 @@ def _run_one(recipe, args, shared: dict | None = None, scratch_only: bool = Fals
 
     tracker = common.tracker(recipe, not args.no_track)
     with output_lock(recipe.output_dir):
+        tracker.use_folder(recipe.output_dir)  # runs a killed process left open: KILLED
         summary = run_pipeline(recipe, tracker, shared=shared, scratch_only=scratch_only)
     uri = recipe.tracking.uri or default_tracking_uri()
     print()

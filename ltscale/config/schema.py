@@ -7,6 +7,7 @@ was expected.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import Annotated, Any, Literal
 
@@ -51,9 +52,25 @@ class DataCfg(Section):
     shard_bytes: int = Field(1 << 30, gt=0)
     image_size: int = Field(28, gt=0)
     channels: Literal[1, 3] = 1
-    mean: list[float] = [0.286]
-    std: list[float] = [0.353]
+    # one value per channel (the defaults too: checked against data.channels)
+    mean: list[float] = Field([0.286], validate_default=True)
+    std: list[float] = Field([0.353], validate_default=True)
     eval_crop_fraction: float | None = Field(None, gt=0, le=1)  # None: 0.875 from 96 px, else 1
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_per_channel(cls, v, info):
+        """One finite value per channel; a standard deviation above 0 (images are divided by
+        it: a 0 makes every pixel infinite)."""
+        channels = info.data.get("channels")
+        if channels is not None and len(v) != channels:
+            raise ValueError(f"{len(v)} value(s) but data.channels is {channels}; give one "
+                             "value per channel")
+        if not all(math.isfinite(x) for x in v):
+            raise ValueError("every value must be a finite number")
+        if info.field_name == "std" and any(x <= 0 for x in v):
+            raise ValueError("a standard deviation must be above 0 (images are divided by it)")
+        return v
 
 
 def _check(parse, value, result: bool = False):

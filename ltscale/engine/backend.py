@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
-from ltscale.errors import CheckpointError
+from ltscale.errors import CheckpointError, RecipeError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -38,13 +38,27 @@ def channels_last(batch: torch.Tensor) -> torch.Tensor:
     return batch
 
 
+def check_cuda() -> None:
+    """Refuse ``device: cuda`` on a machine where torch sees no GPU, saying why."""
+    if torch.cuda.is_available():
+        return
+    import os
+
+    if torch.version.cuda is None:
+        why = f"this torch ({torch.__version__}) is built without CUDA"
+    elif os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        why = f"no GPU is visible (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r})"
+    else:
+        why = "torch finds no GPU or driver on this machine"
+    raise RecipeError(f"device: cuda, but {why}; set device=cpu, or device=auto to use a GPU "
+                      "only where there is one")
+
+
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("device: cuda was requested but CUDA is not available on this "
-                               "machine")
+        check_cuda()
         return torch.device("cuda", local_rank)
     return torch.device(name)
 

@@ -19,9 +19,45 @@ from ltscale.errors import CheckpointError
 logger = logging.getLogger(__name__)
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (no space, quota, I/O error); nothing was replaced."""
+
+
+class _File:
+    """The file ``torch.save`` writes through, keeping the operating system's error of a write:
+    torch reports a failed write only as "unexpected pos N vs M"."""
+
+    def __init__(self, fh):
+        self.fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``state`` to ``path`` atomically. A write that fails (the disk fills, a quota, an I/O
+    error) raises ``CheckpointWriteError`` naming ``path`` and the cause; the half-written
+    temporary file is removed and ``path`` keeps what it held."""
+    out = None
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                out = _File(fh)
+                torch.save(state, out)
+    except (OSError, RuntimeError) as exc:
+        cause = out.error if out is not None and out.error is not None else exc
+        if not isinstance(cause, OSError):
+            raise
+        what = cause.strerror or str(cause) or type(cause).__name__
+        raise CheckpointWriteError(f"checkpoint {path} could not be written: {what} "
+                                   f"(errno {cause.errno})") from None
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -134,11 +170,17 @@ class CheckpointManager:
         rngs = self.backend.all_gather_object(rng_state())
         target = self.target(state.step)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.backend.save(target, {
-            "sampler": sampler.state_dict(), "epoch": state.epoch, "step": state.step,
-            "epoch_step": state.epoch_step, "history": state.history, "rng": rngs,
-            "fingerprint": self.fingerprint, "world_size": self.backend.world_size},
-            model, optimizer)
+        try:
+            self.backend.save(target, {
+                "sampler": sampler.state_dict(), "epoch": state.epoch, "step": state.step,
+                "epoch_step": state.epoch_step, "history": state.history, "rng": rngs,
+                "fingerprint": self.fingerprint, "world_size": self.backend.world_size},
+                model, optimizer)
+        except CheckpointWriteError as exc:  # the files of earlier saves are all still there
+            raise CheckpointWriteError(
+                f"{self.desc}: {exc} (step {state.step}); the newest complete checkpoint is "
+                f"still {self.last_good or 'none (this was the first)'}: free space and run the "
+                "same command again to resume from it") from None
         self.last_good = target
         if self.backend.is_main:
             for old in self.foreign + checkpoint_files(self.path)[self.keep:]:

@@ -82,3 +82,19 @@ def reset() -> None:
         signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
     _state.update(previous={}, signum=None)
     _requested.clear()
+
+
+def quiet_worker(worker_id: int | None = None, then=None) -> None:
+    """A loader worker's ``worker_init_fn``. A signal to the whole process group (Ctrl-C,
+    ``timeout``, SLURM's ``scancel``) reaches the workers too; the main process handles it
+    (its runs end KILLED, exit 143/130), so a worker must not die of it with torch's "DataLoader
+    worker … killed by signal" in the main process: it ignores SIGINT, and SIGTERM ends it at
+    once with status 0, which the main process does not count as a failure. (Ignoring SIGTERM
+    as well would leave a worker that multiprocessing's exit handler cannot terminate, and that
+    exit would wait for it forever.) ``then``: a ``worker_init_fn`` set before, called after."""
+    import os
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    if then is not None:
+        then(worker_id)

@@ -29,6 +29,34 @@ def head_encoder(head_path) -> str:
     return encoder_ref
 
 
+def check_head_fits(head_path, encoder_ref: str, data) -> None:
+    """A head trained on another dataset is refused before any work, naming both: its encoder's
+    input channels against ``data.channels`` and, once the recipe's dataset is built, its class
+    count against that dataset's."""
+    from ltscale.data.index import ShardIndex
+    from ltscale.stages.pretrain import read_encoder_file
+
+    chans = int(read_encoder_file(encoder_ref)["in_chans"])
+    if chans != data.channels:
+        raise CheckpointError(f"{head_path} was trained on {chans}-channel images (encoder "
+                              f"{encoder_ref}) but this recipe's dataset {data.shards} has "
+                              f"data.channels {data.channels}; evaluate it with the recipe it "
+                              "was trained with, or fine-tune a head on this dataset")
+    if not (Path(data.shards) / "index.npz").exists():
+        return  # built by the stage; head_from_file compares the class counts then
+    saved = load_checkpoint(head_path)
+    spec = saved.get("spec") or {}
+    weight = saved.get("state_dict", {}).get("weight")
+    classes = saved.get("num_classes") or spec.get("num_classes") or (
+        int(weight.shape[0]) if weight is not None else None)
+    index = ShardIndex.load(data.shards)
+    if classes is not None and int(classes) != index.num_classes:
+        raise CheckpointError(f"{head_path} is a head for {int(classes)} classes but this "
+                              f"recipe's dataset {data.shards} has {index.num_classes}; evaluate "
+                              "it with the recipe it was trained with, or fine-tune a head on "
+                              "this dataset")
+
+
 def check_head_encoder(head_path, encoder_ref: str, recorded: str | None) -> None:
     """A head is evaluated only with the very encoder it was trained on: the file at its
     recorded path must still hold the content whose SHA-256 the head recorded."""
@@ -51,7 +79,7 @@ def check_head_encoder(head_path, encoder_ref: str, recorded: str | None) -> Non
 def evaluate_head(ctx: Context, head_path, encoder_ref: str) -> tuple[dict, dict]:
     """(metrics, report paths) of the head on the test selection; the report lands in
     ``OUTPUT_DIR/eval_report``."""
-    encoder = load_encoder(encoder_ref).to(ctx.device)
+    encoder = load_encoder(encoder_ref, in_chans=ctx.recipe.data.channels).to(ctx.device)
     feats, targets = encode(encoder, test_loader(ctx), ctx.device)
     with torch.no_grad():
         logits = head_from_file(head_path, ctx.index.num_classes)(feats)

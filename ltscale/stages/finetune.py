@@ -31,6 +31,7 @@ from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.sampling import EpochSampler
+from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
 from ltscale.errors import CheckpointError, RecipeError
 from ltscale.finetune.cache import (
     FORMAT,
@@ -272,13 +273,13 @@ def _save_head(ctx: Context, path: Path, head: Head, head_encoder: Path | None,
     """``head.pt``, written by rank 0 (every rank trained the same head on the same cache)."""
     f = ctx.recipe.finetune
     if ctx.backend.is_main:
-        with atomic_path(path) as tmp:
-            torch.save({"format": HEAD_FORMAT, "spec": head.spec, "state_dict": head.state_dict(),
-                        "num_classes": ctx.index.num_classes, "mode": f.mode,
-                        "classifier_stage": f.classifier_stage,
-                        "encoder": str(head_encoder) if head_encoder else None,
-                        # the encoder's file content: evaluation refuses one that changed since
-                        "encoder_sha256": digest if head_encoder else None}, tmp)
+        save_checkpoint(path, {
+            "format": HEAD_FORMAT, "spec": head.spec, "state_dict": head.state_dict(),
+            "num_classes": ctx.index.num_classes, "mode": f.mode,
+            "classifier_stage": f.classifier_stage,
+            "encoder": str(head_encoder) if head_encoder else None,
+            # the encoder's file content: evaluation refuses one that changed since
+            "encoder_sha256": digest if head_encoder else None})
 
 
 def run_finetune(ctx: Context, encoder, name: str = "finetune",
@@ -376,8 +377,6 @@ def head_from_file(path: Path, num_classes: int | None = None) -> nn.Module:
     """Rebuild the head saved by ``run_finetune`` (any mode / classifier stage): a module mapping
     encoder features to logits. With ``num_classes`` (the dataset's), a head for another number
     of classes is refused."""
-    from ltscale.engine.checkpoint import load_checkpoint
-
     saved = load_checkpoint(path)
     if "state_dict" not in saved:
         raise CheckpointError(f"{path} is not an ltscale head file (expected the head.pt that "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import torch
 
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
@@ -10,6 +13,7 @@ from ltscale.data.dataset import ManifestDataset, balanced_rows
 from ltscale.data.loading import LoaderSettings, build_loader
 from ltscale.data.sampling import EpochSampler
 from ltscale.data.verify import check_shards
+from ltscale.engine import preempt
 from ltscale.stages.context import Context
 
 
@@ -25,9 +29,21 @@ def stage_loader(ctx: Context, dataset, sampler, workers: int, preset=None, eval
     d = ctx.recipe.data
     if not (d.loader.backend == "stream" and d.loader.urls):  # remote shards: nothing local
         check_shards(ctx.index, dataset.rows, d.loader.check)
-    return build_loader(dataset, sampler, settings(ctx, workers), device=ctx.device,
-                        mean=d.mean, std=d.std, preset=preset, eval_spec=evaluation,
-                        channels=d.channels)
+    loader = build_loader(dataset, sampler, settings(ctx, workers), device=ctx.device,
+                          mean=d.mean, std=d.std, preset=preset, eval_spec=evaluation,
+                          channels=d.channels)
+    quiet_workers(loader)
+    return loader
+
+
+def quiet_workers(loader) -> None:
+    """A torch DataLoader behind ``loader`` starts its workers with ``preempt.quiet_worker``: a
+    signal to the process group is handled by the main process alone (its MLflow runs end
+    KILLED, exit 143/130), without a worker's traceback."""
+    inner = getattr(loader, "loader", None)
+    if isinstance(inner, torch.utils.data.DataLoader) and inner.num_workers > 0:
+        inner.worker_init_fn = functools.partial(preempt.quiet_worker,
+                                                 then=inner.worker_init_fn)
 
 
 def train_loader(ctx: Context, *, augment, batch_size: int, workers: int, seed: int,

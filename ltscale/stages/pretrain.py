@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltscale.atomic import atomic_path
 from ltscale.config.overrides import flatten
-from ltscale.engine.checkpoint import latest_checkpoint, load_checkpoint
+from ltscale.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ltscale.engine.knn import KnnMonitor
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
@@ -60,8 +59,7 @@ def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
         saved["projector"] = {"dims": dims,
                               "state_dict": {k: v.cpu() for k, v in projector.state_dict().items()}}
     if ctx.backend.is_main:  # every rank holds the same weights; one writes them
-        with atomic_path(path) as tmp:
-            torch.save(saved, tmp)
+        save_checkpoint(path, saved)  # atomic; a full disk names the file
     ctx.backend.barrier()
     return path
 

@@ -24,6 +24,7 @@ from ltscale.data.augment import make_preset
 from ltscale.data.augment_torch import TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.sampling import EpochSampler
+from ltscale.engine.checkpoint import save_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import RecipeError
@@ -133,11 +134,10 @@ def _save_head(path: Path, method, encoder_path: Path, ctx: Context) -> None:
                           kind=kind, bias=kind == "linear"))
     head.classifier.load_state_dict(method.classifier.state_dict())
     if ctx.backend.is_main:
-        with atomic_path(path) as tmp:
-            torch.save({"format": HEAD_FORMAT, "spec": head.spec,
-                        "state_dict": {k: v.cpu() for k, v in head.state_dict().items()},
-                        "num_classes": ctx.index.num_classes, "mode": "full",
-                        "classifier_stage": "none", "encoder": str(encoder_path)}, tmp)
+        save_checkpoint(path, {"format": HEAD_FORMAT, "spec": head.spec,
+                               "state_dict": {k: v.cpu() for k, v in head.state_dict().items()},
+                               "num_classes": ctx.index.num_classes, "mode": "full",
+                               "classifier_stage": "none", "encoder": str(encoder_path)})
 
 
 def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,

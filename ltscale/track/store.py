@@ -37,3 +37,48 @@ def require_store(uri: str, why: str = "nothing to read") -> None:
         raise NoStore(f"tracking store {uri}: {db} does not exist ({why}); pass --tracking-uri "
                       "or set MLFLOW_TRACKING_URI to the store holding the runs (nothing was "
                       "created)")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_readable(uri: str, why: str = "nothing to read") -> None:
+    """Before a command reads runs: an ``http(s)`` server must answer within seconds (MLflow
+    itself retries for minutes), and a SQLite store must exist and be an SQLite database that
+    opens; each failure is one ``NoStore`` line naming the URI and the file or the cause."""
+    if uri.startswith(("http://", "https://")):
+        from ltscale.launch.preflight import check_tracking
+
+        check_tracking(uri, timeout_s=5.0)
+        return
+    require_store(uri, why)
+    db = sqlite_file(uri)
+    if db is None:
+        return
+    if db.is_dir():
+        raise NoStore(f"tracking store {uri}: {db} is a folder, not an SQLite database file")
+    with open(db, "rb") as fh:
+        head = fh.read(len(SQLITE_HEADER))
+    if head and head != SQLITE_HEADER:
+        raise NoStore(f"tracking store {uri}: {db} is not an SQLite database (it does not "
+                      "start with 'SQLite format 3'); pass --tracking-uri or set "
+                      "MLFLOW_TRACKING_URI to the mlflow.db holding the runs")
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise NoStore(f"tracking store {uri}: {db} cannot be read as an SQLite database "
+                      f"({exc}); it may be damaged or cut short") from None
+
+
+def unreadable(uri: str, exc: BaseException) -> NoStore:
+    """One line for an error of MLflow or its database layer while reading ``uri``."""
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    where = f" ({sqlite_file(uri)})" if sqlite_file(uri) is not None else ""
+    return NoStore(f"tracking store {uri}{where} cannot be read ({type(exc).__name__}: "
+                   f"{first[:300]})")

@@ -4,6 +4,7 @@ get ``NullTracker``. mlflow is imported only here, and only when a run starts.""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import time
@@ -33,6 +34,10 @@ class Tracker(Protocol):
 
     def log_text(self, text: str, artifact_file: str) -> None: ...
 
+    def log_dataset(self, name: str, digest: str, source: str) -> None: ...
+
+    def use_folder(self, folder: str | Path) -> None: ...
+
 
 class NullTracker:
     run_id = None
@@ -55,6 +60,21 @@ class NullTracker:
 
     def log_text(self, text, artifact_file):
         pass
+
+    def log_dataset(self, name, digest, source):
+        pass
+
+    def use_folder(self, folder):
+        pass
+
+
+# The experiment tag MLflow's UI reads to choose an experiment's first page: without it, MLflow 3
+# opens a new experiment on its GenAI "Overview"; this kind opens the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Tags that describe a stage's training data (``Context.tags``): a run given all of them, at its
+# start or later, also gets that manifest as an MLflow dataset input (the runs table's Dataset
+# column), wherever the stage's run was started.
+DATASET_TAGS = ("ltscale.dataset", "ltscale.manifest_hash", "ltscale.shards")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -103,12 +123,13 @@ class MlflowTracker:
     ends with an exception is marked FAILED with the error in ``ltscale.error`` (KILLED when the
     process is told to exit, e.g. preempted). With a ledger (``$LTSCALE_MLFLOW_LEDGER``, set by
     ``ltscale submit``) a requeued job continues its previous runs and skips every metric step
-    they already hold, so no step is logged twice."""
+    they already hold, so no step is logged twice. The experiment is tagged to open on the runs
+    table (``EXPERIMENT_KIND``); a run given a stage's ``DATASET_TAGS`` gets its manifest as
+    dataset input; ``use_folder`` records the open runs in the output folder
+    (``track.open_runs``)."""
 
     def __init__(self, uri: str | None = None, experiment: str = "ltscale",
                  ledger: RunLedger | None = None):
-        import logging
-
         import mlflow
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -116,8 +137,13 @@ class MlflowTracker:
         self.uri = uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         with _store_lock(self.uri):  # the first process creates the tables, the others wait
-            _retry(mlflow.set_experiment, experiment)
+            exp = _retry(mlflow.set_experiment, experiment)
+        if EXPERIMENT_KIND[0] not in (exp.tags or {}):  # a kind chosen in the UI is kept
+            _retry(mlflow.MlflowClient(self.uri).set_experiment_tag, exp.experiment_id,
+                   *EXPERIMENT_KIND)
         self.experiment = experiment
+        self._record = None  # track.open_runs.OpenRuns of the output folder (use_folder)
+        self._open: list[str] = []
         self.ledger = ledger if ledger is not None else RunLedger.from_env()
         self._path: list[str] = []
         self._opened: dict[str, int] = {}
@@ -160,7 +186,9 @@ class MlflowTracker:
             tags["ltscale.parent_run"] = parent
         key, run = self._start(name, nested, tags)
         self._path.append(key.rsplit("/", 1)[-1])
+        self._note_open(run.info.run_id, True)
         try:
+            self._dataset_from(tags)
             yield run
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -170,11 +198,46 @@ class MlflowTracker:
                 _retry(self._mlflow.set_tag, "ltscale.error",
                        f"{type(exc).__name__}: {exc}"[:5000])
             _retry(self._mlflow.end_run, status)
+            self._note_open(run.info.run_id, False)
             raise
         else:
             _retry(self._mlflow.end_run, "FINISHED")
+            self._note_open(run.info.run_id, False)
         finally:
             self._path.pop()
+
+    def use_folder(self, folder: str | Path) -> None:
+        """Record the runs this process opens in ``folder`` (``track.open_runs``; call it
+        holding the folder's lock), after marking KILLED those a killed process left RUNNING."""
+        from ltscale.track.open_runs import OpenRuns
+
+        self._record = OpenRuns(folder, self.uri)
+        self._record.close_left_open(self._mlflow.MlflowClient(self.uri), _retry)
+
+    def _note_open(self, run_id: str, opened: bool) -> None:
+        if opened:
+            self._open.append(run_id)
+        elif run_id in self._open:
+            self._open.remove(run_id)
+        if self._record is not None:
+            self._record.write(self._open)
+
+    def log_dataset(self, name: str, digest: str, source: str) -> None:
+        """The active run's training data as an MLflow dataset input: ``name``, ``digest`` (the
+        manifest hash) and ``source`` (the shards folder)."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local path
+            warnings.simplefilter("ignore")
+            dataset = MetaDataset(resolve_dataset_source(str(source)), name=name, digest=digest)
+        _retry(self._mlflow.log_input, dataset, context="training")
+
+    def _dataset_from(self, tags: dict) -> None:
+        if all(k in tags for k in DATASET_TAGS):
+            self.log_dataset(*(str(tags[k]) for k in DATASET_TAGS))
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [(k, "null" if v is None else str(v)[:6000]) for k, v in params.items()]
@@ -192,6 +255,7 @@ class MlflowTracker:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         _retry(self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
+        self._dataset_from(tags)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(self._mlflow.log_artifact, str(path), artifact_path)

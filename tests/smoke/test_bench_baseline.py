@@ -37,6 +37,9 @@ def test_same_settings_translate_the_recipe(tiny_idx, tmp_path):
     assert s.lr == pytest.approx(0.1 * 8 / 256)  # scale_lr: the recipe's lr is per 256
     assert s.warmup == pytest.approx(0.25) and s.nesterov and s.decay_norm_bias and s.drop_last
     raw = _raw(tiny_idx, tmp_path)
+    raw["baselines"]["ce_scratch"]["optim"] = {}  # the defaults: a 30 % warm-up share
+    assert same_settings(make_context(recipe_from_dict(raw), progress=False), 5).warmup == \
+        pytest.approx(0.3)
     raw["baselines"]["ce_scratch"]["loss"] = {"name": "la_sl"}
     with pytest.raises(RecipeError, match="la_sl"):
         same_settings(make_context(recipe_from_dict(raw), progress=False), 2)

@@ -194,3 +194,25 @@ def test_fractions_show_as_percent_and_other_metrics_as_logged():
     assert format_metric("pretrain/seconds", 153.6, 12.5) == "153.60 ± 12.50"
     assert format_metric("pretrain/seconds", 153.6, None) == "153.60"
     assert format_metric("pretrain/seconds", None, None) == "n/a"
+
+
+def test_budget_columns_appear_beside_accuracy_when_runs_have_them(tmp_path, capsys):
+    """Runs that logged budget/* (every evaluated model since budgets exist) show images seen,
+    steps and seconds by default, as counts and seconds, not percent."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("budget")
+    for seed in (0, 1):
+        rid = client.create_run(exp, tags={"ltscale.stage": "eval",
+                                           "ltscale.model": "simsiam + la_sl"}).info.run_id
+        client.log_param(rid, "seed", seed)
+        for m, v in {"test/many": 0.7, "test/medium": 0.6, "test/few": 0.5, "test/top1": 0.65,
+                     "budget/images": 208404, "budget/steps": 812,
+                     "budget/seconds": 160.0 + seed}.items():
+            client.log_metric(rid, m, v)
+        client.set_terminated(rid, "FINISHED")
+    assert main(["compare", "budget", "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("|"))
+    assert "budget/images" in header and "budget/steps" in header and "budget/seconds" in header
+    assert "| 208404 |" in out.replace(" ± 0 |", " |") and "160.50 ± 0.71" in out

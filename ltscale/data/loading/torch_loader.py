@@ -7,6 +7,8 @@ prefetch ``settings.prefetch`` batches each, and batches are pinned when the dev
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from ltscale.data.loading.base import EpochStats, LoaderSettings, Normalizer, report_skipped
@@ -57,7 +59,8 @@ class TorchLoader:
             # its own generator: starting an epoch must not draw from the global RNG that
             # dropout & co. use (a resumed run would otherwise shift their stream)
             generator=torch.Generator().manual_seed(sampler.seed),
-            prefetch_factor=settings.prefetch if workers > 0 else None)
+            prefetch_factor=settings.prefetch if workers > 0 else None,
+            worker_init_fn=_inherited_objects_stay_uncollected if workers > 0 else None)
         self.stats = EpochStats()
 
     def __len__(self) -> int:
@@ -84,3 +87,11 @@ class TorchLoader:
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
         self.loader._iterator = None
+
+
+def _inherited_objects_stay_uncollected(worker_id: int) -> None:
+    """A worker's first act: the objects it inherited from the parent by fork are never
+    collected in it (``gc.freeze``). Their finalisers belong to the parent: a DALI pipeline left
+    in a reference cycle, collected in a worker, hangs there in its shutdown (its threads were
+    not forked); and no inherited page is written by the collector (copy-on-write stays shared)."""
+    gc.freeze()
