@@ -62,13 +62,23 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: every open MLflow run ends KILLED, then exit 143."""
 
 
-_forks = {"open": 0, "hooked": False}  # forks of this process under way (loader workers)
+_forks = {"open": 0, "hooked": False, "owner": None}  # forks under way (loader workers)
 
 
 def _on_stop_signal(signum, frame):
     """SIGTERM raises ``Terminated``, SIGINT ``KeyboardInterrupt`` — except while this process
     forks: raised then, in an at-fork hook (logging's), the exception would be swallowed
-    ("Exception ignored in …") and the signal lost, so it is sent again once the fork is done."""
+    ("Exception ignored in …") and the signal lost, so it is sent again once the fork is done.
+
+    In a forked child that has not yet replaced this handler (a loader worker between its fork
+    and its ``worker_init_fn``, which installs ``quiet_worker``) the child follows the same rule
+    as ``quiet_worker``: SIGINT is ignored and SIGTERM ends it at once with status 0. The main
+    process handles the stop; an exception raised in the child's start-up would print a
+    traceback and exit 1, which the main process reports as a failed worker."""
+    if _forks["owner"] is not None and os.getpid() != _forks["owner"]:
+        if signum == signal.SIGTERM:
+            os._exit(0)
+        return
     if _forks["open"]:
         import threading
 
@@ -101,6 +111,7 @@ def _stop_signals_raise() -> dict:
         os.register_at_fork(before=_fork_starts, after_in_parent=_fork_done,
                             after_in_child=_fork_child)
         _forks["hooked"] = True
+    _forks["owner"] = os.getpid()
     previous = {}
     for sig, default in ((signal.SIGTERM, signal.SIG_DFL),
                          (signal.SIGINT, signal.default_int_handler)):

@@ -324,6 +324,36 @@ def test_a_signal_that_arrives_while_the_process_forks_is_not_lost():
     assert "Exception ignored" not in proc.stderr, proc.stderr
 
 
+def test_a_forked_child_before_its_own_handlers_ignores_sigint_and_ends_quietly_on_sigterm():
+    """A loader worker hit by a group signal between its fork and its ``worker_init_fn`` (CI saw
+    it: a traceback from multiprocessing's start-up, exit 1, and "DataLoader worker exited
+    unexpectedly" in the main process) must neither raise nor exit non-zero."""
+    code = (
+        "import os, signal, time\n"
+        "from ltscale import cli\n"
+        "cli._stop_signals_raise()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.2)\n"
+        "    print('child survived SIGINT', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(10)\n"
+        "    os._exit(3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print('child status', os.waitstatus_to_exitcode(status))\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(10)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('parent interrupted')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert proc.stdout.split("\n")[:3] == ["child survived SIGINT", "child status 0",
+                                           "parent interrupted"], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 # --- the MLflow UI -----------------------------------------------------------------------------
 def test_runs_table_first_and_the_manifest_as_each_stages_dataset(tiny):
     from ltscale.config.loading import load_recipe
