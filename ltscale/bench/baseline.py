@@ -59,31 +59,51 @@ def _ltscale(ctx) -> dict:
             "images_per_s": trained.budget.images / max(seconds, 1e-9), "seconds": seconds}
 
 
+NETWORKS = ("ltscale", "same", "plain")
+
+
 def bench_baseline(recipe_path: str, overrides: list[str], draws: tuple[int, ...],
-                   threads: int | None = None, log=print) -> dict:
+                   threads: int | None = None, log=print, seeds: tuple[int, ...] | None = None,
+                   networks: tuple[str, ...] = NETWORKS) -> dict:
+    """Every network of ``networks`` on each manifest draw of ``draws``, once per training seed
+    of ``seeds`` (default: the recipe's ``seed``). A run pairs the networks on one draw and
+    seed; the summary gives each network's mean ± std over the runs and the paired difference
+    ltscale − same with its standard error (the engine's gap, with its uncertainty)."""
     from ltscale.config.loading import load_recipe
 
+    unknown = sorted(set(networks) - set(NETWORKS))
+    if unknown or not networks:
+        raise RecipeError(f"bench baseline: unknown network(s) {', '.join(unknown) or '(none)'}; "
+                          f"choose from {', '.join(NETWORKS)}")
     if threads:
         torch.set_num_threads(threads)
     rows = []
     for d in draws:
-        recipe = load_recipe(recipe_path, [*overrides, f"manifest.seed={d}"])
-        with tempfile.TemporaryDirectory(prefix="ltscale-bench-baseline-") as tmp:
-            recipe.output_dir = tmp  # a fresh run: no checkpoint of an earlier one is resumed
-            rows.append(_draw(recipe, d, log))
+        for seed in seeds if seeds is not None else (None,):
+            extra = [f"manifest.seed={d}"] + ([] if seed is None else [f"seed={seed}"])
+            recipe = load_recipe(recipe_path, [*overrides, *extra])
+            with tempfile.TemporaryDirectory(prefix="ltscale-bench-baseline-") as tmp:
+                recipe.output_dir = tmp  # a fresh run: no checkpoint of an earlier one resumed
+                rows.append(_run(recipe, d, networks, log))
     same, plain = rows[-1].pop("settings")
     for r in rows:
         r.pop("settings", None)
-    result = {"recipe": recipe_path, "overrides": overrides, "draws": list(draws), "rows": rows,
+    result = {"recipe": recipe_path, "overrides": overrides, "draws": list(draws),
+              "seeds": sorted({r["seed"] for r in rows}), "networks": list(networks),
+              "rows": rows,
               "settings": {"same": dataclasses.asdict(same), "plain": dataclasses.asdict(plain)}}
-    result["summary"] = {k: _mean_std([r[k]["top1"] for r in rows])
-                         for k in ("ltscale", "same", "plain")}
+    result["summary"] = {k: _mean_std([r[k]["top1"] for r in rows]) for k in networks}
+    if {"ltscale", "same"} <= set(networks):
+        gaps = [r["ltscale"]["top1"] - r["same"]["top1"] for r in rows]
+        result["gap"] = _mean_std(gaps) | {
+            "n": len(gaps), "sem": statistics.stdev(gaps) / len(gaps) ** 0.5
+            if len(gaps) > 1 else float("nan")}
     log(table(result))
     return result
 
 
-def _draw(recipe, d: int, log) -> dict:
-    """The three networks on manifest draw ``d``."""
+def _run(recipe, d: int, networks: tuple[str, ...], log) -> dict:
+    """The networks on manifest draw ``d`` with the recipe's training seed."""
     from ltscale.stages.budget import scratch_epochs
     from ltscale.stages.context import make_context
     from ltscale.stages.loaders import test_selection
@@ -91,15 +111,20 @@ def _draw(recipe, d: int, log) -> dict:
     ctx = make_context(recipe, None, progress=False)
     epochs = scratch_epochs(ctx)  # the recipe's epochs, or its matched budget's
     _, test_rows, _ = test_selection(ctx)
-    data = load_data(recipe.data.shards, ctx.manifest, test_rows, recipe.data.channels,
-                     recipe.data.mean, recipe.data.std)
     same = same_settings(ctx, epochs)
     plain = dataclasses.replace(PlainSettings(), network=same.network, epochs=epochs,
                                 loss=same.loss, seed=recipe.seed)
-    row = {"draw": d, "manifest": ctx.manifest.hash, "ltscale": _ltscale(ctx),
-           "same": train_and_test(data, same), "plain": train_and_test(data, plain)}
-    log(f"draw {d}: " + ", ".join(f"{k} {100 * row[k]['top1']:.2f}"
-                                  for k in ("ltscale", "same", "plain")))
+    row = {"draw": d, "seed": recipe.seed, "manifest": ctx.manifest.hash}
+    if "ltscale" in networks:
+        row["ltscale"] = _ltscale(ctx)
+    if {"same", "plain"} & set(networks):
+        data = load_data(recipe.data.shards, ctx.manifest, test_rows, recipe.data.channels,
+                         recipe.data.mean, recipe.data.std)
+        for k, settings in (("same", same), ("plain", plain)):
+            if k in networks:
+                row[k] = train_and_test(data, settings)
+    log(f"draw {d} seed {recipe.seed}: " + ", ".join(f"{k} {100 * row[k]['top1']:.2f}"
+                                                    for k in networks))
     return row | {"settings": (same, plain)}
 
 
@@ -108,15 +133,27 @@ def _mean_std(values: list[float]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+_NAMES = {"ltscale": "ltscale ce_scratch (the recipe)", "same": "plain script, same settings",
+          "plain": "plain script, its own defaults"}
+
+
 def table(result: dict) -> str:
-    names = {"ltscale": "ltscale ce_scratch (the recipe)", "same": "plain script, same settings",
-             "plain": "plain script, its own defaults"}
-    lines = ["| network | " + " | ".join(f"draw {r['draw']}" for r in result["rows"])
-             + " | mean ± std | images/s |", "|---" * (len(result["rows"]) + 3) + "|"]
-    for k, name in names.items():
-        s = result["summary"][k]
-        ips = statistics.fmean(r[k]["images_per_s"] for r in result["rows"])
-        lines.append(f"| {name} | " + " | ".join(f"{100 * r[k]['top1']:.2f}"
-                                                  for r in result["rows"])
-                     + f" | {100 * s['mean']:.2f} ± {100 * s['std']:.2f} | {ips:.0f} |")
+    """One line per run (draw, training seed), then each network's mean ± std and images/s, and
+    the paired gap ltscale − same."""
+    nets, rows = result["networks"], result["rows"]
+    lines = ["| draw | seed | " + " | ".join(_NAMES[k] for k in nets) + " |",
+             "|---|---|" + "---|" * len(nets)]
+    for r in rows:
+        lines.append(f"| {r['draw']} | {r['seed']} | "
+                     + " | ".join(f"{100 * r[k]['top1']:.2f}" for k in nets) + " |")
+    lines.append("| mean ± std | | " + " | ".join(
+        f"{100 * result['summary'][k]['mean']:.2f} ± {100 * result['summary'][k]['std']:.2f}"
+        for k in nets) + " |")
+    lines.append("| images/s | | " + " | ".join(
+        f"{statistics.fmean(r[k]['images_per_s'] for r in rows):.0f}" for k in nets) + " |")
+    if "gap" in result:
+        g = result["gap"]
+        lines.append(f"\nltscale − same settings, paired over {g['n']} run(s): "
+                     f"{100 * g['mean']:+.2f} ± {100 * g['sem']:.2f} (standard error), "
+                     f"std {100 * g['std']:.2f}")
     return "\n".join(lines)

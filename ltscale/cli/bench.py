@@ -80,10 +80,16 @@ def add_parser(sub) -> None:
     bf.set_defaults(func=cmd_bench_finetune)
     bp = bsub.add_parser("baseline", help="ltscale's from-scratch network vs a plain PyTorch "
                          "script on the same manifests: same settings, and the script's own")
-    bp.add_argument("recipe", nargs="?", default="recipes/scratch_fashion_mnist.yaml")
+    bp.add_argument("recipe", nargs="?", default="recipes/baselines/fashion_mnist_resnet18.yaml")
     bp.add_argument("overrides", nargs="*", help="key.sub=value recipe overrides")
     bp.add_argument("--draws", default="0,1,2", metavar="S,S,…",
                     help="manifest.seed values: one manifest draw each (default 0,1,2)")
+    bp.add_argument("--seeds", default=None, metavar="S,S,…",
+                    help="training seeds (the recipe's seed): each draw is run once per seed "
+                         "(default: the recipe's seed)")
+    bp.add_argument("--networks", default="ltscale,same,plain",
+                    help="which of ltscale, same (the script at ltscale's settings), plain (the "
+                         "script's own) to train")
     bp.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     bp.add_argument("--json", action="store_true")
     bp.set_defaults(func=cmd_bench_baseline)
@@ -157,15 +163,22 @@ def cmd_bench_finetune(args):
         print(json.dumps(result, indent=2))
 
 
+def _ints(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise LtscaleError(f"{flag} {text}: expected comma-separated integers") from None
+
+
 def cmd_bench_baseline(args):
     from ltscale.bench.baseline import bench_baseline
 
-    try:
-        draws = tuple(int(d) for d in args.draws.split(","))
-    except ValueError:
-        raise LtscaleError(f"--draws {args.draws}: expected comma-separated integers") from None
+    draws = _ints("--draws", args.draws)
+    seeds = None if args.seeds is None else _ints("--seeds", args.seeds)
+    networks = tuple(n.strip() for n in args.networks.split(",") if n.strip())
     with _tables_to_stderr(args):
-        result = bench_baseline(args.recipe, list(args.overrides), draws, args.threads)
+        result = bench_baseline(args.recipe, list(args.overrides), draws, args.threads,
+                                seeds=seeds, networks=networks)
     if args.json:
         print(json.dumps(result, indent=2))
 

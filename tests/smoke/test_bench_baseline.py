@@ -66,3 +66,19 @@ def test_bench_baseline_reports_three_networks_per_draw(tiny_idx, tmp_path, caps
         for k in ("ltscale", "same", "plain"):
             assert 0 <= row[k]["top1"] <= 1 and row[k]["images_per_s"] > 0
     assert "plain script, same settings" in out.err  # the table goes to stderr with --json
+    assert result["gap"]["n"] == 2 and "paired over 2 run(s)" in out.err
+
+
+def test_bench_baseline_runs_each_draw_once_per_training_seed(tiny_idx, tmp_path, capsys):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(_raw(tiny_idx, tmp_path)))
+    assert main(["bench", "baseline", str(path), "--draws", "3", "--seeds", "5,6",
+                 "--networks", "same", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["draw"], r["seed"]) for r in result["rows"]] == [(3, 5), (3, 6)]
+    assert all(set(r) == {"draw", "seed", "manifest", "same"} for r in result["rows"])
+    assert result["rows"][0]["manifest"] == result["rows"][1]["manifest"]  # one draw
+    assert result["rows"][0]["same"] != result["rows"][1]["same"]  # two training seeds
+    assert "gap" not in result  # no pair to compare
+    assert main(["bench", "baseline", str(path), "--networks", "same,other"]) == 2
+    assert "unknown network(s) other" in capsys.readouterr().err
