@@ -117,7 +117,10 @@ class TrainViews:
             if plan.box is None:
                 view = self._pad_crop(img, plan)
             else:
-                fbox = tuple(v / shrink for v in plan.box)
+                # DCT scaling rounds each side up on its own, so the height may have shrunk a
+                # little less than the width: keep the scaled box inside the decoded image
+                left, top, right, bottom = (v / shrink for v in plan.box)
+                fbox = (left, top, min(right, img.size[0]), min(bottom, img.size[1]))
                 view = img.resize((plan.size, plan.size), Image.Resampling.BILINEAR, box=fbox)
             view = to_tensor(_finish(view, plan))
             if self.preset.rotations:

@@ -403,3 +403,15 @@ def test_manifest_rows_outside_the_index_are_refused(jpeg_ds):
         ManifestDataset(index, np.array([-1, 3]), np.zeros(2), views)
     with pytest.raises(DataError, match="on_error"):
         ManifestDataset(index, np.array([0]), np.zeros(1), views, on_error="ignore")
+
+
+def test_a_drafted_decode_whose_sides_shrank_unevenly_keeps_the_box_inside():
+    # 500×375 at 1/8: 63×47, so the width shrank by 7.94 and the height by 7.98; a box reaching
+    # the bottom edge, scaled by the width's factor, ended 0.2 px below the image (ValueError)
+    data = encode(smooth(500, 375, 4), "JPEG", quality=90)
+    whole = make_preset("supervised", 8, 3, crop_scale=(1, 1), flip=False)
+    out = TrainViews(whole, 3)(data, np.random.default_rng(0))
+    assert out.shape == (1, 3, 8, 8)
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize(
+        (8, 8), Image.Resampling.BILINEAR))
+    assert np.abs(out[0].permute(1, 2, 0).numpy().astype(int) - ref).mean() < 6
