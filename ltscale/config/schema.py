@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from ltscale.config.base import Section
 from ltscale.config.pretrain import PretrainCfg
 from ltscale.config.supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
+from ltscale.data.decode_option import decode_refusal
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
 from ltscale.errors import LtscaleError
 
@@ -34,6 +35,10 @@ class LoaderCfg(Section):
     # torch: DataLoader workers; dali: needs `pip install nvidia-dali-cuda130`; stream: webdataset
     # pipeline for shards that can only be streamed (see ltscale/data/loading/stream_loader.py)
     backend: Literal["torch", "dali", "stream"] = "torch"
+    # torch backend: cpu (Pillow in the workers) | gpu (workers hand over JPEG bytes and drawn
+    # view parameters; decoded with torchvision's nvJPEG batch decoder and augmented on the
+    # training device; ltscale/data/loading/decode_gpu.py)
+    decode: Literal["cpu", "gpu"] = "cpu"
     urls: str | None = None                    # stream: URL template with {shard}
     shuffle_buffer: int = Field(5000, gt=0)    # stream: shuffle buffer (samples)
     prefetch: int = Field(4, gt=0)             # batches queued ahead per worker
@@ -43,6 +48,13 @@ class LoaderCfg(Section):
     shuffle: Literal["global", "block"] = "global"  # block: shard-local blocks (page-cache friendly)
     block_size: int = Field(64, gt=0)          # samples per on-disk block (block shuffle)
     window: int = Field(16, gt=0)              # blocks mixed together (block shuffle)
+
+    @model_validator(mode="after")
+    def _decode_on_torch(self):
+        refusal = decode_refusal(self.backend, self.decode)
+        if refusal:
+            raise ValueError(refusal)
+        return self
 
 
 class DataCfg(Section):

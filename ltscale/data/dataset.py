@@ -4,7 +4,8 @@
 decodes and augments each sample with its own seeded generator, and returns the collated batch:
 ``(images uint8, labels, positions, info)``. ``info`` carries the bytes/reads counters of this
 batch and the samples skipped under the ``skip`` error policy, so the loader can sum them over
-worker processes.
+worker processes. ``encoded_items(Batch)`` is the same pass for ``data.loader.decode: gpu``: it
+draws the views' parameters but leaves the JPEGs encoded (``data/encoded.py``).
 
 Error policy (``on_error``): ``fail`` stops at the first unreadable sample with a ``DataError``
 naming its key and shard; ``skip`` leaves the sample out of its batch (the batch is shorter),
@@ -13,6 +14,8 @@ the run either way.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -58,37 +61,57 @@ class ManifestDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _make(self, pos: int, data, seed) -> torch.Tensor:
+    def _make(self, pos: int, data, seed, make=None):
+        """``make`` (default: the views) of one sample's bytes with its own generator; a decode
+        error becomes a ``DataError`` naming the sample and its shard."""
         row = int(self.rows[pos])
         if isinstance(data, Exception):
             raise data
         try:
-            return self.views(data, np.random.default_rng(seed))
+            return (make or self.views)(data, np.random.default_rng(seed))
         except _DECODE_ERRORS as exc:
             raise DataError(f"{self.reader.where(row)}: cannot decode image ({exc})") from None
 
-    def __getitems__(self, batch: Batch):
+    def _each(self, batch: Batch, make=None):
+        """(outputs, kept positions, info): ``_make`` of every sample of ``batch``, read in one
+        coalesced pass, under the error policy."""
         before = self.reader.counters()
         raw = self.reader.read_many(self.rows[batch.positions])
-        images, keep, skipped = [], [], []
+        outputs, keep, skipped = [], [], []
         for i, (pos, data) in enumerate(zip(batch.positions.tolist(), raw)):
             try:
-                images.append(self._make(pos, data, int(batch.seeds[i])))
+                outputs.append(self._make(pos, data, int(batch.seeds[i]), make))
                 keep.append(i)
             except DataError as exc:
                 if self.on_error == "fail":
                     raise
                 skipped.append((str(self.reader.index.key[self.rows[pos]]), str(exc)))
-        if not images:
+        if not outputs:
             raise DataError(f"every sample of a batch of {len(batch)} failed to load; first: "
                             f"{skipped[0][1]}")
         after = self.reader.counters()
         info = {k: after[k] - before[k] for k in after} | {"skipped": skipped}
-        positions = batch.positions[keep]
+        return outputs, batch.positions[keep], info
+
+    def __getitems__(self, batch: Batch):
+        images, positions, info = self._each(batch)
         x = _stack(images)
         if x.dim() == 5 and x.shape[1] == 1:  # one view: (B, C, H, W)
             x = x[:, 0]
         return (x, torch.from_numpy(self.labels[positions]), torch.from_numpy(positions), info)
+
+    def encoded_items(self, batch: Batch):
+        """``__getitems__`` for ``data.loader.decode: gpu``: an ``EncodedBatch`` (each sample's
+        JPEG bytes, or its pixels where it is no JPEG, and its views' drawn parameters) in place
+        of the images; the training process decodes and augments it (``loading.decode_gpu``)."""
+        from ltscale.data.encoded import encode_sample, pack
+
+        items, positions, info = self._each(batch, functools.partial(encode_sample, self.views))
+        rows = self.rows[positions]
+        batch_out = pack(items, [self.reader.where(int(r)) for r in rows],
+                         [str(self.reader.index.key[r]) for r in rows])
+        return (batch_out, torch.from_numpy(self.labels[positions]), torch.from_numpy(positions),
+                info)
 
     def __getitem__(self, pos: int):
         """One sample (views, label, position), augmented with seed ``pos`` (for inspection)."""

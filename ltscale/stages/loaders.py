@@ -19,9 +19,9 @@ from ltscale.stages.context import Context
 
 def settings(ctx: Context, workers: int) -> LoaderSettings:
     c = ctx.recipe.data.loader
-    return LoaderSettings(backend=c.backend, workers=workers, prefetch=c.prefetch,
-                          pin_memory=c.pin_memory, on_error=c.on_error, urls=c.urls,
-                          shuffle_buffer=c.shuffle_buffer)
+    return LoaderSettings(backend=c.backend, decode=c.decode, workers=workers,
+                          prefetch=c.prefetch, pin_memory=c.pin_memory, on_error=c.on_error,
+                          urls=c.urls, shuffle_buffer=c.shuffle_buffer)
 
 
 def stage_loader(ctx: Context, dataset, sampler, workers: int, preset=None, evaluation=None):

@@ -7,7 +7,9 @@ view maker, and returns an iterable of ``(images, labels, positions)`` with imag
 training device as normalised float tensors — from the torch backend (DataLoader workers), the
 DALI backend (``decoders.image`` on ``mixed``/``cpu``) or the streaming path (``webdataset``, for
 shards that can only be streamed; see ``stream_loader.py``). The sampler decides the ids; the two
-indexed backends read exactly those, in that order.
+indexed backends read exactly those, in that order. ``settings.decode="gpu"`` (torch backend only)
+has the workers hand over JPEG bytes and drawn view parameters, decoded and augmented on the
+training device (``decode_gpu.py``).
 
 Every loader keeps ``stats`` for the epoch it last ran (batches, samples, bytes read, read calls,
 skipped samples with keys and reasons) and logs the skipped keys when the epoch ends.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ltscale.data.decode_option import decode_refusal
 from ltscale.data.loading.base import (  # noqa: F401
     BACKENDS,
     EpochStats,
@@ -25,12 +28,15 @@ from ltscale.data.loading.base import (  # noqa: F401
     Normalizer,
     report_skipped,
 )
-from ltscale.errors import DataError
+from ltscale.errors import DataError, RecipeError
 
 
 def build_loader(dataset, sampler, settings: LoaderSettings, *, device: torch.device,
                  mean, std, preset=None, eval_spec=None, channels: int = 3) -> Loader:
     """The loader for ``settings.backend`` over ``dataset`` in ``sampler`` order."""
+    refusal = decode_refusal(settings.backend, settings.decode)
+    if refusal:
+        raise RecipeError(refusal)
     if settings.backend == "torch":
         from ltscale.data.loading.torch_loader import TorchLoader
 

@@ -20,6 +20,7 @@ BACKENDS = ("torch", "dali", "stream")
 @dataclass
 class LoaderSettings:
     backend: str = "torch"
+    decode: str = "cpu"           # torch: cpu (Pillow in the workers) | gpu (see decode_gpu.py)
     workers: int = 2
     prefetch: int = 4             # batches per worker queued ahead
     pin_memory: bool | None = None  # None: when the device is CUDA

@@ -3,6 +3,11 @@
 The sampler's ``Batch`` requests are the DataLoader's batch sampler, so each worker reads one
 batch's bytes in one coalesced pass (``ManifestDataset.__getitems__``). Workers are persistent,
 prefetch ``settings.prefetch`` batches each, and batches are pinned when the device is CUDA.
+
+With ``settings.decode="gpu"`` the workers hand over each batch undecoded (``EncodedBatch``: JPEG
+bytes and every view's drawn parameters, ``ManifestDataset.encoded_items``) and this process
+decodes and augments it on the device (``DeviceDecoder``) before normalising; sampler, seeds,
+resume and error policy are the same.
 """
 
 from __future__ import annotations
@@ -43,6 +48,19 @@ def _collated(batch):
     return batch  # the dataset returns whole batches
 
 
+class _Encoded(torch.utils.data.Dataset):
+    """``dataset`` handing over ``EncodedBatch``es (``data.loader.decode: gpu``)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, batch):
+        return self.dataset.encoded_items(batch)
+
+
 class TorchLoader:
     def __init__(self, dataset, sampler: EpochSampler, settings: LoaderSettings, *,
                  device: torch.device, mean, std):
@@ -53,8 +71,14 @@ class TorchLoader:
         # memory and host-to-device copies); normalising in the workers instead was measured
         # slower on CPU (fresh 38 MB shared-memory float batches: 221 vs 244 img/s)
         self.normalize = Normalizer(mean, std)
+        self.decoder, source = None, dataset
+        if settings.decode == "gpu":
+            from ltscale.data.loading.decode_gpu import DeviceDecoder
+
+            self.decoder = DeviceDecoder(dataset.views, device, dataset.on_error)
+            source = _Encoded(dataset)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=_Requests(sampler), collate_fn=_collated,
+            source, batch_sampler=_Requests(sampler), collate_fn=_collated,
             num_workers=workers, persistent_workers=workers > 0, pin_memory=pin,
             # its own generator: starting an epoch must not draw from the global RNG that
             # dropout & co. use (a resumed run would otherwise shift their stream)
@@ -71,6 +95,8 @@ class TorchLoader:
         batches = iter(self.loader)
         try:
             for x, y, pos, info in batches:
+                if self.decoder is not None:
+                    x, y, pos = self.decoder(x, y, pos, info)
                 self.stats.add(len(y), info)
                 yield self.normalize(x.to(self.device, non_blocking=True)), y, pos
         except Exception as exc:  # not GeneratorExit: a consumer that stops early keeps the workers
