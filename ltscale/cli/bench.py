@@ -50,8 +50,9 @@ def add_parser(sub) -> None:
     bs.add_argument("--threads", type=int, default=None,
                     help="intra-op threads (default: torch's); 1 makes the CPU time immune to "
                          "threads spinning while another process holds a core")
-    bt = bsub.add_parser("train", help="pretraining images/s per input pipeline (DALI, torch): "
-                         "synthetic JPEG shards, the real stage, data-wait share, peak memory")
+    bt = bsub.add_parser("train", help="pretraining images/s per input pipeline (DALI, torch, "
+                         "torch with GPU decoding): synthetic JPEG shards, the real stage, "
+                         "data-wait share, peak memory")
     bt.add_argument("--images", type=int, default=2048)
     bt.add_argument("--size", type=int, default=224, help="view size in pixels")
     bt.add_argument("--backbone", default="resnet50")
@@ -62,7 +63,9 @@ def add_parser(sub) -> None:
     bt.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "fp16"))
     bt.add_argument("--device", default="auto")
     bt.add_argument("--workers", type=int, default=None, help="default: CPU cores - 1")
-    bt.add_argument("--loaders", default="dali,torch")
+    bt.add_argument("--loaders", default="dali,torch,torch-gpu",
+                    help="comma-separated input pipelines: dali, torch (Pillow in the workers), "
+                         "torch-gpu (torch backend, data.loader.decode=gpu)")
     for b_ in (bm, bb, bl, bs, bt):
         b_.add_argument("--json", action="store_true")
         b_.set_defaults(func=cmd_bench)
@@ -136,7 +139,7 @@ def _run_bench(args) -> dict:
                              args.workers, tuple(args.loaders.split(",")))
         if not args.json:
             for name, r in result["loaders"].items():
-                print(f"{name:6s} " + (r["skipped"] if "skipped" in r else
+                print(f"{name:9s} " + (r["skipped"] if "skipped" in r else
                       f"{r['images_per_s']:9.1f} images/s, data wait "
                       f"{100 * r['data_wait_fraction']:4.1f} %, peak {r['peak_memory_mb']:.0f} MB"))
     elif args.bench_command == "step":
