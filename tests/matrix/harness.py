@@ -62,7 +62,8 @@ class Launch:
         else:
             cmd = [sys.executable, *script]
         self.env = {k: v for k, v in os.environ.items() if k != "MATRIX_KILL"}
-        self.env |= {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+        path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        self.env |= {"PYTHONPATH": path, "OMP_NUM_THREADS": "1",
                      "DS_ACCELERATOR": "cuda" if device() == "cuda" else "cpu", **(env or {})}
         self.cmd, self.logs, self.rc = cmd, [], None
 
