@@ -73,7 +73,8 @@ def traced_commands() -> list[list[str]]:
         ["PYTHON", "-c", matrix],
         ["PYTHON", "-m", "ltscale", "bench", "train", "--images", "16", "--size", "32",
          "--backbone", "resnet_tiny", "--batch", "8", "--steps", "2", "--epochs", "1",
-         "--precision", "fp32", "--device", "cpu", "--workers", "0", "--loaders", "torch"],
+         "--precision", "fp32", "--device", "cpu", "--workers", "0",
+         "--loaders", "torch,torch-gpu"],
     ]
 
 
