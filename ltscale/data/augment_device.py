@@ -29,20 +29,35 @@ import torch
 import torch.nn.functional as nnf
 
 from ltscale.data.augment_plan import CONTRAST, colour_affine, eval_geometry
-from ltscale.data.resample_device import resample
+from ltscale.data.resample_device import apply, plan, to_device
 
 
-def _crop(img: torch.Tensor, plan) -> torch.Tensor:
-    s = plan.size
-    if plan.box is not None:
-        return resample(img, plan.box, s, s)
-    h, w = img.shape[-2:]
-    img = resample(img, (0, 0, w, h), s, s)
-    p = plan.padding
-    if p:
-        img = nnf.pad(img, (p, p, p, p))
-    x, y = plan.pad_offset
-    return img[:, y:y + s, x:x + s]
+def _host(array, device: torch.device) -> torch.Tensor:
+    """A small host array on ``device`` without waiting for the device (pinned, asynchronous)."""
+    t = torch.as_tensor(np.asarray(array))
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _resizes(images: list[torch.Tensor], plans: list):
+    """Each view's resize (the ``rrc`` box, or the whole image for a ``pad`` crop), weights on
+    the device in one copy."""
+    resizes = []
+    for img, views in zip(images, plans):
+        h, w = img.shape[-2:]
+        for p in views:
+            resizes.append(plan(w, h, p.box or (0, 0, w, h), p.size, p.size))
+    return resizes, to_device(resizes, images[0].device)
+
+
+def _crop(img: torch.Tensor, p, resize, weights) -> torch.Tensor:
+    view = apply(img, resize, weights)
+    if p.box is not None:
+        return view
+    s, pad = p.size, p.padding
+    if pad:
+        view = nnf.pad(view, (pad, pad, pad, pad))
+    x, y = p.pad_offset
+    return view[:, y:y + s, x:x + s]
 
 
 def _recolour(x: torch.Tensor, plans: list) -> torch.Tensor:
@@ -50,10 +65,11 @@ def _recolour(x: torch.Tensor, plans: list) -> torch.Tensor:
     idx = [i for i, p in enumerate(plans) if p.recolours]
     if not idx:
         return x
-    sub = x[idx].to(torch.float32)
+    rows = _host(idx, x.device)
+    sub = x[rows].to(torch.float32)
     means = None
     if any(k == CONTRAST for i in idx for k, _ in plans[i].colour):
-        means = sub.mean(dim=(-2, -1)).double().cpu().numpy()  # one sync for the batch
+        means = sub.mean(dim=(-2, -1)).double().cpu().numpy()  # one wait for the batch
     maps = []
     for j, i in enumerate(idx):
         def mean(j=j):
@@ -62,28 +78,32 @@ def _recolour(x: torch.Tensor, plans: list) -> torch.Tensor:
 
         A, t = colour_affine(plans[i], mean)
         maps.append(np.hstack([A, t[:, None]]))
-    M = torch.as_tensor(np.stack(maps), dtype=torch.float32, device=x.device)
-    if sub.shape[1] == 1:  # Pillow's lookup table: round(a·v + b)
-        a, b = M[:, 0, :3].sum(-1), M[:, 0, 3]
-        out = (sub * a.view(-1, 1, 1, 1) + b.view(-1, 1, 1, 1)).round()
-    else:  # Pillow's convert(matrix): v + 0.5 truncated
+    maps = np.stack(maps)
+    if sub.shape[1] == 1:  # Pillow's lookup table: round(a·v + b), in double precision
+        ab = _host(np.stack([maps[:, 0, :3].sum(-1), maps[:, 0, 3]], 1), x.device)
+        out = (sub.double() * ab[:, 0].view(-1, 1, 1, 1) + ab[:, 1].view(-1, 1, 1, 1)).round()
+    else:  # Pillow's convert(matrix): float32 v + 0.5, truncated
+        M = _host(maps.astype(np.float32), x.device)
         out = (torch.einsum("nij,njhw->nihw", M[:, :, :3], sub)
                + M[:, :, 3].view(-1, 3, 1, 1) + 0.5).floor()
     x = x.clone()
-    x[idx] = out.clamp_(0, 255).to(torch.uint8)
+    x[rows] = out.clamp_(0, 255).to(torch.uint8)
     return x
 
 
 def _blur(x: torch.Tensor, plans: list) -> torch.Tensor:
+    """Gaussian blur of the views that drew one, each with its sigma: one separable grouped
+    convolution, edges replicated (as Pillow's box passes extend the edge pixels)."""
     idx = [i for i, p in enumerate(plans) if p.blur is not None]
     if not idx:
         return x
-    sigma = torch.tensor([plans[i].blur for i in idx], dtype=torch.float32, device=x.device)
-    r = max(1, math.ceil(3 * float(sigma.max())))
-    taps = torch.arange(-r, r + 1, dtype=torch.float32, device=x.device)
-    kernel = torch.exp(-taps[None] ** 2 / (2 * sigma[:, None] ** 2))
-    kernel = kernel / kernel.sum(1, keepdim=True)           # (M, 2r + 1)
-    sub = x[idx].to(torch.float32)
+    sigmas = np.array([plans[i].blur for i in idx], dtype=np.float64)
+    r = max(1, math.ceil(3 * sigmas.max()))
+    taps = np.arange(-r, r + 1)
+    kernel = np.exp(-taps[None] ** 2 / (2 * sigmas[:, None] ** 2))
+    kernel = _host((kernel / kernel.sum(1, keepdims=True)).astype(np.float32), x.device)
+    rows = _host(idx, x.device)
+    sub = x[rows].to(torch.float32)
     n, c, h, w = sub.shape
     weight = kernel.repeat_interleave(c, 0)[:, None, None, :]  # one per view and channel
     y = sub.reshape(1, n * c, h, w)
@@ -91,21 +111,27 @@ def _blur(x: torch.Tensor, plans: list) -> torch.Tensor:
     y = nnf.conv2d(nnf.pad(y, (0, 0, r, r), mode="replicate"), weight.transpose(-1, -2),
                    groups=n * c)
     x = x.clone()
-    x[idx] = y.reshape(n, c, h, w).round_().clamp_(0, 255).to(torch.uint8)
+    x[rows] = y.reshape(n, c, h, w).round_().clamp_(0, 255).to(torch.uint8)
     return x
+
+
+def _mask(flags: list[bool], device: torch.device) -> torch.Tensor:
+    return _host(np.array(flags, dtype=bool), device).view(-1, 1, 1, 1)
 
 
 def train_views(images: list[torch.Tensor], plans: list, rotations: bool) -> torch.Tensor:
     """uint8 (B, V, C, S, S) — (B, C, S, S) for one view — from each sample's decoded image
     (C, H, W) and its views' plans."""
     flat = [p for ps in plans for p in ps]
-    x = torch.stack([_crop(img, p) for img, ps in zip(images, plans) for p in ps])
+    sources = [img for img, ps in zip(images, plans) for _ in ps]
+    resizes, weights = _resizes(images, plans)
+    x = torch.stack([_crop(img, p, r, wt)
+                     for img, p, r, wt in zip(sources, flat, resizes, weights)])
     if any(p.flip for p in flat):
-        flip = torch.tensor([p.flip for p in flat], device=x.device).view(-1, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x)
+        x = torch.where(_mask([p.flip for p in flat], x.device), x.flip(-1), x)
     x = _blur(_recolour(x, flat), flat)
     if any(p.solarize for p in flat):
-        solarize = torch.tensor([p.solarize for p in flat], device=x.device).view(-1, 1, 1, 1)
+        solarize = _mask([p.solarize for p in flat], x.device)
         x = torch.where(solarize & (x >= 128), 255 - x, x)
     if rotations:
         x = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)], 1)
@@ -115,10 +141,11 @@ def train_views(images: list[torch.Tensor], plans: list, rotations: bool) -> tor
 
 def eval_views(images: list[torch.Tensor], spec) -> torch.Tensor:
     """uint8 (B, C, S, S): each image's shorter side resized to ``spec.resize``, centre crop."""
-    out, s = [], spec.size
+    s, shapes = spec.size, []
     for img in images:
         h, w = img.shape[-2:]
-        nw, nh, x, y = eval_geometry(spec, w, h)
-        img = resample(img, (0, 0, w, h), nw, nh)
-        out.append(img[:, y:y + s, x:x + s])
-    return torch.stack(out)
+        shapes.append((w, h, *eval_geometry(spec, w, h)))
+    resizes = [plan(w, h, (0, 0, w, h), nw, nh) for w, h, nw, nh, _, _ in shapes]
+    weights = to_device(resizes, images[0].device)
+    return torch.stack([apply(img, r, wt)[:, y:y + s, x:x + s] for img, r, wt, (*_, x, y)
+                        in zip(images, resizes, weights, shapes)])

@@ -7,7 +7,7 @@ absolute difference per batch in uint8 levels:
 - against the Pillow path with its reduced-size JPEG decoding turned off (the same full-size
   libjpeg-turbo decode on both sides), ``EXACT`` = 0.05 for presets without blur: the device
   path reproduces Pillow's bilinear resampling in integer arithmetic (``resample_device``) and
-  the same colour map, so only a one-level rounding here and there differs (measured 0.00);
+  the same colour map, so only a one-level rounding here and there differs (measured < 0.001);
   ``BLUR`` = 0.5 for presets that blur: an exact Gaussian against Pillow's three box passes
   (measured up to 0.38);
 - ``LOOSE`` = 1.5 against the Pillow path as it runs, which decodes a JPEG at 1/2–1/8 of its DCT

@@ -14,6 +14,10 @@ the CPU decoder, for the formats nvJPEG lacks); a JPEG that still fails is a ``D
 ``sample KEY in shard NAME: cannot decode image (why)`` — raised under ``on_error: fail``, left
 out of its batch and reported in the epoch's skipped samples under ``skip``; a batch whose every
 sample failed stops the run either way.
+
+On CUDA all of it runs on a CUDA stream of its own, which the training stream then waits for.
+torchvision marks its image decoders deprecated from 0.29 in favour of TorchCodec (a
+``DeprecationWarning``); ``decode_jpeg`` still works and is what this backend uses.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class DeviceDecoder:
                             f"{type(views).__name__}")
         self.views, self.device, self.on_error = views, device, on_error
         self.mode = ImageReadMode.GRAY if views.channels == 1 else ImageReadMode.RGB
+        self._stream = None
         if device.type != "cuda" and not _warned:
             _warned = True
             logger.warning(f"data.loader.decode=gpu on a {device.type} device: JPEGs are decoded "
@@ -53,6 +58,24 @@ class DeviceDecoder:
                            "(data.loader.decode=cpu decodes them in the loader workers)")
 
     def __call__(self, batch, labels: torch.Tensor, positions: torch.Tensor, info: dict):
+        if self.device.type != "cuda":
+            return self._views(batch, labels, positions, info)
+        # a stream of its own: the views of batch t+1 are made while step t runs, and nothing
+        # else is queued on it when the decoder starts — torchvision's CUDA decoder takes its
+        # output memory from the current stream's pool but writes it from a stream of its own
+        # without waiting, so a block freed while kernels still read it could be overwritten
+        # (pytorch/vision#9606)
+        main = torch.cuda.current_stream(self.device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        self._stream.synchronize()
+        with torch.cuda.stream(self._stream):
+            x, labels, positions = self._views(batch, labels, positions, info)
+        main.wait_stream(self._stream)
+        x.record_stream(main)  # its memory is not reused on our stream while the step reads it
+        return x, labels, positions
+
+    def _views(self, batch, labels, positions, info):
         images, failed = self.decode(batch)
         if failed:
             if self.on_error == "fail":
