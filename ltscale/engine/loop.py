@@ -127,7 +127,9 @@ class _Run:
         self.micro = max(1, cfg.accumulate)
         self.steps_per_epoch = steps_per_epoch
         self.total = cfg.epochs * steps_per_epoch
-        self.warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        # onecycle peaks at the fractional step warm-up − 1, as torch's OneCycleLR does
+        self.warmup = cfg.warmup_epochs * steps_per_epoch if cfg.schedule == "onecycle" \
+            else int(cfg.warmup_epochs * steps_per_epoch)
 
     def _micro_batch(self, batches, state: LoopState, epoch: int, m: int,
                      meter: _EpochMeter) -> dict:

@@ -92,7 +92,7 @@ def _cos_between(start: float, end: float, t: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, t))))
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+def lr_factor(step: int, total_steps: int, warmup_steps: float, schedule: str) -> float:
     """The lr of step ``step`` (0-based) of ``total_steps`` as a fraction of the peak.
 
     cosine / constant: linear warm-up from 0 over ``warmup_steps``, then cosine decay to 0 (or
@@ -114,7 +114,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 ONECYCLE_MOMENTUM = 0.05  # onecycle: momentum ± this (0.85–0.95 at 0.9, as OneCycleLR's)
 
 
-def momentum_offset(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+def momentum_offset(step: int, total_steps: int, warmup_steps: float, schedule: str) -> float:
     """onecycle: the momentum's offset from its base at step ``step``, against the lr: +0.05
     at the start, −0.05 at the lr's peak, back to +0.05 at the end (half cosines, as
     ``OneCycleLR(cycle_momentum=True)``); 0 for the other schedules."""
