@@ -67,8 +67,7 @@ def write_tree(root, n: int, channels: int, png_every: int = 0):
         path.write_bytes(encode(photo(w, h, i, channels), fmt, **kw))
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
+def photo_shards(tmp_path_factory) -> dict:
     """{channels: shard directory}: 20 JPEGs of five sizes, 3 classes, several shards."""
     out = {}
     for channels in (1, 3):
@@ -79,14 +78,24 @@ def shards(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def rgb_copy(shards, tmp_path):
-    shutil.copytree(shards[3], tmp_path / "ds")
+def private_copy(directory, tmp_path) -> ShardIndex:
+    """A copy of the shards at ``directory`` that a test may damage."""
+    shutil.copytree(directory, tmp_path / "ds")
     return ShardIndex.load(tmp_path / "ds").load_all()
 
 
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return photo_shards(tmp_path_factory)
+
+
+@pytest.fixture
+def rgb_copy(shards, tmp_path):
+    return private_copy(shards[3], tmp_path)
+
+
 def make(index, views, decode, *, channels=3, workers=0, batch_size=6, seed=3, epoch=1,
-         on_error="fail", shuffle="global", tail="keep"):
+         on_error="fail", shuffle="global", tail="keep", device=CPU):
     """A torch loader whose normalisation is the identity: its floats are the uint8 pixels."""
     rows = np.arange(len(index))
     ds = ManifestDataset(index, rows, index.label[rows], views, on_error=on_error)
@@ -94,7 +103,7 @@ def make(index, views, decode, *, channels=3, workers=0, batch_size=6, seed=3, e
     sampler.set_epoch(epoch)
     loader = TorchLoader(ds, sampler, LoaderSettings(workers=workers, prefetch=2, decode=decode,
                                                      on_error=on_error),
-                         device=CPU, mean=(0.0,) * channels, std=(1 / 255,) * channels)
+                         device=device, mean=(0.0,) * channels, std=(1 / 255,) * channels)
     return loader, sampler
 
 
@@ -257,6 +266,18 @@ def damage_data(index, row):
     return str(index.key[row]), index.shards[int(index.shard[row])]
 
 
+def damage_tables(index, row):
+    """Point the first component of a member's scan at Huffman tables 3, which no JPEG defines:
+    the header still reads, and every decoder must refuse the scan."""
+    path = index.root / index.shards[int(index.shard[row])]
+    raw = bytearray(path.read_bytes())
+    start = int(index.offset[row])
+    sos = raw.find(b"\xff\xda", start, start + int(index.size[row]))
+    raw[sos + 6] = 0x33  # FF DA, length (2), component count, selector, then the tables byte
+    path.write_bytes(bytes(raw))
+    return str(index.key[row]), index.shards[int(index.shard[row])]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_jpeg_that_fails_to_decode_is_named_with_its_shard(rgb_copy, workers):
     key, shard = damage_data(rgb_copy, 7)
@@ -270,19 +291,22 @@ def test_a_jpeg_that_fails_to_decode_is_named_with_its_shard(rgb_copy, workers):
 
 
 def test_skip_policy_leaves_bad_jpegs_out_and_reports_them(rgb_copy, ltscale_log):
-    bad_data, _ = damage_data(rgb_copy, 7)    # fails in the device decode
-    bad_header, _ = corrupt(rgb_copy, 12)     # fails in the worker, as on the Pillow path
+    bad_data, _ = damage_data(rgb_copy, 7)      # fail in the device decode
+    bad_tables, _ = damage_tables(rgb_copy, 9)
+    bad_header, _ = corrupt(rgb_copy, 12)       # fails in the worker, as on the Pillow path
     loader, _ = make(rgb_copy, TrainViews(make_preset("simclr", 24, 3), 3), "gpu",
                      on_error="skip", workers=2)
     batches = collect(loader)
-    assert sorted(k for k, _ in loader.stats.skipped) == sorted([bad_data, bad_header])
+    bad = sorted([bad_data, bad_tables, bad_header])
+    assert sorted(k for k, _ in loader.stats.skipped) == bad
     assert all(why.startswith(f"sample {k} in shard ") and "cannot decode image" in why
                for k, why in loader.stats.skipped)
-    assert loader.stats.samples == 18 == sum(len(y) for _, y, _ in batches)
+    assert loader.stats.samples == 17 == sum(len(y) for _, y, _ in batches)
     seen = torch.cat([p for _, _, p in batches]).tolist()
-    assert 7 not in seen and 12 not in seen and len(seen) == 18
+    assert not {7, 9, 12} & set(seen) and len(seen) == 17
     warnings = [line for line in ltscale_log if "skipped" in line]
-    assert len(warnings) == 1 and bad_data in warnings[0] and "skipped 2" in warnings[0]
+    assert len(warnings) == 1 and "skipped 3" in warnings[0]
+    assert all(key in warnings[0] for key in bad)
 
 
 def test_a_batch_of_only_bad_jpegs_stops_even_when_skipping(rgb_copy):
