@@ -1,8 +1,10 @@
 """Augmentation presets: one definition per recipe name, read by both loader backends.
 
 A preset is data — a tuple of view specifications — not code: the torch backend
-(``augment_torch``) and the DALI backend (``data/loading/dali_loader``) each turn it into their own operations,
-so a recipe's ``augment.preset`` means the same views on either backend.
+(``augment_torch``; with ``data.loader.decode: gpu``, ``augment_plan`` draws in the workers and
+``augment_device`` applies on the device) and the DALI backend (``data/loading/dali_loader``) each
+turn it into their own operations, so a recipe's ``augment.preset`` means the same views on either
+backend.
 
 | preset      | views | what                                                                              |
 |-------------|-------|-----------------------------------------------------------------------------------|
