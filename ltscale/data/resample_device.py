@@ -115,9 +115,9 @@ def apply(img: torch.Tensor, r: Resize, tensors: list[torch.Tensor]) -> torch.Te
     """``img`` (C, H, W) uint8 resized as ``r`` plans, with its ``to_device`` arrays."""
     if not (r.horizontal or r.vertical):
         return img
-    out = img.to(torch.int32)
+    out = img[:, r.rows[0]:r.rows[1]].to(torch.int32)  # only the rows the resize reads
     if r.horizontal:
-        out = _pass(out[:, r.rows[0]:r.rows[1]], tensors[0], tensors[1], -1)
+        out = _pass(out, tensors[0], tensors[1], -1)
     if r.vertical:
         out = _pass(out, tensors[-2], tensors[-1], -2)
     return out.to(torch.uint8)
