@@ -2,7 +2,8 @@
 learning"): a teacher trained on the labeled set D_L pseudo-labels the unlabeled pool D_U, and a
 student learns from D_L ∪ pseudo-labelled D_U by minimising L(D_L) + ω·L(D_U).
 
-What is here: the teacher's predictions over D_U (``pseudo_label_pool``), the rule that turns
+What is here: the teacher's predictions over a loader (``teacher_logits``; the self-training
+stage, ``stages/selftrain.py``, builds the D_U loader and calls it), the rule that turns
 them into pseudo-labels (``assign_pseudo_labels``: argmax, optionally only above a confidence
 threshold), the student's training set (``combined_training_set``: rows, labels, per-sample
 weights) and the pseudo-label quality figures (``pseudo_label_metrics``).
@@ -96,34 +97,6 @@ def teacher_logits(teacher: torch.nn.Module, loader, device) -> tuple[torch.Tens
         positions.append(np.asarray(batch[2]))
     teacher.train(was_training)
     return torch.cat(outs), np.concatenate(positions).astype(np.int64)
-
-
-def pseudo_label_pool(ctx, teacher: torch.nn.Module, threshold: float = 0.0, *,
-                      workers: int = 0, batch_size: int = 512) -> PseudoLabels:
-    """Pseudo-label the context's D_U with ``teacher`` (its predictions only): every row is
-    read once, without augmentation, with label −1."""
-    from ltscale.data.augment import eval_spec
-    from ltscale.data.augment_torch import EvalView
-    from ltscale.data.dataset import ManifestDataset
-    from ltscale.data.sampling import EpochSampler
-    from ltscale.stages.loaders import stage_loader
-
-    d = ctx.recipe.data
-    rows = unlabeled_rows(ctx.manifest)
-    spec = eval_spec(d.image_size, d.eval_crop_fraction)
-    hidden = np.full(len(rows), UNLABELED, dtype=np.int64)  # never the true labels
-    ds = ManifestDataset(ctx.index, rows, hidden, EvalView(spec, d.channels),
-                         on_error=d.loader.on_error)
-    sampler = EpochSampler(len(ds), batch_size=batch_size, shuffle="none", tail="keep",
-                           rows=ds.rows)
-    loader = stage_loader(ctx, ds, sampler, workers, evaluation=spec)
-    logits, positions = teacher_logits(teacher.to(ctx.device), loader, ctx.device)
-    _, predicted, confidence = assign_pseudo_labels(logits, threshold)
-    out_pred = np.full(len(rows), UNLABELED, dtype=np.int64)  # a skipped (unreadable) row
-    out_conf = np.zeros(len(rows), dtype=np.float32)
-    out_pred[positions], out_conf[positions] = predicted, confidence
-    return PseudoLabels(rows=rows, predicted=out_pred, confidence=out_conf,
-                        threshold=float(threshold))
 
 
 def combined_training_set(manifest, pseudo: PseudoLabels, weight: float) -> TrainingSet:

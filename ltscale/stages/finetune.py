@@ -49,12 +49,12 @@ from ltscale.finetune.classifier import (
     pretrained_projector_layer,
     projector_layer,
 )
-from ltscale.finetune.endtoend import run_end_to_end
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
 from ltscale.finetune.two_stage import apply_classifier_stage
 from ltscale.hashing import file_sha256
 from ltscale.losses import classification_loss
 from ltscale.stages.context import Context
+from ltscale.stages.endtoend import run_end_to_end
 from ltscale.stages.loaders import stage_loader, test_loader, test_selection
 from ltscale.stages.results import FinetuneResult
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from ltscale.atomic import atomic_path
 from ltscale.config.overrides import flatten
-from ltscale.data.augment import make_preset
-from ltscale.data.augment_torch import TrainViews
+from ltscale.data.augment import eval_spec, make_preset
+from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine.checkpoint import save_checkpoint
@@ -30,10 +30,13 @@ from ltscale.engine.optim import build_optimizer
 from ltscale.errors import RecipeError
 from ltscale.finetune.classifier import Head, head_spec
 from ltscale.finetune.selftrain import (
+    UNLABELED,
+    PseudoLabels,
     TrainingSet,
+    assign_pseudo_labels,
     combined_training_set,
     pseudo_label_metrics,
-    pseudo_label_pool,
+    teacher_logits,
     unlabeled_rows,
 )
 from ltscale.hashing import file_sha256
@@ -54,6 +57,29 @@ from ltscale.stages.results import Budget, FinetuneResult, SelfTrainResult, Trai
 logger = logging.getLogger(__name__)
 
 NAME = "selftrain"
+
+
+def pseudo_label_pool(ctx, teacher: torch.nn.Module, threshold: float = 0.0, *,
+                      workers: int = 0, batch_size: int = 512) -> PseudoLabels:
+    """Pseudo-label the context's D_U with ``teacher`` (its predictions only): every row is
+    read once, without augmentation, with label −1."""
+    d = ctx.recipe.data
+    rows = unlabeled_rows(ctx.manifest)
+    spec = eval_spec(d.image_size, d.eval_crop_fraction)
+    hidden = np.full(len(rows), UNLABELED, dtype=np.int64)  # never the true labels
+    ds = ManifestDataset(ctx.index, rows, hidden, EvalView(spec, d.channels),
+                         on_error=d.loader.on_error)
+    sampler = EpochSampler(len(ds), batch_size=batch_size, shuffle="none", tail="keep",
+                           rows=ds.rows)
+    loader = stage_loader(ctx, ds, sampler, workers, evaluation=spec)
+    logits, positions = teacher_logits(teacher.to(ctx.device), loader, ctx.device)
+    _, predicted, confidence = assign_pseudo_labels(logits, threshold)
+    out_pred = np.full(len(rows), UNLABELED, dtype=np.int64)  # a skipped (unreadable) row
+    out_conf = np.zeros(len(rows), dtype=np.float32)
+    out_pred[positions], out_conf[positions] = predicted, confidence
+    return PseudoLabels(rows=rows, predicted=out_pred, confidence=out_conf,
+                        threshold=float(threshold))
+
 
 
 class EncoderHead(nn.Module):

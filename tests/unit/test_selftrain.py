@@ -18,7 +18,7 @@ from ltscale.methods import create_method
 from ltscale.models import create_backbone
 from ltscale.stages.context import make_context
 from ltscale.stages.results import TrainResult
-from ltscale.stages.selftrain import check_pool, run_selftrain
+from ltscale.stages.selftrain import check_pool, pseudo_label_pool, run_selftrain
 from ltscale.track.tracker import NullTracker
 
 MEAN, STD = 0.5, 0.25
@@ -168,8 +168,10 @@ def test_pool_pseudo_labels_come_from_the_teacher_only(tiny_idx, tmp_path, monke
         seen_labels.extend(y for batch in loader for y in batch[1].tolist())
         return real(teacher, loader, device)
 
-    monkeypatch.setattr(st, "teacher_logits", spy)
-    pseudo = st.pseudo_label_pool(ctx, PixelTeacher(), threshold=0.5, batch_size=7)
+    import ltscale.stages.selftrain as stage
+
+    monkeypatch.setattr(stage, "teacher_logits", spy)
+    pseudo = pseudo_label_pool(ctx, PixelTeacher(), threshold=0.5, batch_size=7)
     assert seen_labels == [-1] * 30  # the loader never carries a true label
     assert pseudo.rows.tolist() == rows.tolist()
     assert pseudo.predicted.tolist() == np.where(true == 2, 0, true).tolist()
@@ -184,7 +186,7 @@ def test_pool_pseudo_labels_come_from_the_teacher_only(tiny_idx, tmp_path, monke
         ctx.manifest.mask("unlabeled"), -1, ctx.manifest.clean))
     ctx.manifest = hidden
     ctx.index.label[rows] = (true + 1) % 3
-    again = st.pseudo_label_pool(ctx, PixelTeacher(), threshold=0.5, batch_size=7)
+    again = pseudo_label_pool(ctx, PixelTeacher(), threshold=0.5, batch_size=7)
     assert (ctx.index.label[rows] != true).all()  # the tampering is in place
     np.testing.assert_array_equal(again.predicted, pseudo.predicted)
     np.testing.assert_array_equal(again.confidence, pseudo.confidence)
