@@ -13,7 +13,7 @@ import numpy as np
 from ltscale.data.duplicates import NO_HASHES, Duplicates, find_duplicates
 from ltscale.data.manifest import ROLES, Manifest
 from ltscale.data.noise import transition_counts
-from ltscale.eval.shots import FEW, MANY, shot_groups
+from ltscale.data.shots import FEW, MANY, shot_groups
 
 DENSE_TRANSITION_MAX_CLASSES = 20   # printed as a matrix up to this many classes
 JSON_TRANSITION_MAX_CLASSES = 200   # dense in the JSON up to this many (sparse counts always)

@@ -20,7 +20,7 @@
 A group mean is None (not NaN) when the group has no class present in the test set, so the
 report says "n/a" instead of a number. Training counts are the training manifest's labeled
 samples by *clean* label when all clean labels are known, else by observed label
-(``Manifest.reference_counts``), see ``ltscale.eval.shots``.
+(``Manifest.reference_counts``), see ``ltscale.data.shots``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import math
 import numpy as np
 import torch
 
+from ltscale.data.shots import FEW, MANY, SHOT_NAMES, THIRD_NAMES, frequency_thirds, shot_groups
 from ltscale.eval.calibration import ECE_BINS, ECE_KEYS, calibration
 from ltscale.eval.confusion import confusion
-from ltscale.eval.shots import FEW, MANY, SHOT_NAMES, THIRD_NAMES, frequency_thirds, shot_groups
 
 # the scalar entries of classification_metrics, in report order
 SCALAR_KEYS = ("top1", "top5", "balanced_acc", "mean_per_class", *SHOT_NAMES, *THIRD_NAMES,

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ltscale.finetune.classifier import ClassifierPart, Head, ScaledLinear, TauNormLinear
 from ltscale.finetune.trainer import train_head
+from ltscale.models.classifier import ClassifierPart, Head, ScaledLinear, TauNormLinear
 
 STAGES = ("none", "crt", "tau_norm", "lws")
 

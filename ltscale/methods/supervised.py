@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ltscale.finetune.classifier import CosineLinear
 from ltscale.losses import classification_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
+from ltscale.models.classifier import CosineLinear
 
 
 @register_method("supervised")

@@ -41,7 +41,11 @@ from ltscale.finetune.cache import (
     load_cache,
     module_sha256,
 )
-from ltscale.finetune.classifier import (
+from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
+from ltscale.finetune.two_stage import apply_classifier_stage
+from ltscale.hashing import file_sha256
+from ltscale.losses import classification_loss
+from ltscale.models.classifier import (
     ClassifierPart,
     Head,
     build_head,
@@ -49,10 +53,6 @@ from ltscale.finetune.classifier import (
     pretrained_projector_layer,
     projector_layer,
 )
-from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
-from ltscale.finetune.two_stage import apply_classifier_stage
-from ltscale.hashing import file_sha256
-from ltscale.losses import classification_loss
 from ltscale.stages.context import Context
 from ltscale.stages.endtoend import run_end_to_end
 from ltscale.stages.loaders import stage_loader, test_loader, test_selection

@@ -28,7 +28,6 @@ from ltscale.engine.checkpoint import save_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.errors import RecipeError
-from ltscale.finetune.classifier import Head, head_spec
 from ltscale.finetune.selftrain import (
     UNLABELED,
     PseudoLabels,
@@ -41,6 +40,7 @@ from ltscale.finetune.selftrain import (
 )
 from ltscale.hashing import file_sha256
 from ltscale.methods import create_method
+from ltscale.models.classifier import Head, head_spec
 from ltscale.stages.budget import measured
 from ltscale.stages.context import Context
 from ltscale.stages.finetune import HEAD_FORMAT, head_from_file, predict_images

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from ltscale.data.shots import frequency_thirds, shot_groups
 from ltscale.errors import ManifestError
 from ltscale.eval.aggregate import aggregate, format_mean_std, merge_seeds
 from ltscale.eval.metrics import classification_metrics
 from ltscale.eval.noise import auroc, average_ranks, detection, noise_separation
-from ltscale.eval.shots import frequency_thirds, shot_groups
 from ltscale.stages.evaluate import check_disjoint
 
 COUNTS = [150, 100, 20, 19]

@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch import nn
 
-from ltscale.finetune.classifier import Head, build_head, head_spec, projector_layer
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
 from ltscale.finetune.two_stage import (
     apply_classifier_stage,
@@ -14,6 +13,7 @@ from ltscale.finetune.two_stage import (
     tau_normalize,
 )
 from ltscale.losses import classification_loss
+from ltscale.models.classifier import Head, build_head, head_spec, projector_layer
 
 
 def _toy(counts=(40, 40, 40), dim=6, seed=0, versions=1):
@@ -146,7 +146,7 @@ def test_projector_layer_keys_match_the_pretrained_projector():
 def test_ldam_trains_a_cosine_classifier_and_refuses_weight_rescaling_stages():
     from ltscale.config.loading import recipe_from_dict
     from ltscale.errors import RecipeError
-    from ltscale.finetune.classifier import CosineLinear, Head, head_spec
+    from ltscale.models.classifier import CosineLinear, Head, head_spec
 
     head = Head(head_spec(4, 3, kind="cosine", bias=False))
     assert isinstance(head.classifier, CosineLinear)
