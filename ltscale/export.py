@@ -22,7 +22,7 @@ Every file is written under a temporary name, loaded back and run on a random ba
 ltscale encoder; only when the largest absolute difference of the features is within
 ``atol`` · max(1, max |feature|) is it renamed into place. A mismatch is an ``ExportError`` and
 leaves no file. ``export.json`` beside the files records what was exported and the differences.
-An existing file is replaced only when ltscale wrote it (``ltscale.owned``; ``force``: any file),
+An existing file is replaced only when ltscale wrote it (``ltscale.core.owned``; ``force``: any file),
 checked for every file before the first is written.
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from ltscale.errors import CheckpointError, LtscaleError
-from ltscale.owned import check_replace, owned_path
+from ltscale.core.errors import CheckpointError, LtscaleError
+from ltscale.core.owned import check_replace, owned_path
 
 FORMATS = ("torchvision", "onnx")
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ltscale.errors import CheckpointError
+from ltscale.core.errors import CheckpointError
 
 
 def resolve_artifact(ref: str, kind: str, tracking_uri: str | None = None) -> Path:

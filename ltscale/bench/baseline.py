@@ -20,7 +20,7 @@ import time
 import torch
 
 from ltscale.bench.plain import PlainSettings, load_data, train_and_test
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 
 def same_settings(ctx, epochs: int) -> PlainSettings:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from ltscale.bench.synthetic import write_jpeg_folder
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 
 # pipeline name → data.loader (backend, decode)
 LOADERS = {"dali": ("dali", "cpu"), "torch": ("torch", "cpu"), "torch-gpu": ("torch", "gpu")}

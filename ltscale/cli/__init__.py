@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 
 
 def build_parser() -> argparse.ArgumentParser:

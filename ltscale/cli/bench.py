@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 
 
 def _tables_to_stderr(args):

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 
 
 def recipe_from_args(args):
@@ -67,14 +67,14 @@ def check_data_flag(recipe, data: str | None) -> None:
 
 
 def tracker(recipe, enabled: bool = True):
-    from ltscale.launch.env import DistEnv
+    from ltscale.core.dist_env import DistEnv
     from ltscale.track import MlflowTracker, NullTracker
 
     enabled = enabled and DistEnv.from_env().rank == 0  # only rank 0 of a launched job tracks
     if not enabled:
         return NullTracker()
-    from ltscale.launch.preflight import check_tracking
     from ltscale.track import default_tracking_uri
+    from ltscale.track.store import check_tracking
 
     uri = recipe.tracking.uri or default_tracking_uri()
     check_tracking(uri, timeout_s=5.0)  # an unreachable server: one line within seconds
@@ -116,7 +116,7 @@ def options(pairs: list[str]) -> dict[str, str]:
 def stage_run(recipe, tracker, stage: str, tags: dict | None = None):
     """The context of one stage command: the output folder's lock, the stage's MLflow run with
     its tags and the recipe as params, and the stage ``Context`` (shards, manifest, backend)."""
-    from ltscale.lock import output_lock
+    from ltscale.core.lock import output_lock
     from ltscale.stages.context import make_context
 
     with output_lock(recipe.output_dir):

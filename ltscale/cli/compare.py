@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,10 @@ def _condition_keys(runs: list[dict], group_by: list[str], pivot: bool,
 
 def _check_outputs(uri: str, args, outputs: list) -> None:
     """Before anything is written: no output is an input (the tracking store, the recipe), and
-    each replaces only a file ltscale wrote, unless --force (``ltscale.owned``)."""
+    each replaces only a file ltscale wrote, unless --force (``ltscale.core.owned``)."""
     import os
 
-    from ltscale.owned import check_replace
+    from ltscale.core.owned import check_replace
     from ltscale.track.store import sqlite_file
 
     inputs = {"the tracking store": sqlite_file(uri), "the recipe": args.reference}
@@ -167,7 +167,7 @@ def _emit(text: str, out: str | None, force: bool = False) -> None:
     """Print the table; with ``--out`` also write it (atomically) to that file, replacing only a
     file ltscale wrote unless ``force``."""
     if out:
-        from ltscale.owned import owned_path
+        from ltscale.core.owned import owned_path
 
         with owned_path(out, "--out", force) as tmp:
             tmp.write_text(text, encoding="utf-8")

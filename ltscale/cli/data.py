@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ltscale.cli import common
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 
 
 def add_parser(sub) -> None:

@@ -86,9 +86,9 @@ def check_manifest_output(out: str, index, inputs) -> None:
     over an existing file that is not an ltscale manifest."""
     from pathlib import Path
 
+    from ltscale.core.errors import ManifestError
     from ltscale.data.manifest import Manifest
     from ltscale.data.ownership import check_output_path
-    from ltscale.errors import ManifestError
 
     root = index.root
     shards = [Path(s) if Path(s).is_absolute() else root / s for s in index.shards]

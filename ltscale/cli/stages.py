@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ltscale.cli import common
-from ltscale.lock import output_lock
+from ltscale.core.lock import output_lock
 
 
 def add_parser(sub) -> None:
@@ -79,7 +79,7 @@ def cmd_scratch(args):
 
 def cmd_run(args, scratch_only: bool = False):
     from ltscale.config.sweeps import expand
-    from ltscale.errors import RecipeError
+    from ltscale.core.errors import RecipeError
 
     overrides = list(args.overrides)
     if getattr(args, "data", None):

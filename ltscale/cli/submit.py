@@ -54,8 +54,8 @@ def _check_sbatch_file(path: str, inputs) -> None:
     """``--sbatch FILE`` never lands on an input, and replaces only a script it rendered."""
     from pathlib import Path
 
+    from ltscale.core.errors import LtscaleError
     from ltscale.data.ownership import check_output_path
-    from ltscale.errors import LtscaleError
 
     check_output_path(path, [i for i in inputs if i], "--sbatch")
     f = Path(path)
@@ -98,7 +98,7 @@ def cmd_submit(args):
                            cluster=args.cluster, folder=args.folder,
                            dry_run=args.dry_run or bool(args.sbatch))
     if args.sbatch:
-        from ltscale.atomic import write_text_atomic
+        from ltscale.core.atomic import write_text_atomic
 
         write_text_atomic(args.sbatch, render_sbatch(opts, plan.argvs))
         Path(args.sbatch).chmod(0o755)

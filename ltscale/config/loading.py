@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from ltscale.config.overrides import apply_overrides
 from ltscale.config.safe_yaml import MAX_RECIPE_BYTES, safe_load_limited
 from ltscale.config.schema import Recipe
-from ltscale.config.suggest import nearest_key
-from ltscale.errors import LtscaleError, RecipeError
+from ltscale.core.errors import LtscaleError, RecipeError
+from ltscale.core.suggest import nearest_key
 
 
 def _short(value: Any, limit: int = 120) -> str:

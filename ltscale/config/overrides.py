@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from ltscale.config.safe_yaml import safe_load_limited
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -13,12 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ltscale.config.base import Section
 from ltscale.config.pretrain import PretrainCfg
 from ltscale.config.supervised import BaselinesCfg, FinetuneCfg, SelfTrainCfg
+from ltscale.core.errors import LtscaleError
+from ltscale.core.section import Section
 from ltscale.data.decode_option import decode_refusal
 from ltscale.data.manifest_spec import EvalSelection, ImbalanceSpec, NoiseSpec
-from ltscale.errors import LtscaleError
 
 # every seed is a whole run of the training stages; papers report 3 to 5, and 1,000 runs of even
 # a one-minute recipe take 17 hours

@@ -16,7 +16,7 @@ from typing import Any
 
 from ltscale.config.loading import load_recipe
 from ltscale.config.schema import Recipe
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 
 def grid(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 
 @dataclass(frozen=True)

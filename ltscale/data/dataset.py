@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
+from ltscale.core.errors import DataError
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest
 from ltscale.data.reader import IndexedReader
 from ltscale.data.sampling import Batch
-from ltscale.errors import DataError
 
 ON_ERROR = ("fail", "skip")
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError)

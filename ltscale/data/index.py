@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltscale.atomic import atomic_path
-from ltscale.errors import DataError
+from ltscale.core.atomic import atomic_path
+from ltscale.core.errors import DataError
 
 INDEX_FILE = "index.npz"
 CARD_FILE = "card.json"

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ltscale.atomic import atomic_path
+from ltscale.core.atomic import atomic_path
+from ltscale.core.errors import ManifestError
 from ltscale.data.index import NPZ_ERRORS, ShardIndex
 from ltscale.data.manifest_spec import (
     EvalSelection,
@@ -34,7 +35,6 @@ from ltscale.data.manifest_spec import (
     UnlabeledSpec,
 )
 from ltscale.data.noise import describe, observe, transition_counts, transition_matrix
-from ltscale.errors import ManifestError
 
 __all__ = ["ROLES", "EvalSelection", "ImbalanceSpec", "Manifest", "ManifestSpec", "NoiseSpec",
            "UnlabeledSpec", "build_manifest", "longtail_counts"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ltscale.errors import ManifestError
+from ltscale.core.errors import ManifestError
 
 IMBALANCE_PROFILES = ("none", "natural", "exp", "step", "pareto")
 NOISE_KINDS = ("none", "sym", "asym", "real", "human", "idn")

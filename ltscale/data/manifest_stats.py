@@ -22,8 +22,8 @@ TOP_FLIPS = 10
 
 def dataset_index(m: Manifest):
     """(index, "") of the dataset ``m`` was built from, or (None, why it cannot be used)."""
+    from ltscale.core.errors import DataError
     from ltscale.data.index import ShardIndex
-    from ltscale.errors import DataError
 
     root = m.header.get("dataset")
     if not root:

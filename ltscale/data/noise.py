@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ltscale.core.errors import ManifestError
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest_spec import NoiseSpec
 from ltscale.data.noise_human import human_labels
 from ltscale.data.noise_idn import instance_dependent_labels
-from ltscale.errors import ManifestError
 
 # CIFAR-10 class-dependent flips used across the noisy-label literature
 CIFAR10_ASYM = {"truck": "automobile", "bird": "airplane", "deer": "horse", "cat": "dog",

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ltscale.core.errors import ManifestError
+from ltscale.core.hashing import file_sha256
 from ltscale.data.index import NPZ_ERRORS, ShardIndex
 from ltscale.data.manifest_spec import HUMAN_LABEL_SETS, NoiseSpec
 from ltscale.data.sources.cifar import unpickle_arrays
-from ltscale.errors import ManifestError
-from ltscale.hashing import file_sha256
 
 CIFAR_KINDS = ("cifar10", "cifar100")
 _TRAIN_KEY = re.compile(r"^train-(\d+)$")

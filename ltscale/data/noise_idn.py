@@ -35,11 +35,11 @@ import io
 import numpy as np
 from PIL import Image
 
+from ltscale.core.errors import DataError, ManifestError
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest_spec import NoiseSpec
 from ltscale.data.pixels import to_mode
 from ltscale.data.reader import IndexedReader
-from ltscale.errors import DataError, ManifestError
 
 THUMBNAIL = 16          # side of the thumbnail the features come from
 FEATURE_DIM = 64        # size of the random projection

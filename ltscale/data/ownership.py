@@ -8,8 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from ltscale.core.errors import DataError
 from ltscale.data.index import CARD_FILE
-from ltscale.errors import DataError
 
 # A dataset card written by ltscale carries this marker and the list of files the build wrote;
 # only such a folder, holding nothing else, is ever replaced.

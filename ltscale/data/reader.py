@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ltscale.core.errors import DataError
 from ltscale.data.index import ShardIndex
-from ltscale.errors import DataError
 
 
 class IndexedReader:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ltscale.errors import DataError
+from ltscale.core.errors import DataError
 
 SHUFFLES = ("global", "block", "none")
 BALANCES = ("instance", "class", "sqrt", "progressive")

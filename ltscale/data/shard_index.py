@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ltscale import __version__
+from ltscale.core.errors import DataError
+from ltscale.core.version import __version__
 from ltscale.data.card import HASHES, field_hashes, split_summary
 from ltscale.data.index import CARD_FILE, IMAGE_HASH, IMAGE_HASH_BYTES, ShardIndex
 from ltscale.data.ownership import OWNER_MARKER
 from ltscale.data.sources.base import NO_LABEL, SampleRef, Source
-from ltscale.errors import DataError
 
 
 def image_digest(data: bytes) -> bytes:

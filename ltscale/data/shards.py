@@ -37,16 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ltscale.atomic import write_json_atomic
+from ltscale.core.atomic import write_json_atomic
+from ltscale.core.errors import DataError
+from ltscale.core.hashing import file_sha256
+from ltscale.core.lock import build_lock
+from ltscale.core.progress import bar as progress_bar
 from ltscale.data.index import CARD_FILE, ShardIndex
 from ltscale.data.ownership import check_output_path, owned_dataset, remove_owned
 from ltscale.data.shard_index import assemble, card, image_digest, index_in_place
 from ltscale.data.sources.base import NO_LABEL, SampleRef, Source, check_key
 from ltscale.data.tarfmt import BLOCK, TarWriter, padded
-from ltscale.errors import DataError
-from ltscale.hashing import file_sha256
-from ltscale.lock import build_lock
-from ltscale.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 

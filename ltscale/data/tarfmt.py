@@ -12,7 +12,7 @@ import io
 import os
 import tarfile
 
-from ltscale.errors import DataError
+from ltscale.core.errors import DataError
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: shards do not depend on when they were built
 BLOCK = 512

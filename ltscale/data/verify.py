@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ltscale.core.errors import DataError
+from ltscale.core.hashing import file_sha256
+from ltscale.core.progress import bar as progress_bar
 from ltscale.data.index import CARD_FILE, ShardIndex
 from ltscale.data.tarfmt import check_regular, header_before, safe_member_name
-from ltscale.errors import DataError
-from ltscale.hashing import file_sha256
-from ltscale.progress import bar as progress_bar
 
 
 @dataclass

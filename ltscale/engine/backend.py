@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ltscale.core.errors import CheckpointError, RecipeError
 from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
-from ltscale.errors import CheckpointError, RecipeError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 

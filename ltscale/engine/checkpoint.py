@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ltscale.atomic import atomic_path
-from ltscale.errors import CheckpointError
+from ltscale.core.atomic import atomic_path
+from ltscale.core.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

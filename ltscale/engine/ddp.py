@@ -49,9 +49,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
+from ltscale.core.dist_env import DistEnv
 from ltscale.engine.backend import LocalBackend
 from ltscale.engine.dist import any_true, control_group
-from ltscale.launch.env import DistEnv
 
 DIST_BACKENDS = ("auto", "gloo", "nccl")
 _HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters

@@ -54,6 +54,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from ltscale.core.errors import CheckpointError, RecipeError
 from ltscale.engine.backend import PRECISIONS, LocalBackend
 from ltscale.engine.checkpoint import save_checkpoint
 from ltscale.engine.deepspeed_checkpoint import (
@@ -66,7 +67,6 @@ from ltscale.engine.deepspeed_checkpoint import (
 )
 from ltscale.engine.dist import any_true, control_group
 from ltscale.engine.precision import apply_fp32_policy
-from ltscale.errors import CheckpointError, RecipeError
 
 ZERO_STAGES = (0, 1, 2)
 def _free_port() -> int:

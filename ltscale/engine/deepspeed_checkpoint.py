@@ -9,8 +9,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ltscale.core.errors import CheckpointError
 from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.errors import CheckpointError
 
 DATA_SUFFIX = ".ds"
 MODEL_STATES = "mp_rank_00_model_states.pt"  # written last-but-one by DeepSpeed's rank 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ltscale.progress import bar
+from ltscale.core.progress import bar
 
 
 @torch.no_grad()

@@ -41,12 +41,12 @@ from typing import Callable
 
 import torch
 
+from ltscale.core.errors import DataError
+from ltscale.core.progress import bar as progress_bar
 from ltscale.data.loading.base import EpochStats, report_skipped
 from ltscale.engine import preempt
 from ltscale.engine.checkpoint import CheckpointManager
 from ltscale.engine.optim import lr_factor, momentum_offset, set_lr, set_momentum
-from ltscale.errors import DataError
-from ltscale.progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 

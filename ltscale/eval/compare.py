@@ -8,7 +8,7 @@ A key or metric no run has is refused, naming the ones that exist; a default met
 is left out with a note. A group pools only replicates of one condition
 (``ltscale.eval.conditions``): runs of different datasets or settings are never averaged
 together. The store is only read: a SQLite store whose file does not exist is refused, not
-created; plots replace only files ltscale wrote (``ltscale.owned``).
+created; plots replace only files ltscale wrote (``ltscale.core.owned``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 from ltscale.eval.aggregate import format_metric, is_fraction
 from ltscale.eval.conditions import CONDITION_TAGS, describe, differing
 
@@ -285,9 +285,9 @@ def numeric(value: str) -> float | None:
 
 def _save(fig, path: Path, force: bool, dpi: int = 110) -> Path:
     """The figure as a PNG at ``path``, written atomically, replacing only a file ltscale wrote
-    (``ltscale.owned``) unless ``force``."""
+    (``ltscale.core.owned``) unless ``force``."""
+    from ltscale.core.owned import owned_path
     from ltscale.eval.plots import _plt
-    from ltscale.owned import owned_path
 
     try:
         with owned_path(path, "--plots", force) as tmp:

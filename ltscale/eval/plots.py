@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltscale.atomic import atomic_path
+from ltscale.core.atomic import atomic_path
 from ltscale.eval.confusion import cells, num_classes_of
 
 MAX_TICK_CLASSES = 50

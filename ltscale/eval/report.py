@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ltscale.atomic import write_json_atomic, write_text_atomic
+from ltscale.core.atomic import write_json_atomic, write_text_atomic
 from ltscale.eval.aggregate import format_mean_std
 from ltscale.eval.plots import plot_confusion, plot_groups, plot_per_class, plot_reliability
 

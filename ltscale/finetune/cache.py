@@ -32,9 +32,9 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from ltscale.atomic import atomic_path, write_json_atomic
-from ltscale.errors import DataError
-from ltscale.progress import bar
+from ltscale.core.atomic import atomic_path, write_json_atomic
+from ltscale.core.errors import DataError
+from ltscale.core.progress import bar
 
 FORMAT = 2
 _KEY_FILE = re.compile(r"key\.rank(\d+)-of-(\d+)\.json$")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 
 @dataclass

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ltscale.errors import ManifestError, RecipeError
+from ltscale.core.errors import ManifestError, RecipeError
 
 UNLABELED = -1  # the label D_U rows carry into the loader (and a rejected pseudo-label)
 

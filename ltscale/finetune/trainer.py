@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ltscale.core.errors import RecipeError
+from ltscale.core.progress import bar
 from ltscale.data.sampling import EpochSampler
-from ltscale.errors import RecipeError
-from ltscale.progress import bar
 
 OPTIMIZERS = ("adam", "sgd")
 

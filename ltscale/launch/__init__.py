@@ -7,6 +7,6 @@
     srun --ntasks-per-node 4 python -m ltscale pretrain RECIPE key=value ...
 """
 
-from ltscale.launch.env import DistEnv, expand_nodelist
+from ltscale.core.dist_env import DistEnv, expand_nodelist
 
 __all__ = ["DistEnv", "expand_nodelist"]

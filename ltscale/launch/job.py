@@ -24,7 +24,7 @@ import signal
 import threading
 from pathlib import Path
 
-from ltscale.launch.env import SLURM_PORT_BASE, SLURM_PORT_SPAN
+from ltscale.core.dist_env import SLURM_PORT_BASE, SLURM_PORT_SPAN
 from ltscale.track.ledger import LEDGER_ENV
 
 

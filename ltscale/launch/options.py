@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 # the signal SLURM sends ``signal_delay_s`` before the time limit; submitit's default (USR1 is
 # avoided because NCCL may install its own handler for it)

@@ -6,14 +6,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 
-from ltscale.errors import LtscaleError
-
-
-class LaunchError(LtscaleError):
-    """The scheduler or the tracking server cannot take this submission."""
+from ltscale.core.errors import LaunchError
 
 
 def check_sbatch() -> str:
@@ -45,21 +39,3 @@ def check_partition(partition: str | None) -> None:
     if partition not in names:
         raise LaunchError(f"--partition {partition}: no such partition; this cluster has "
                           f"{', '.join(names) or 'none'}")
-
-
-def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
-    """An ``http(s)://`` tracking server must answer ``/health``; file and database stores are
-    created on first use and need no check."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            if resp.status != 200:
-                raise LaunchError(f"MLflow tracking server {uri} answered {resp.status} on "
-                                  "/health")
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise LaunchError(f"MLflow tracking server {uri} is unreachable ({reason}); start it, "
-                          "fix MLFLOW_TRACKING_URI / tracking.uri, or unset them to track in "
-                          "the local SQLite file mlflow.db") from None

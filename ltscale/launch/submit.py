@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ltscale.atomic import write_text_atomic
 from ltscale.config.loading import load_recipe
 from ltscale.config.schema import Recipe
 from ltscale.config.sweeps import expand, point_label, point_overrides
+from ltscale.core.atomic import write_text_atomic
 from ltscale.launch.options import SubmitOptions
-from ltscale.launch.preflight import check_partition, check_sbatch, check_tracking
+from ltscale.launch.preflight import check_partition, check_sbatch
 from ltscale.launch.sweep_args import check_sweep_keys, parse_sweep
+from ltscale.track.store import check_tracking
 
 COMMANDS = ("run", "pretrain")
 

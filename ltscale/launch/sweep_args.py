@@ -16,8 +16,8 @@ import yaml
 from ltscale.config.overrides import flatten
 from ltscale.config.safe_yaml import safe_load_limited
 from ltscale.config.schema import Recipe
-from ltscale.errors import RecipeError
-from ltscale.launch.env import _split_top_level
+from ltscale.core.dist_env import _split_top_level
+from ltscale.core.errors import RecipeError
 
 
 def _values(key: str, text: str) -> list[Any]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.losses.base import ClassificationLoss, LossOptions
 
 _LOSSES: dict[str, type[ClassificationLoss]] = {}

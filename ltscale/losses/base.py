@@ -18,8 +18,8 @@ import torch
 from pydantic import ConfigDict, ValidationError
 from torch import nn
 
-from ltscale.config.base import Section
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
+from ltscale.core.section import Section
 
 
 class LossOptions(Section):

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.engine.dist import gather_with_grad, world_size
 from ltscale.losses.ssl import barlow_twins_loss, batch_standardize, cross_correlation
 from ltscale.methods._registry import register_method

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.losses.ssl import byol_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod

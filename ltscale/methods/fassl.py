@@ -20,9 +20,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.errors import RecipeError
+from ltscale.core.section import Section
 from ltscale.engine.dist import gather, rank
-from ltscale.errors import RecipeError
 from ltscale.losses.fassl import frequency_weights, rebalanced_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod

@@ -18,9 +18,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.errors import RecipeError
+from ltscale.core.section import Section
 from ltscale.engine.dist import gather_with_grad, rank
-from ltscale.errors import RecipeError
 from ltscale.losses.fassl import prototype_contrastive_loss
 from ltscale.methods._registry import method_class, method_names, register_method
 from ltscale.methods.base import PretrainMethod

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.engine.dist import gather, shuffle_batch, unshuffle_batch
 from ltscale.losses.ssl import infonce_with_queue
 from ltscale.methods._registry import register_method

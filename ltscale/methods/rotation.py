@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.losses.ssl import rotation_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod

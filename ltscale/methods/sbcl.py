@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.engine.dist import gather, rank, world_size
 from ltscale.losses.supcon import kcl_loss, sbcl_loss, supcon_loss
 from ltscale.methods._registry import register_method

@@ -10,7 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.ssl import nt_xent
 from ltscale.methods._registry import register_method

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.losses.ssl import simsiam_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ltscale.config.base import Section
+from ltscale.core.section import Section
 from ltscale.engine.dist import gather, gather_with_grad, rank
 from ltscale.losses.supcon import kcl_loss, supcon_loss
 from ltscale.methods._registry import register_method

@@ -21,7 +21,7 @@ import copy
 import torch
 from torch import nn
 
-from ltscale.errors import CheckpointError
+from ltscale.core.errors import CheckpointError
 
 KINDS = ("linear", "cosine", "tau_norm", "lws")
 

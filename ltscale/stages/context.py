@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from ltscale import __version__
 from ltscale.config.schema import Recipe
+from ltscale.core.errors import DataError
+from ltscale.core.version import __version__
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest, build_manifest
 from ltscale.data.manifest_spec import (
@@ -27,7 +28,6 @@ from ltscale.data.manifest_spec import (
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
 from ltscale.engine.backend import LocalBackend
-from ltscale.errors import DataError
 from ltscale.track import NullTracker
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def create_backend(recipe: Recipe) -> LocalBackend:
     e = recipe.engine
     kind = e.backend
     if kind == "auto":
-        from ltscale.launch.env import DistEnv
+        from ltscale.core.dist_env import DistEnv
 
         kind = "ddp" if DistEnv.from_env().world_size > 1 else "local"
     if kind == "ddp":

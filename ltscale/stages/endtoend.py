@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from ltscale.config.base import OptimCfg
+from ltscale.core.errors import RecipeError
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
-from ltscale.errors import RecipeError
 from ltscale.finetune.endtoend import (
     EndToEndResult,
     PartiallyFrozen,

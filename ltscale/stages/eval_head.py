@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
+from ltscale.core.errors import CheckpointError
+from ltscale.core.hashing import file_sha256
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.features import encode
-from ltscale.errors import CheckpointError
 from ltscale.eval.report import write_report
-from ltscale.hashing import file_sha256
 from ltscale.stages.context import Context
 from ltscale.stages.evaluate import evaluate_logits
 from ltscale.stages.finetune import head_from_file

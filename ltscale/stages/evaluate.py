@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
+from ltscale.core.errors import ManifestError
 from ltscale.data.duplicates import NO_HASHES, hash_groups
-from ltscale.errors import ManifestError
 from ltscale.eval.metrics import classification_metrics, scalar_metrics
 from ltscale.eval.noise import noise_separation
 from ltscale.stages.context import Context

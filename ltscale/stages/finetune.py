@@ -25,14 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltscale.atomic import atomic_path
 from ltscale.config.overrides import flatten
+from ltscale.core.atomic import atomic_path
+from ltscale.core.errors import CheckpointError, RecipeError
+from ltscale.core.hashing import file_sha256
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
-from ltscale.errors import CheckpointError, RecipeError
 from ltscale.finetune.cache import (
     FORMAT,
     FeatureCache,
@@ -43,7 +44,6 @@ from ltscale.finetune.cache import (
 )
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
 from ltscale.finetune.two_stage import apply_classifier_stage
-from ltscale.hashing import file_sha256
 from ltscale.losses import classification_loss
 from ltscale.models.classifier import (
     ClassifierPart,

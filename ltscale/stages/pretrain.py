@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from ltscale.config.overrides import flatten
+from ltscale.core.errors import CheckpointError, RecipeError
 from ltscale.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ltscale.engine.knn import KnnMonitor
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
-from ltscale.errors import CheckpointError, RecipeError
 from ltscale.methods import METHOD_INPUTS, create_method, method_class
 from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltscale.atomic import atomic_path
 from ltscale.config.overrides import flatten
+from ltscale.core.atomic import atomic_path
+from ltscale.core.errors import RecipeError
+from ltscale.core.hashing import file_sha256
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
@@ -27,7 +29,6 @@ from ltscale.data.sampling import EpochSampler
 from ltscale.engine.checkpoint import save_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
-from ltscale.errors import RecipeError
 from ltscale.finetune.selftrain import (
     UNLABELED,
     PseudoLabels,
@@ -38,7 +39,6 @@ from ltscale.finetune.selftrain import (
     teacher_logits,
     unlabeled_rows,
 )
-from ltscale.hashing import file_sha256
 from ltscale.methods import create_method
 from ltscale.models.classifier import Head, head_spec
 from ltscale.stages.budget import measured

@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from ltscale.atomic import write_json_atomic
+from ltscale.core.atomic import write_json_atomic
 
 LEDGER_ENV = "LTSCALE_MLFLOW_LEDGER"
 

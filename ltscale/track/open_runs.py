@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from ltscale.atomic import write_json_atomic
+from ltscale.core.atomic import write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,11 @@ it is given; a missing file is refused here first, naming the URI and the file."
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LaunchError, LtscaleError
 
 SQLITE = "sqlite:///"
 
@@ -47,8 +49,6 @@ def check_readable(uri: str, why: str = "nothing to read") -> None:
     itself retries for minutes), and a SQLite store must exist and be an SQLite database that
     opens; each failure is one ``NoStore`` line naming the URI and the file or the cause."""
     if uri.startswith(("http://", "https://")):
-        from ltscale.launch.preflight import check_tracking
-
         check_tracking(uri, timeout_s=5.0)
         return
     require_store(uri, why)
@@ -82,3 +82,21 @@ def unreadable(uri: str, exc: BaseException) -> NoStore:
     where = f" ({sqlite_file(uri)})" if sqlite_file(uri) is not None else ""
     return NoStore(f"tracking store {uri}{where} cannot be read ({type(exc).__name__}: "
                    f"{first[:300]})")
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """An ``http(s)://`` tracking server must answer ``/health``; file and database stores are
+    created on first use and need no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise LaunchError(f"MLflow tracking server {uri} answered {resp.status} on "
+                                  "/health")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise LaunchError(f"MLflow tracking server {uri} is unreachable ({reason}); start it, "
+                          "fix MLFLOW_TRACKING_URI / tracking.uri, or unset them to track in "
+                          "the local SQLite file mlflow.db") from None

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from ltscale.core.errors import DataError
 from ltscale.data.augment import eval_spec, make_preset, preset_names
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.index import ShardIndex
-from ltscale.errors import DataError
 from tests.unit.test_decode_gpu import (
     LOOSE,
     collect,

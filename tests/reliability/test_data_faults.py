@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ltscale.core.errors import DataError
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest
-from ltscale.errors import DataError
 from tests.reliability import train
 from tests.reliability.conftest import Data, load_state, read_steps
 from tests.reliability.tinydata import make_dataset

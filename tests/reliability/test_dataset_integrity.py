@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 from ltscale.cli import main as cli
+from ltscale.core.errors import ManifestError
+from ltscale.core.lock import build_lock_path
 from ltscale.data.index import COLUMNS, IMAGE_HASH, ShardIndex
 from ltscale.data.manifest import Manifest
 from ltscale.data.reader import IndexedReader
 from ltscale.data.verify import verify_dataset
-from ltscale.errors import ManifestError
-from ltscale.lock import build_lock_path
 from ltscale.stages.evaluate import check_eval_disjoint
 from tests.conftest import write_idx
 from tests.reliability.safety import refused, snapshot
@@ -273,7 +273,7 @@ def _no_space(*args, **kwargs):
 @pytest.mark.parametrize("target, name", [
     ("ltscale.data.tarfmt._HashingFile.write", "train-000000.tar.partial"),
     ("ltscale.data.index.np.savez", "index.npz"),
-    ("ltscale.atomic.os.fsync", "build-plan.json"),
+    ("ltscale.core.atomic.os.fsync", "build-plan.json"),
 ])
 def test_out_of_space_during_a_build_names_the_file(tmp_path, capsys, monkeypatch, target, name):
     src = _idx(tmp_path / "raw", duplicates=False)

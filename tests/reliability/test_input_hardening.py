@@ -85,7 +85,7 @@ def _head_on_copied_encoder(trained: dict, tmp_path: Path, **changes) -> tuple[P
 
 
 def test_a_head_records_its_encoders_sha256(trained):
-    from ltscale.hashing import file_sha256
+    from ltscale.core.hashing import file_sha256
 
     for name in ("finetune", "finetune_ce"):
         saved = torch.load(trained["out"] / name / "head.pt", weights_only=True)
@@ -181,7 +181,7 @@ def test_data_flag_applies_or_is_refused(tiny, capsys, case):
 
 # --- one run per output folder -----------------------------------------------------------------
 def test_a_second_run_into_a_locked_output_dir_is_refused(tiny, capsys):
-    code = ("import sys, time; from ltscale.lock import output_lock\n"
+    code = ("import sys, time; from ltscale.core.lock import output_lock\n"
             "with output_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tiny["out"])],
                               stdout=subprocess.PIPE, text=True,
@@ -198,7 +198,7 @@ def test_a_second_run_into_a_locked_output_dir_is_refused(tiny, capsys):
         holder.kill()
         holder.wait()
     # the kernel dropped the lock with its holder: the folder is usable again at once
-    from ltscale.lock import output_lock
+    from ltscale.core.lock import output_lock
     with output_lock(tiny["out"]):
         pass
 

@@ -185,7 +185,7 @@ def test_mean_and_std_that_do_not_fit_the_channels_are_refused(tiny, capsys, ove
 
 def _head(tmp: Path, in_chans: int, classes: int) -> Path:
     """A head file for ``classes`` classes on a fresh ``in_chans``-channel encoder file."""
-    from ltscale.hashing import file_sha256
+    from ltscale.core.hashing import file_sha256
     from ltscale.models import create_backbone
     from ltscale.models.classifier import Head, head_spec
     from ltscale.stages.finetune import HEAD_FORMAT

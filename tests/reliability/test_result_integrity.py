@@ -12,10 +12,10 @@ import mlflow
 import pytest
 import torch
 
-from ltscale.atomic import write_json_atomic
 from ltscale.cli import main
-from ltscale.lock import LOCK_FILE, output_lock
-from ltscale.owned import MARK_FILE
+from ltscale.core.atomic import write_json_atomic
+from ltscale.core.lock import LOCK_FILE, output_lock
+from ltscale.core.owned import MARK_FILE
 from tests.reliability.safety import refused, snapshot
 
 pytestmark = pytest.mark.reliability
@@ -139,7 +139,7 @@ def test_export_out_over_a_users_file_is_refused_before_any_file(tmp_path, capsy
 
 # --- the output lock ---------------------------------------------------------------------------
 def _lock_refused(folder, *needles):
-    from ltscale.lock import LockRefused
+    from ltscale.core.lock import LockRefused
 
     with pytest.raises(LockRefused) as info:
         with output_lock(folder):

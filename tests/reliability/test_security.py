@@ -26,10 +26,10 @@ import pytest
 import torch
 
 from ltscale.cli import main as cli
+from ltscale.core.errors import CheckpointError, DataError
 from ltscale.data.sources.cifar import load_batch
 from ltscale.data.verify import verify_dataset
 from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.errors import CheckpointError, DataError
 from ltscale.stages.pretrain import load_encoder
 from tests.reliability import train
 from tests.reliability.conftest import Data, read_steps

@@ -10,7 +10,7 @@ from ltscale.bench.baseline import same_settings
 from ltscale.bench.plain import augment
 from ltscale.cli import main
 from ltscale.config.loading import recipe_from_dict
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.stages.context import make_context
 from tests.conftest import tiny_pipeline_recipe
 

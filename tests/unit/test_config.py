@@ -1,7 +1,7 @@
 import pytest
 
 from ltscale.config.loading import load_recipe, recipe_from_dict
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 
 def test_quickstart_recipe_is_valid():

@@ -17,11 +17,11 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from ltscale.core.dist_env import DistEnv, expand_nodelist
 from ltscale.data.sampling import EpochSampler
 from ltscale.engine.backend import LocalBackend
 from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
-from ltscale.launch.env import DistEnv, expand_nodelist
 from ltscale.track import NullTracker
 
 REPO = Path(__file__).resolve().parents[2]

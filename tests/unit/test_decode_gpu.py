@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ltscale.config.loading import recipe_from_dict
+from ltscale.core.errors import DataError, RecipeError
 from ltscale.data import augment_torch
 from ltscale.data.augment import eval_spec, make_preset, preset_names
 from ltscale.data.augment_torch import EvalView, TrainViews
@@ -38,7 +39,6 @@ from ltscale.data.loading import decode_gpu as decode_gpu_module
 from ltscale.data.loading.torch_loader import TorchLoader
 from ltscale.data.resample_device import resample
 from ltscale.data.sampling import Batch, EpochSampler
-from ltscale.errors import DataError, RecipeError
 from ltscale.stages.loaders import settings as stage_settings
 from tests.unit.test_loader_torch import build, corrupt, encode
 

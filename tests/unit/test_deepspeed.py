@@ -18,6 +18,7 @@ import torch
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed "
                                 "(pip install 'ltscale[deepspeed]')")
 
+from ltscale.core.errors import CheckpointError  # noqa: E402
 from ltscale.data.sampling import EpochSampler  # noqa: E402
 from ltscale.engine.checkpoint import (
     checkpoint_files,  # noqa: E402
@@ -25,7 +26,6 @@ from ltscale.engine.checkpoint import (
 )
 from ltscale.engine.deepspeed_checkpoint import data_dir, peek_checkpoint  # noqa: E402
 from ltscale.engine.optim import lr_factor  # noqa: E402
-from ltscale.errors import CheckpointError  # noqa: E402
 
 N, BATCH, ACC, LR = 128, 8, 2, 0.2
 STEPS_PER_EPOCH = N // (2 * BATCH * ACC)  # 2 ranks

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from ltscale.core.errors import ManifestError
 from ltscale.data.shots import frequency_thirds, shot_groups
-from ltscale.errors import ManifestError
 from ltscale.eval.aggregate import aggregate, format_mean_std, merge_seeds
 from ltscale.eval.metrics import classification_metrics
 from ltscale.eval.noise import auroc, average_ranks, detection, noise_separation

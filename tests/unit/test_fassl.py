@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.losses.fassl import (
     consistency_loss,
     frequency_weights,

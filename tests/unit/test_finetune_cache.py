@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ltscale.config.loading import recipe_from_dict
+from ltscale.core.errors import DataError
 from ltscale.data.augment import eval_spec
 from ltscale.data.augment_torch import EvalView
-from ltscale.errors import DataError
 from ltscale.finetune.cache import encode_share, is_cached, load_cache, module_sha256
 from ltscale.stages.context import make_context
 from ltscale.stages.finetune import _share_loader, cached_features

@@ -145,7 +145,7 @@ def test_projector_layer_keys_match_the_pretrained_projector():
 
 def test_ldam_trains_a_cosine_classifier_and_refuses_weight_rescaling_stages():
     from ltscale.config.loading import recipe_from_dict
-    from ltscale.errors import RecipeError
+    from ltscale.core.errors import RecipeError
     from ltscale.models.classifier import CosineLinear, Head, head_spec
 
     head = Head(head_spec(4, 3, kind="cosine", bias=False))

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ltscale.config.loading import recipe_from_dict
+from ltscale.core.errors import CheckpointError
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.features import encode
-from ltscale.errors import CheckpointError
 from ltscale.methods import create_method
 from ltscale.stages.context import make_context
 from ltscale.stages.finetune import head_from_file, run_finetune

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import iter_samples, open_source
 from ltscale.data.sources.idx import read_idx
-from ltscale.errors import DataError
 from tests.conftest import write_idx
 
 

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from ltscale.cli import main as cli
+from ltscale.core.errors import DataError
 from ltscale.data.sources import open_source
-from ltscale.errors import DataError
 from tests.unit.test_sources_imagefolder import put
 
 

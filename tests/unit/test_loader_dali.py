@@ -11,6 +11,7 @@ from PIL import Image
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install "
                     "nvidia-dali-cuda130); the DALI loader backend cannot be tested")
 
+from ltscale.core.errors import DataError  # noqa: E402
 from ltscale.data.augment import eval_spec, make_preset  # noqa: E402
 from ltscale.data.augment_torch import EvalView  # noqa: E402
 from ltscale.data.dataset import ManifestDataset  # noqa: E402
@@ -21,7 +22,6 @@ from ltscale.data.loading.torch_loader import TorchLoader  # noqa: E402
 from ltscale.data.sampling import EpochSampler  # noqa: E402
 from ltscale.data.shards import build_shards  # noqa: E402
 from ltscale.data.sources import open_source  # noqa: E402
-from ltscale.errors import DataError  # noqa: E402
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 CPU = torch.device("cpu")

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data import augment_torch
 from ltscale.data.augment import EvalSpec, eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews, _crop_box
@@ -19,7 +20,6 @@ from ltscale.data.sampling import Batch, EpochSampler
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
 from ltscale.data.verify import check_shards
-from ltscale.errors import DataError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 CPU = torch.device("cpu")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError
 
 from ltscale.config.supervised import LossCfg, build_loss_cfg
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.losses import _registry, classification_loss, loss_class, loss_defaults, loss_names
 from ltscale.losses.base import ClassificationLoss, LossOptions
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from scipy.special import lambertw as scipy_lambertw
 
 from ltscale.config.supervised import LossCfg
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.losses import classification_loss, loss_defaults, loss_names
 from ltscale.losses.base import ClassificationLoss
 from ltscale.losses.classification import (

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from ltscale.core.errors import ManifestError
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest, build_manifest, longtail_counts
 from ltscale.data.manifest_spec import (
@@ -13,7 +14,6 @@ from ltscale.data.manifest_spec import (
     UnlabeledSpec,
 )
 from ltscale.data.manifest_stats import format_diff, manifest_diff, manifest_stats
-from ltscale.errors import ManifestError
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from ltscale.cli import main
+from ltscale.core.errors import ManifestError
 from ltscale.data.manifest import Manifest, build_manifest
 from ltscale.data.manifest_spec import ImbalanceSpec, ManifestSpec, NoiseSpec
 from ltscale.data.manifest_stats import manifest_stats
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
-from ltscale.errors import ManifestError
 from tests.unit.test_sources_cifar import write_cifar10, write_cifar100
 
 PER_BATCH = 20          # 100 training images

@@ -5,6 +5,7 @@ in their features in a known way."""
 import numpy as np
 import pytest
 
+from ltscale.core.errors import ManifestError
 from ltscale.data.manifest import build_manifest
 from ltscale.data.manifest_spec import ImbalanceSpec, ManifestSpec, NoiseSpec
 from ltscale.data.manifest_stats import format_stats, manifest_stats
@@ -12,7 +13,6 @@ from ltscale.data.noise import transition_counts, transition_matrix
 from ltscale.data.noise_idn import flip_distribution, truncated_normal
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
-from ltscale.errors import ManifestError
 from tests.unit.test_manifest import fake_index
 from tests.unit.test_sources_cifar import C10_NAMES, C10_TRAIN, dump
 

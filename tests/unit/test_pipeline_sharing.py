@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ltscale.config.loading import recipe_from_dict
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.pipeline import run_pipeline
 from ltscale.stages.context import make_context
 from ltscale.stages.pretrain import label_free_key

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from ltscale.cli import main as cli
+from ltscale.core.errors import DataError
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
@@ -22,7 +23,6 @@ from ltscale.data.pixels import to_mode, unreadable
 from ltscale.data.shards import build_shards
 from ltscale.data.sources.base import SampleRef
 from ltscale.data.verify import verify_dataset
-from ltscale.errors import DataError
 
 LEVELS = np.arange(256, dtype=np.uint16).reshape(16, 16)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ltscale.config.loading import recipe_from_dict
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.stages import pretrain as pre
 from ltscale.stages.context import make_context
 

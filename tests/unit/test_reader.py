@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.index import ShardIndex
 from ltscale.data.reader import IndexedReader
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
-from ltscale.errors import DataError
 
 
 def noise_tree(root, n, side, seed=0):

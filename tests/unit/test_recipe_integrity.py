@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from ltscale.cli import main as cli
 from ltscale.config.loading import load_recipe, recipe_from_dict
-from ltscale.config.strict import BATCH_MAX, EPOCHS_MAX, STEPS_MAX
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
+from ltscale.core.strict import BATCH_MAX, EPOCHS_MAX, STEPS_MAX
 
 STAGE = {"name": "a", "method": {"name": "simsiam"}}
 

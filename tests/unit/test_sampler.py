@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from ltscale.core.errors import DataError
 from ltscale.data.sampling import EpochSampler, class_probabilities
-from ltscale.errors import DataError
 
 
 def ranks(n, world, **kw):

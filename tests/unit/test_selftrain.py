@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltscale.config.loading import recipe_from_dict
+from ltscale.core.errors import ManifestError, RecipeError
 from ltscale.data.manifest import ROLES, Manifest
-from ltscale.errors import ManifestError, RecipeError
 from ltscale.finetune import selftrain as st
 from ltscale.methods import create_method
 from ltscale.models import create_backbone

@@ -5,12 +5,12 @@ import tarfile
 import numpy as np
 import pytest
 
+from ltscale.core.errors import DataError
 from ltscale.data.index import ShardIndex
 from ltscale.data.reader import IndexedReader
 from ltscale.data.shards import build_shards, parse_size
 from ltscale.data.sources import iter_samples, open_source
 from ltscale.data.verify import verify_dataset
-from ltscale.errors import DataError
 
 
 def _build(src_path, out, **kw):

@@ -13,9 +13,9 @@ import yaml
 
 from ltscale.cli import main as cli
 from ltscale.config.loading import recipe_from_dict
+from ltscale.core.errors import DataError
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
-from ltscale.errors import DataError
 from ltscale.stages.context import ensure_shards, shards_source
 from tests.conftest import tiny_pipeline_recipe, write_idx
 

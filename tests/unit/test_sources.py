@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import NO_LABEL, iter_samples, open_source
-from ltscale.errors import DataError
 
 
 def jpeg(seed: int, size: int = 8) -> bytes:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import iter_samples, open_source
-from ltscale.errors import DataError
 from tests.conftest import read_in_forked_child
 
 C10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",

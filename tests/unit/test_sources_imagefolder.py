@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import iter_samples, open_source
-from ltscale.errors import DataError
 
 FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP", "webp": "WEBP"}
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from scipy.io import savemat
 
+from ltscale.core.errors import DataError
 from ltscale.data.index import ShardIndex
 from ltscale.data.sources import iter_samples, open_source, source_kinds
-from ltscale.errors import DataError
 from tests.conftest import read_in_forked_child
 
 

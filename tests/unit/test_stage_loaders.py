@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ltscale.config.loading import recipe_from_dict
-from ltscale.errors import DataError, RecipeError
+from ltscale.core.errors import DataError, RecipeError
 from ltscale.stages.context import make_context
 from ltscale.stages.loaders import test_loader as balanced_test_loader
 from ltscale.stages.loaders import train_loader

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from ltscale.core.errors import DataError
 from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
@@ -13,7 +14,6 @@ from ltscale.data.manifest_spec import ImbalanceSpec, ManifestSpec
 from ltscale.data.sampling import EpochSampler
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
-from ltscale.errors import DataError
 
 pytest.importorskip("webdataset", reason="the streaming path needs the webdataset library")
 

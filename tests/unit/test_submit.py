@@ -12,7 +12,7 @@ import yaml
 
 from ltscale.cli import main
 from ltscale.config.loading import load_recipe
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 from ltscale.launch.job import LtscaleJob, dist_environ, master_port
 from ltscale.launch.options import SubmitOptions, parse_time
 from ltscale.launch.submit import plan_submission, submitit_sbatch

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from ltscale.config.sweeps import expand, grid, point_label
-from ltscale.errors import RecipeError
+from ltscale.core.errors import RecipeError
 
 BASE = {"name": "grid", "output_dir": "runs/grid",
         "manifest": {"imbalance": "exp:100", "noise": "sym:0.4"},

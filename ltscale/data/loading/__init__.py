@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ltscale.core.errors import DataError, RecipeError
 from ltscale.data.decode_option import decode_refusal
 from ltscale.data.loading.base import (  # noqa: F401
     BACKENDS,
@@ -28,7 +29,6 @@ from ltscale.data.loading.base import (  # noqa: F401
     Normalizer,
     report_skipped,
 )
-from ltscale.errors import DataError, RecipeError
 
 
 def build_loader(dataset, sampler, settings: LoaderSettings, *, device: torch.device,

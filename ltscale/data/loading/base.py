@@ -10,7 +10,7 @@ from typing import Iterator, Protocol
 
 import torch
 
-from ltscale.errors import DataError
+from ltscale.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

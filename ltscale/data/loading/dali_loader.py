@@ -88,9 +88,9 @@ import re
 import numpy as np
 import torch
 
+from ltscale.core.errors import DataError
 from ltscale.data.loading.base import EpochStats, LoaderSettings, Normalizer, report_skipped
 from ltscale.data.sampling import EpochSampler
-from ltscale.errors import DataError
 
 _INSTALL = ("the DALI loader backend needs NVIDIA DALI, which is not installed: "
             "pip install nvidia-dali-cuda130 (or the wheel matching your CUDA version; see "

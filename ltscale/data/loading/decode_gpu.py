@@ -28,8 +28,8 @@ import re
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from ltscale.core.errors import DataError
 from ltscale.data.augment_device import eval_views, train_views
-from ltscale.errors import DataError
 
 logger = logging.getLogger(__name__)
 _warned = False

@@ -28,8 +28,8 @@ from itertools import islice
 import numpy as np
 import torch
 
+from ltscale.core.errors import DataError
 from ltscale.data.loading.base import EpochStats, LoaderSettings, Normalizer, report_skipped
-from ltscale.errors import DataError
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError)
 

@@ -16,9 +16,9 @@ import gc
 
 import torch
 
+from ltscale.core.errors import LtscaleError
 from ltscale.data.loading.base import EpochStats, LoaderSettings, Normalizer, report_skipped
 from ltscale.data.sampling import EpochSampler
-from ltscale.errors import LtscaleError
 
 
 def _unwrapped(exc: Exception) -> Exception:

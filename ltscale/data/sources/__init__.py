@@ -13,8 +13,8 @@ import pkgutil
 from pathlib import Path
 from typing import Callable
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources.base import NO_LABEL, RawSample, SampleRef, Source, iter_samples
-from ltscale.errors import DataError
 
 _SOURCES: dict[str, Callable[..., Source]] = {}
 _DISCOVERED = False

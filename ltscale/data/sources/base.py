@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
-from ltscale.errors import DataError
+from ltscale.core.errors import DataError
 
 NO_LABEL = -1
 _KEY_OK = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*$")

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import SampleRef
-from ltscale.errors import DataError
 
 _SPLITS = ("train", "test")
 _LAYOUT = {

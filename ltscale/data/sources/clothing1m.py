@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import NO_LABEL, SampleRef
 from ltscale.data.sources.files import file_ref, list_lines, path_and_label, read_file
-from ltscale.errors import DataError
 
 CLASSES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
            "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]

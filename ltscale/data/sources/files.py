@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources.base import SampleRef, ext_of, key_from_path
-from ltscale.errors import DataError
 
 
 def safe_relative(rel: str, where: str) -> str:

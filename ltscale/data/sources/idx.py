@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import SampleRef
-from ltscale.errors import DataError
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 

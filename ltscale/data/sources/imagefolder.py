@@ -24,9 +24,9 @@ import logging
 import os
 from pathlib import Path
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import SampleRef, check_key, ext_of, key_from_path
-from ltscale.errors import DataError
 
 logger = logging.getLogger(__name__)
 

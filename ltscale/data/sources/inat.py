@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import NO_LABEL, SampleRef
 from ltscale.data.sources.files import file_ref, read_file
-from ltscale.errors import DataError
 
 PUBLIC_SIZES = {"inat2018": {"train": 437_513, "val": 24_426, "classes": 8_142}}
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import SampleRef
 from ltscale.data.sources.files import file_ref, list_lines, path_and_label, read_file
-from ltscale.errors import DataError
 
 PUBLIC_SIZES = {
     "imagenet_lt": {"classes": 1000, "train": 115_846, "val": 20_000, "test": 50_000,

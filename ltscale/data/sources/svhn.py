@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import SampleRef
-from ltscale.errors import DataError
 
 SPLITS = ("train", "test", "extra")
 CLASSES = [str(d) for d in range(10)]

@@ -18,10 +18,10 @@ import re
 import tarfile
 from pathlib import Path
 
+from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import NO_LABEL, SampleRef, check_key, ext_of
 from ltscale.data.tarfmt import check_regular
-from ltscale.errors import DataError
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp", "bmp", "ppm", "pgm"}
 _SPLIT_WORDS = (("train", "train"), ("validation", "val"), ("val", "val"), ("test", "test"))

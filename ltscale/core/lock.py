@@ -2,7 +2,7 @@
 
 Two runs writing one ``output_dir`` would resume from each other's checkpoints and overwrite each
 other's heads and reports. ``output_lock`` takes an exclusive, non-blocking ``flock`` on
-``<output_dir>/.ltscale.lock`` (rank 0 of a launched job takes it for the whole job) and writes
+``<output_dir>/.ltscale.core.lock`` (rank 0 of a launched job takes it for the whole job) and writes
 the holder's pid and host into it; a second run is refused naming them. The kernel drops the
 lock when the process ends, however it ends, so a killed run never leaves a stale lock behind.
 
@@ -28,9 +28,9 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from ltscale.errors import LtscaleError
+from ltscale.core.errors import LtscaleError
 
-LOCK_FILE = ".ltscale.lock"
+LOCK_FILE = ".ltscale.core.lock"
 
 
 class OutputLocked(LtscaleError):
@@ -99,7 +99,7 @@ def _holder(fd: int) -> str:
 def output_lock(output_dir: str | os.PathLike, what: str = "output_dir") -> Iterator[None]:
     import fcntl
 
-    from ltscale.launch.env import DistEnv
+    from ltscale.core.dist_env import DistEnv
 
     if DistEnv.from_env().rank != 0:  # the job's rank 0 holds the lock for all its ranks
         yield

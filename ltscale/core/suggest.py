@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ltscale.config.strict import members_of
+from ltscale.core.strict import members_of
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:

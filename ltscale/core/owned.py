@@ -19,9 +19,9 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from ltscale.atomic import atomic_path, write_json_atomic
-from ltscale.errors import LtscaleError
-from ltscale.hashing import file_sha256
+from ltscale.core.atomic import atomic_path, write_json_atomic
+from ltscale.core.errors import LtscaleError
+from ltscale.core.hashing import file_sha256
 
 MARK_FILE = ".ltscale-written.json"
 WRITTEN_BY = "ltscale"

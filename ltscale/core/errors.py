@@ -24,3 +24,7 @@ class RecipeError(LtscaleError):
 
 class CheckpointError(LtscaleError):
     """A checkpoint is missing, incomplete or does not fit the model."""
+
+
+class LaunchError(LtscaleError):
+    """The scheduler or the tracking server cannot take this submission."""
