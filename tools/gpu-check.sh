@@ -2,12 +2,13 @@
 # The first command a session with a GPU runs (one H100/H200, no internet, under 8 minutes):
 #   0. install the carried wheels (.whl/, from tools/gpu-wheels.sh) offline: DeepSpeed (its ops
 #      JIT-compile with the machine's nvcc and ninja), pydantic and what they need;
-#   1. the gpu test tier (pytest -m gpu tests/gpu): the matrix checks on CUDA for every backend
+#   1. `ltscale bench train` first, so that the figures come in the first minutes: ResNet-50
+#      SimSiam bf16 images/s and data-wait share on synthetic 224-px JPEG shards, per loader:
+#      torch + CPU decode, torch + GPU decode (nvJPEG), DALI mixed where installed;
+#   2. the gpu test tier (pytest -m gpu tests/gpu): the matrix checks on CUDA for every backend
 #      (DeepSpeed included) and precision, SIGKILL + relaunch exactness on CUDA, compile, GPU
 #      JPEG decoding against the CPU path, DALI mixed vs CPU where DALI is installed, per-epoch
-#      peak memory;
-#   2. `ltscale bench train`: ResNet-50 SimSiam bf16 images/s and data-wait share on synthetic
-#      224-px JPEG shards, per loader: torch + CPU decode, torch + GPU decode (nvJPEG), DALI mixed.
+#      peak memory.
 # Everything lands in one folder of at most 8 files ($GPU_CHECK_OUT, default $OUT when the device
 # tool sets it, else runs/gpu-check): summary.txt (per-phase seconds and figures), install.log,
 # gpu-tests.log, gpu-tests.xml, bench-train.json, bench-train.log.
@@ -88,12 +89,6 @@ for name in ("deepspeed", "pydantic", "nvidia.dali"):
     print(f"gpu-check: {name}: {'installed' if found else 'NOT installed (its tests skip)'}")
 PYEOF
 
-phase gpu-tier 300 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider \
-  --junitxml "$OUTDIR/gpu-tests.xml" > "$OUTDIR/gpu-tests.log" 2>&1
-tests_rc=$?
-tail -25 "$OUTDIR/gpu-tests.log"
-grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$OUTDIR/gpu-tests.log" | tail -15 >> "$SUMMARY"
-
 phase bench-train 150 "$PY" -m ltscale bench train --images 2048 --size 224 --backbone resnet50 \
   --batch 128 --steps 12 --epochs 2 --precision bf16 --loaders torch,torch-gpu,dali --json \
   > "$OUTDIR/bench-train.json" 2> "$OUTDIR/bench-train.log"
@@ -111,5 +106,11 @@ for name, v in r["loaders"].items():
     else:
         print(f"gpu-check: bench train {name}: skipped ({v.get('skipped')})")
 PYEOF
+phase gpu-tier 300 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider \
+  --junitxml "$OUTDIR/gpu-tests.xml" > "$OUTDIR/gpu-tests.log" 2>&1
+tests_rc=$?
+tail -25 "$OUTDIR/gpu-tests.log"
+grep -E "^(FAILED|ERROR|SKIPPED)|passed|failed" "$OUTDIR/gpu-tests.log" | tail -15 >> "$SUMMARY"
+
 say "total $(( $(date +%s) - T0 )) s"
 [ $tests_rc -eq 0 ] && [ $bench_rc -eq 0 ]
