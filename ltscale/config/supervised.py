@@ -16,7 +16,7 @@ from ltscale.config.base import (
     layered_fields,
     layered_optim,
 )
-from ltscale.losses import loss_config, loss_names
+from ltscale.losses import loss_class, loss_config, loss_names
 from ltscale.losses.base import LossOptions
 
 
@@ -87,7 +87,8 @@ class FinetuneCfg(Section):
     def _cosine_heads(self):
         # LDAM heads are cosine classifiers; τ-norm and LWS rescale a linear one
         for name in [self.loss.name, *self.extra_losses]:
-            if name.startswith("ldam") and self.classifier_stage in ("tau_norm", "lws"):
+            if loss_class(name).classifier == "cosine" and \
+                    self.classifier_stage in ("tau_norm", "lws"):
                 raise ValueError(f"classifier_stage {self.classifier_stage} needs a linear "
                                  f"classifier, but loss {name} trains a cosine one; use "
                                  "classifier_stage crt or none")

@@ -46,6 +46,9 @@ class ClassificationLoss(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type[LossOptions]] = LossOptions
     paper_reduction: ClassVar[str] = "mean"  # what ``reduction: None`` means for this loss
+    # the classifier this loss's margins and scale assume: "linear" logits, or "cosine" ones
+    # in [−1, 1] (LDAM, Cao et al. 2019); heads and the supervised method build it from here
+    classifier: ClassVar[str] = "linear"
 
     def __init__(self, counts, **options):
         super().__init__()

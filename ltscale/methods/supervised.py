@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ltscale.losses import classification_loss
+from ltscale.losses import classification_loss, loss_class
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
 from ltscale.models.classifier import CosineLinear
@@ -27,7 +27,7 @@ class Supervised(PretrainMethod):
                  loss: str = "ce", loss_options: dict | None = None, sample_weights=None):
         super().__init__()
         self.encoder = encoder
-        self.classifier_kind = "cosine" if loss.startswith("ldam") else "linear"
+        self.classifier_kind = loss_class(loss).classifier
         self.classifier = CosineLinear(encoder.feat_dim, num_classes) \
             if self.classifier_kind == "cosine" else nn.Linear(encoder.feat_dim, num_classes)
         # the loss holds the class counts and log prior as (non-persistent) buffers

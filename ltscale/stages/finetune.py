@@ -44,7 +44,7 @@ from ltscale.finetune.cache import (
 )
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
 from ltscale.finetune.two_stage import apply_classifier_stage
-from ltscale.losses import classification_loss
+from ltscale.losses import classification_loss, loss_class
 from ltscale.models.classifier import (
     ClassifierPart,
     Head,
@@ -168,7 +168,7 @@ def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: 
 def _new_head(ctx: Context, in_dim: int, mode: str, projector: dict | None) -> Head:
     torch.manual_seed(ctx.recipe.seed)
     n_cls = ctx.index.num_classes
-    kind = "cosine" if ctx.recipe.finetune.loss.name.startswith("ldam") else "linear"
+    kind = loss_class(ctx.recipe.finetune.loss.name).classifier
     if mode in ("proj_head", "last_fc"):
         spec = head_spec(in_dim, n_cls, projector_dims=projector["dims"][:2],
                          standardize=mode == "last_fc", kind=kind, bias=kind == "linear")

@@ -93,3 +93,11 @@ def test_every_loss_has_its_papers_defaults():
     }
     for name in loss_names():  # the recipe section's defaults are the losses'
         assert LossCfg(name=name).options() == loss_defaults(name), name
+
+
+def test_each_loss_declares_the_classifier_it_assumes():
+    from ltscale.losses import loss_class, loss_names
+
+    kinds = {name: loss_class(name).classifier for name in loss_names()}
+    assert set(kinds.values()) <= {"linear", "cosine"}
+    assert {n for n, k in kinds.items() if k == "cosine"} == {"ldam", "ldam_drw"}

@@ -13,6 +13,8 @@ from ltscale.losses.base import ClassificationLoss, LossOptions
 
 @register_loss("ldam")
 class LDAM(ClassificationLoss):
+    classifier = "cosine"  # its margins and scale assume logits in [−1, 1]
+
     class Config(LossOptions):
         max_margin: float = Field(0.5, gt=0)  # the largest margin (Cao et al.: 0.5)
         scale: float = Field(30.0, gt=0)      # logit scale s (Cao et al.: 30)
