@@ -12,8 +12,9 @@ def add_parser(sub) -> None:
     data = sub.add_parser("data", help="build WebDataset shards from a raw dataset")
     dsub = data.add_subparsers(dest="data_command", required=True)
     b = dsub.add_parser("build", help="raw dataset → shards + index + dataset card")
-    b.add_argument("kind", help="source kind: idx, cifar10, cifar100, imagefolder, imagenet_lt, "
-                   "places_lt, inat2017, inat2018, inat2019, clothing1m, webdataset")
+    from ltscale.data.sources import source_kinds  # torch-free: the adapters' registry
+
+    b.add_argument("kind", help=f"source kind: {', '.join(source_kinds())}")
     b.add_argument("path")
     b.add_argument("--out", required=True)
     b.add_argument("--shard-size", default="1GB", help="target bytes per shard (e.g. 1GB, 64MB)")

@@ -325,3 +325,15 @@ def test_clothing1m_bad_inputs(tmp_path, file, text, message):
 def test_unknown_option_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="source 'clothing1m': bad options \\['images'\\]"):
         open_source("clothing1m", tmp_path, images="x")
+
+
+def test_data_build_help_lists_every_registered_source(capsys):
+    import pytest as _pytest
+
+    from ltscale.cli import main
+    from ltscale.data.sources import source_kinds
+
+    with _pytest.raises(SystemExit):
+        main(["data", "build", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"source kind: {', '.join(source_kinds())}" in text and "svhn" in text
