@@ -337,3 +337,18 @@ def test_data_build_help_lists_every_registered_source(capsys):
         main(["data", "build", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert f"source kind: {', '.join(source_kinds())}" in text and "svhn" in text
+
+
+def test_parse_splits_is_shared_by_the_sources_and_names_what_is_wrong():
+    import pytest as _pytest
+
+    from ltscale.core.errors import DataError
+    from ltscale.data.sources.base import parse_splits
+
+    assert parse_splits(None, ["train", "test"], "x") == ["train", "test"]
+    assert parse_splits(" test , train", ["train", "test"], "x") == ["train", "test"]  # its order
+    assert parse_splits(["extra"], ["train"], "svhn", known=["train", "test", "extra"]) == ["extra"]
+    with _pytest.raises(DataError, match=r"^x: option splits='val' names val; choose from train"):
+        parse_splits("val", ["train"], "x")
+    with _pytest.raises(DataError, match="names no split"):
+        parse_splits(" , ", ["train"], "x")

@@ -60,6 +60,24 @@ class Source(Protocol):
     def read(self, ref: SampleRef) -> bytes: ...
 
 
+def parse_splits(splits, available: list[str], source: str, *, known: list[str] | None = None,
+                 have: str = "choose from") -> list[str]:
+    """The ``splits`` option of a source (``"train,test"``, a list, or None/"" for all of
+    ``available``) as split names in the source's order. Names outside ``known`` (default:
+    ``available``) are refused in one line naming them and the choices."""
+    known = list(available if known is None else known)
+    if splits is None or splits == "":
+        return list(available)
+    wanted = [s.strip() for s in (splits.split(",") if isinstance(splits, str) else splits)]
+    wanted = [s for s in wanted if s]
+    unknown = [s for s in wanted if s not in known]
+    if unknown or not wanted:
+        raise DataError(f"{source}: option splits={splits!r} names "
+                        f"{', '.join(unknown) or 'no split'}; {have} {', '.join(known)} "
+                        "(comma-separated)")
+    return [s for s in known if s in wanted]
+
+
 def key_from_path(relpath: str) -> str:
     """A WebDataset-safe key from a relative file path: extension dropped, every character other
     than letters, digits, ``_`` and ``-`` replaced by ``_`` (so keys hold no dots or slashes)."""

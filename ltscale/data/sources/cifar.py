@@ -29,7 +29,7 @@ from PIL import Image
 
 from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
-from ltscale.data.sources.base import SampleRef
+from ltscale.data.sources.base import SampleRef, parse_splits
 
 _SPLITS = ("train", "test")
 _LAYOUT = {
@@ -150,25 +150,12 @@ def _int_column(batch: dict, key: str, n: int, path: Path, num: int,
     return arr.astype(np.int64)
 
 
-def _parse_splits(splits, available=_SPLITS) -> list[str]:
-    if splits is None or splits == "":
-        return list(available)
-    wanted = [s.strip() for s in (splits.split(",") if isinstance(splits, str) else splits)]
-    wanted = [s for s in wanted if s]
-    unknown = [s for s in wanted if s not in available]
-    if unknown or not wanted:
-        raise DataError(f"option splits={splits!r}: unknown split(s) "
-                        f"{', '.join(unknown) or '(none given)'}; "
-                        f"choose from {', '.join(available)} (comma-separated)")
-    return [s for s in available if s in wanted]
-
-
 class CifarSource:
     def __init__(self, root: Path, kind: str, splits: str | list[str] | None = None):
         layout = _LAYOUT[kind]
         other = "cifar100" if kind == "cifar10" else "cifar10"
         title = kind.upper()
-        self._splits = _parse_splits(splits)
+        self._splits = parse_splits(splits, _SPLITS, kind)
         if not root.is_dir():
             raise DataError(f"{kind}: folder not found: {root}. Download the {title} python "
                             f"version ({layout['archive']}), extract it and pass the "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
-from ltscale.data.sources.base import SampleRef, check_key, ext_of, key_from_path
+from ltscale.data.sources.base import SampleRef, check_key, ext_of, key_from_path, parse_splits
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +35,6 @@ SPLIT_DIRS = ("train", "val", "test")
 _EXTS_TEXT = "jpg/jpeg, png, bmp, webp"
 LINK_POLICIES = ("refuse", "skip")
 _SKIP_HINT = ", or pass --option links=skip to leave such links out"
-
-
-def _parse_splits(splits, available: list[str]) -> list[str]:
-    if splits is None or splits == "":
-        return list(available)
-    wanted = [s.strip() for s in (splits.split(",") if isinstance(splits, str) else splits)]
-    wanted = [s for s in wanted if s]
-    unknown = [s for s in wanted if s not in available]
-    if unknown or not wanted:
-        raise DataError(f"imagefolder: option splits={splits!r} names "
-                        f"{', '.join(unknown) or 'no split'}; this tree has "
-                        f"{', '.join(available)} (comma-separated)")
-    return [s for s in available if s in wanted]
 
 
 class ImageFolderSource:
@@ -82,7 +69,8 @@ class ImageFolderSource:
             all_dirs = {s: self.root / s for s in split_names}
         else:
             all_dirs = {"train": self.root}
-        self._dirs = {s: all_dirs[s] for s in _parse_splits(splits, list(all_dirs))}
+        self._dirs = {s: all_dirs[s] for s in parse_splits(splits, list(all_dirs), "imagefolder",
+                                                                have="this tree has")}
         # class folders of every split (listing all splits, so the class list does not depend on
         # the splits option)
         class_dirs: dict[str, list[str]] = {}

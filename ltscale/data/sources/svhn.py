@@ -20,7 +20,7 @@ from PIL import Image
 
 from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
-from ltscale.data.sources.base import SampleRef
+from ltscale.data.sources.base import SampleRef, parse_splits
 
 SPLITS = ("train", "test", "extra")
 CLASSES = [str(d) for d in range(10)]
@@ -71,26 +71,13 @@ def load_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, labels % 10
 
 
-def _parse_splits(splits, present: list[str]) -> list[str]:
-    if splits is None or splits == "":
-        return present
-    wanted = [s.strip() for s in (splits.split(",") if isinstance(splits, str) else splits)]
-    wanted = [s for s in wanted if s]
-    unknown = [s for s in wanted if s not in SPLITS]
-    if unknown or not wanted:
-        raise DataError(f"svhn: option splits={splits!r} names "
-                        f"{', '.join(unknown) or 'no split'}; choose from "
-                        f"{', '.join(SPLITS)} (comma-separated)")
-    return [s for s in SPLITS if s in wanted]
-
-
 class SvhnSource:
     def __init__(self, root: Path, splits: str | list[str] | None = None):
         if not root.is_dir():
             raise DataError(f"svhn: folder not found: {root}. Download train_32x32.mat, "
                             f"test_32x32.mat (and extra_32x32.mat) from {_URL} into one folder")
         present = ["train", "test"] + (["extra"] if (root / file_name("extra")).is_file() else [])
-        self._splits = _parse_splits(splits, present)
+        self._splits = parse_splits(splits, present, "svhn", known=SPLITS)
         self.root, self.name, self.kind = root, "svhn", "svhn"
         self.classes = list(CLASSES)
         self.extra_labels: dict[str, list[str] | None] = {}
