@@ -352,3 +352,17 @@ def test_parse_splits_is_shared_by_the_sources_and_names_what_is_wrong():
         parse_splits("val", ["train"], "x")
     with _pytest.raises(DataError, match="names no split"):
         parse_splits(" , ", ["train"], "x")
+
+
+def test_listed_file_sources_name_an_unknown_split():
+    import pytest as _pytest
+
+    from ltscale.core.errors import DataError
+    from ltscale.data.sources.files import ListedFiles
+
+    class Tiny(ListedFiles):
+        name, _refs = "tiny", {"train": [], "val": []}
+
+    assert Tiny().splits() == ["train", "val"] and Tiny().refs("val") == []
+    with _pytest.raises(DataError, match=r"tiny: no split 'test'; splits: train, val"):
+        Tiny().refs("test")

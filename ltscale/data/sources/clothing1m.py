@@ -22,7 +22,7 @@ from pathlib import Path
 from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import NO_LABEL, SampleRef
-from ltscale.data.sources.files import file_ref, list_lines, path_and_label, read_file
+from ltscale.data.sources.files import ListedFiles, file_ref, list_lines, path_and_label
 
 CLASSES = ["T-Shirt", "Shirt", "Knitwear", "Chiffon", "Sweater", "Hoodie", "Windbreaker",
            "Jacket", "Downcoat", "Suit", "Shawl", "Dress", "Vest", "Underwear"]
@@ -32,7 +32,7 @@ SPLITS = ["noisy_train", "clean_train", "clean_val", "clean_test"]
 _PRIORITY = ["clean_test", "clean_val", "clean_train", "noisy_train"]
 
 
-class Clothing1MSource:
+class Clothing1MSource(ListedFiles):
     def __init__(self, root: Path):
         if not root.is_dir():
             raise DataError(f"clothing1m: dataset root not found: {root}")
@@ -80,14 +80,6 @@ class Clothing1MSource:
             out[rel] = (label, f"line {n}")
         return out
 
-    def splits(self) -> list[str]:
-        return list(SPLITS)
-
-    def refs(self, split: str) -> list[SampleRef]:
-        return self._refs[split]
-
-    def read(self, ref: SampleRef) -> bytes:
-        return read_file(ref)
 
 
 @register_source("clothing1m")

@@ -36,6 +36,26 @@ def read_file(ref: SampleRef) -> bytes:
         return fh.read()
 
 
+class ListedFiles:
+    """The ``Source`` methods of a source that lists its image files when it opens (ImageNet-LT,
+    Places-LT, iNaturalist, Clothing1M): ``self.name`` and ``self._refs`` (split → refs, in the
+    source's split order) are set by the subclass; each image is read whole from its file."""
+
+    name: str
+    _refs: dict[str, list[SampleRef]]
+
+    def splits(self) -> list[str]:
+        return list(self._refs)
+
+    def refs(self, split: str) -> list[SampleRef]:
+        if split not in self._refs:
+            raise DataError(f"{self.name}: no split {split!r}; splits: {', '.join(self._refs)}")
+        return self._refs[split]
+
+    def read(self, ref: SampleRef) -> bytes:
+        return read_file(ref)
+
+
 def list_lines(path: Path) -> list[tuple[int, str]]:
     """(line number, stripped text) of the non-empty lines of a list file."""
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import NO_LABEL, SampleRef
-from ltscale.data.sources.files import file_ref, read_file
+from ltscale.data.sources.files import ListedFiles, file_ref
 
 PUBLIC_SIZES = {"inat2018": {"train": 437_513, "val": 24_426, "classes": 8_142}}
 
@@ -33,7 +33,7 @@ def _load(path: Path) -> dict:
     return data
 
 
-class INatSource:
+class INatSource(ListedFiles):
     def __init__(self, root: Path, year: int, images: str | None = None):
         if not root.is_dir():
             raise DataError(f"inat{year}: annotation folder not found: {root}")
@@ -86,14 +86,6 @@ class INatSource:
                                  f"{path}: images[{i}]"))
         return refs
 
-    def splits(self) -> list[str]:
-        return list(self._refs)
-
-    def refs(self, split: str) -> list[SampleRef]:
-        return self._refs[split]
-
-    def read(self, ref: SampleRef) -> bytes:
-        return read_file(ref)
 
 
 for _year in (2017, 2018, 2019):

@@ -17,7 +17,7 @@ from pathlib import Path
 from ltscale.core.errors import DataError
 from ltscale.data.sources import register_source
 from ltscale.data.sources.base import SampleRef
-from ltscale.data.sources.files import file_ref, list_lines, path_and_label, read_file
+from ltscale.data.sources.files import ListedFiles, file_ref, list_lines, path_and_label
 
 PUBLIC_SIZES = {
     "imagenet_lt": {"classes": 1000, "train": 115_846, "val": 20_000, "test": 50_000,
@@ -28,7 +28,7 @@ PUBLIC_SIZES = {
 _PREFIX = {"imagenet_lt": "ImageNet_LT", "places_lt": "Places_LT"}
 
 
-class LtSplitSource:
+class LtSplitSource(ListedFiles):
     def __init__(self, root: Path, kind: str, images: str | None = None,
                  num_classes: str | int | None = None):
         if not root.is_dir():
@@ -73,14 +73,6 @@ class LtSplitSource:
         parts = [p for p in parts if p not in ("data_256", "val_256", "test_256")]
         return "/".join(parts[1:]) if len(parts) > 1 else "/".join(parts)
 
-    def splits(self) -> list[str]:
-        return list(self._refs)
-
-    def refs(self, split: str) -> list[SampleRef]:
-        return self._refs[split]
-
-    def read(self, ref: SampleRef) -> bytes:
-        return read_file(ref)
 
 
 @register_source("imagenet_lt")
