@@ -40,10 +40,18 @@ import importlib
 import pkgutil
 
 from ltscale.core.errors import RecipeError
+from ltscale.core.registry import Registry
 from ltscale.losses.base import ClassificationLoss, LossOptions
 
-_LOSSES: dict[str, type[ClassificationLoss]] = {}
-_DISCOVERED = False
+
+def _discover() -> None:
+    import ltscale.losses.finetune as package
+
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+LOSSES = Registry("loss", discover=_discover, error=RecipeError, plural="losses")
 
 
 def register_loss(name: str):
@@ -53,42 +61,20 @@ def register_loss(name: str):
             raise TypeError(f"loss {name!r}: {cls!r} is not a ClassificationLoss subclass")
         if not issubclass(cls.Config, LossOptions):
             raise TypeError(f"loss {name!r}: {cls.__name__}.Config must derive from LossOptions")
-        if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ValueError(f"loss {name!r} is registered twice ({_LOSSES[name].__name__}, "
-                             f"{cls.__name__})")
+        LOSSES.register(name, cls)
         cls.name = name
-        _LOSSES[name] = cls
         return cls
 
     return deco
 
 
-def _discover() -> None:
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
-    import ltscale.losses.finetune as package
-
-    _DISCOVERED = True  # set first: a loss module may ask the registry while it is imported
-    try:
-        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            importlib.import_module(f"{package.__name__}.{info.name}")
-    except BaseException:
-        _DISCOVERED = False
-        raise
-
-
 def loss_names() -> list[str]:
     """Every registered loss, sorted."""
-    _discover()
-    return sorted(_LOSSES)
+    return LOSSES.names()
 
 
 def loss_class(name: str) -> type[ClassificationLoss]:
-    _discover()
-    if name not in _LOSSES:
-        raise RecipeError(f"unknown loss {name!r}; known losses: {', '.join(loss_names())}")
-    return _LOSSES[name]
+    return LOSSES.get(name)
 
 
 def loss_config(name: str) -> type[LossOptions]:

@@ -5,24 +5,24 @@ importing the package fills the registry."""
 
 from __future__ import annotations
 
-from typing import Callable
-
 from torch import nn
 
-_METHODS: dict[str, Callable[..., nn.Module]] = {}
-_CONFIGS: dict[str, type] = {}
+from ltscale.core.registry import Registry
+
+METHODS = Registry("method")                  # name → method class
+CONFIGS = Registry("method with recipe options", plural="methods with recipe options")
 
 
 def register_method(name: str, config: type | None = None):
     """Register a method class under ``name``, with its options class (``config``) when recipes
     may name it; internal methods (the supervised baseline's) have none."""
     def deco(cls):
-        _METHODS[name] = cls
+        METHODS.register(name, cls)
         if config is not None:
             if config.model_fields["name"].default != name:
                 raise ValueError(f"{config.__name__}.name defaults to "
                                  f"{config.model_fields['name'].default!r}, not {name!r}")
-            _CONFIGS[name] = config
+            CONFIGS.register(name, config)
         return cls
 
     return deco
@@ -30,13 +30,11 @@ def register_method(name: str, config: type | None = None):
 
 def method_configs() -> tuple[type, ...]:
     """The options class of every method a recipe can name, in registration order."""
-    return tuple(_CONFIGS.values())
+    return tuple(CONFIGS.entries().values())
 
 
 def method_config(name: str) -> type:
-    if name not in _CONFIGS:
-        raise KeyError(f"method {name!r} has no recipe options; known: {', '.join(_CONFIGS)}")
-    return _CONFIGS[name]
+    return CONFIGS.get(name)
 
 
 # what a method may ask for in ``needs``: the training set it will see, in the dataset's order
@@ -50,13 +48,11 @@ METHOD_INPUTS = {
 
 
 def method_class(name: str):
-    if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r}; known: {', '.join(method_names())}")
-    return _METHODS[name]
+    return METHODS.get(name)
 
 
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def create_method(name: str, encoder: nn.Module, **options) -> nn.Module:

@@ -4,31 +4,25 @@ stride 1, no max-pool); the CIFAR ResNet family (three stages of 16/32/64 channe
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 from torchvision.models import resnet
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+from ltscale.core.registry import Registry
+
+BACKBONES = Registry("backbone")  # name → constructor(in_chans=, cifar_stem=)
 
 
 def register_backbone(name: str):
-    def deco(fn):
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return BACKBONES.register(name)
 
 
 def backbone_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, *, in_chans: int = 3, cifar_stem: bool = False) -> nn.Module:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(backbone_names())}")
-    return _REGISTRY[name](in_chans=in_chans, cifar_stem=cifar_stem)
+    return BACKBONES.get(name)(in_chans=in_chans, cifar_stem=cifar_stem)
 
 
 def _torchvision_resnet(ctor, in_chans: int, cifar_stem: bool) -> nn.Module:

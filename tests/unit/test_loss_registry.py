@@ -16,7 +16,7 @@ from ltscale.losses.base import ClassificationLoss, LossOptions
 def scratch_registry(monkeypatch):
     """Registrations made in the test go to a copy of the registry, dropped afterwards."""
     loss_names()  # discover the package's losses first
-    monkeypatch.setattr(_registry, "_LOSSES", dict(_registry._LOSSES))
+    monkeypatch.setattr(_registry.LOSSES, "_entries", dict(_registry.LOSSES._entries))
 
 
 def test_a_loss_defined_in_one_class_is_usable_by_name(scratch_registry):

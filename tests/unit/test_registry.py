@@ -1,0 +1,48 @@
+"""core.registry.Registry: the one shape of the method, loss, source and backbone registries."""
+
+import pytest
+
+from ltscale.core.registry import Registry
+from ltscale.data.sources import source_kinds
+from ltscale.losses import loss_names
+from ltscale.methods import method_names
+from ltscale.models import backbone_names
+
+
+def test_register_query_and_refuse():
+    seen = []
+    reg = Registry("widget", discover=lambda: seen.append(1) or reg.register("b", 2))
+
+    @reg.register("a")
+    def a():
+        return 1
+
+    assert reg.names() == ["a", "b"] and "a" in reg and "c" not in reg and seen == [1]
+    assert reg.get("a") is a and list(reg.entries()) == ["a", "b"]
+    reg.register("a", a)  # the same entry again: fine
+    with pytest.raises(ValueError, match="widget 'a' is registered twice"):
+        reg.register("a", 3)
+    with pytest.raises(KeyError, match=r"unknown widget 'aa'; known widgets: a, b \(did you "
+                                       r"mean 'a'\?\)"):
+        reg.get("aa")
+
+
+def test_a_failed_discovery_is_retried():
+    calls = []
+
+    def discover():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ImportError("first try")
+
+    reg = Registry("thing", discover=discover)
+    with pytest.raises(ImportError):
+        reg.names()
+    assert reg.names() == [] and len(calls) == 2
+
+
+def test_every_component_kind_is_registered_through_it():
+    assert {"simsiam", "supervised"} <= set(method_names())
+    assert {"ce", "la", "ldam"} <= set(loss_names())
+    assert {"idx", "svhn", "imagefolder"} <= set(source_kinds())
+    assert {"resnet18", "resnet_tiny"} <= set(backbone_names())
