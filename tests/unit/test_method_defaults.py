@@ -120,3 +120,25 @@ def test_resolved_optimizer_survives_a_dump_and_reload():
     again = recipe_from_dict(recipe.model_dump(mode="json"))
     assert again.pretrain.optim == recipe.pretrain.optim
     assert again.pretrain.optim.name == "lars" and again.pretrain.optim.weight_decay == 0.0
+
+
+@pytest.mark.parametrize("name", [c.model_fields["name"].default for c in method_configs()])
+def test_each_option_is_declared_once_the_method_signature_follows_its_config(name):
+    """A method's options class and its constructor name the same options with the same
+    defaults, so the Config is the one declaration and the signature cannot drift from it."""
+    import inspect
+
+    from ltscale.methods import METHOD_INPUTS, method_class
+
+    cfg = method_config(name)
+    options = {k: f.default for k, f in cfg.model_fields.items() if k != "name"}
+    params = inspect.signature(method_class(name).__init__).parameters
+    needs = set(getattr(method_class(name), "needs", ())) | set(METHOD_INPUTS)
+    taken = {k: p.default for k, p in params.items()
+             if k not in ("self", "encoder") and k not in needs
+             and p.kind is not inspect.Parameter.VAR_KEYWORD}
+    assert set(taken) == set(options), (
+        f"{name}: options only in {cfg.__name__}: {sorted(set(options) - set(taken))}; only in "
+        f"the constructor: {sorted(set(taken) - set(options))}")
+    differ = {k: (options[k], taken[k]) for k in options if taken[k] != options[k]}
+    assert not differ, f"{name}: defaults differ (Config, constructor): {differ}"
