@@ -16,7 +16,7 @@ images are:
 
 Not bit-identical to the Pillow path: the image is decoded at full size (Pillow decodes JPEGs at
 reduced DCT size when every crop allows), the blur is an exact Gaussian (Pillow: three box
-passes), and roundings differ by a level here and there. ``tests/unit/test_decode_gpu.py`` bounds
+passes), and roundings differ by a level here and there. ``tests/unit/data/test_decode_gpu.py`` bounds
 the difference.
 """
 

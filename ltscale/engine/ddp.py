@@ -32,7 +32,7 @@ with a differentiable all-reduce instead.
 **Failure is bounded.** Every collective has a timeout (``timeout_s``): a rank waiting on a peer
 that died raises instead of hanging. Under torchrun the elastic agent also terminates the other
 workers as soon as one exits non-zero, so the job ends non-zero within seconds
-(``tests/unit/test_ddp.py`` checks both ranks are gone well inside a minute).
+(``tests/unit/engine/test_ddp.py`` checks both ranks are gone well inside a minute).
 """
 
 from __future__ import annotations

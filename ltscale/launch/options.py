@@ -3,7 +3,7 @@
 ``SubmitOptions`` holds the resources of ``ltscale submit`` (nodes, GPUs, partition, time, …);
 ``sbatch_directives`` turns them into the ``#SBATCH`` settings that both submitit's generated
 script and the srun + torchrun template under ``slurm/`` carry, so the two cannot drift apart
-(tests/unit/test_submit.py renders both and compares them).
+(tests/unit/launch/test_submit.py renders both and compares them).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The gpu tier for ``data.loader.decode: gpu``: torchvision's nvJPEG batch decoder and the device
 views on CUDA against the Pillow path (``decode: cpu``) on the same sampler and seeds. Skipped,
-saying so, without CUDA; the CPU side of the same comparison is tests/unit/test_decode_gpu.py.
+saying so, without CUDA; the CPU side of the same comparison is tests/unit/data/test_decode_gpu.py.
 
 Tolerance: ``LOOSE`` (a mean absolute difference under 1.5 uint8 levels per batch), the bound the
 unit tests give the Pillow path as it runs. On CUDA the decoder differs too — nvJPEG's inverse DCT
@@ -18,7 +18,7 @@ from ltscale.core.errors import DataError
 from ltscale.data.augment import eval_spec, make_preset, preset_names
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.index import ShardIndex
-from tests.unit.test_decode_gpu import (
+from tests.unit.data.test_decode_gpu import (
     LOOSE,
     collect,
     compare,

@@ -13,8 +13,8 @@ from ltscale.data.noise import transition_counts, transition_matrix
 from ltscale.data.noise_idn import flip_distribution, truncated_normal
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
-from tests.unit.test_manifest import fake_index
-from tests.unit.test_sources_cifar import C10_NAMES, C10_TRAIN, dump
+from tests.unit.data.test_manifest import fake_index
+from tests.unit.data.test_sources_cifar import C10_NAMES, C10_TRAIN, dump
 
 PER_BATCH = 600
 

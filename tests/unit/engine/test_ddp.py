@@ -24,7 +24,7 @@ from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.track import NullTracker
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 N, PER_RANK, WORLD = 64, 8, 2
 
 

@@ -19,7 +19,7 @@ from ltscale.launch.submit import plan_submission, submitit_sbatch
 from ltscale.launch.sweep_args import check_sweep_keys, parse_sweep
 from ltscale.launch.templates import parse_directives, render_sbatch
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
 
 

@@ -18,7 +18,7 @@ from ltscale.data.manifest_spec import ImbalanceSpec, ManifestSpec, NoiseSpec
 from ltscale.data.manifest_stats import manifest_stats
 from ltscale.data.shards import build_shards
 from ltscale.data.sources import open_source
-from tests.unit.test_sources_cifar import write_cifar10, write_cifar100
+from tests.unit.data.test_sources_cifar import write_cifar10, write_cifar100
 
 PER_BATCH = 20          # 100 training images
 N10 = 5 * PER_BATCH

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 _spec = importlib.util.spec_from_file_location("gpu_imports", REPO / "tools" / "gpu_imports.py")
 gi = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gi)

@@ -10,7 +10,7 @@ from ltscale.eval.aggregate import merge_seeds
 from ltscale.eval.metrics import classification_metrics
 from ltscale.eval.noise import noise_separation
 from ltscale.eval.report import write_report
-from tests.unit.test_eval_metrics import COUNTS, hand_case
+from tests.unit.eval.test_eval_metrics import COUNTS, hand_case
 
 CLASSES = ["cat", "dog", "emu", "yak"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -40,7 +40,7 @@ from ltscale.data.loading.torch_loader import TorchLoader
 from ltscale.data.resample_device import resample
 from ltscale.data.sampling import Batch, EpochSampler
 from ltscale.stages.loaders import settings as stage_settings
-from tests.unit.test_loader_torch import build, corrupt, encode
+from tests.unit.data.test_loader_torch import build, corrupt, encode
 
 EXACT, BLUR, LOOSE = 0.05, 0.5, 1.5
 CPU = torch.device("cpu")

@@ -12,7 +12,7 @@ from ltscale.engine.backend import LocalBackend
 from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.track import NullTracker
-from tests.unit.test_loop import Regress, _sgd, _toy_data
+from tests.unit.engine.test_loop import Regress, _sgd, _toy_data
 
 SIG = signal.SIGUSR2
 

@@ -18,7 +18,9 @@ from ltscale.methods.sbcl_clustering import (
     subclass_cap,
 )
 from ltscale.models import create_backbone
-from tests.unit.test_methods_contract import _Rows  # a pass-through 'encoder': known features
+from tests.unit.methods.test_methods_contract import (
+    _Rows,  # a pass-through 'encoder': known features
+)
 
 
 def _long_tailed(counts, d=8, seed=0):

@@ -11,7 +11,7 @@ import pytest
 from ltscale.cli import main as cli
 from ltscale.core.errors import DataError
 from ltscale.data.sources import open_source
-from tests.unit.test_sources_imagefolder import put
+from tests.unit.data.test_sources_imagefolder import put
 
 
 def tree(root, *rels):

@@ -17,7 +17,7 @@ from ltscale.eval.calibration import (
 )
 from ltscale.eval.metrics import classification_metrics, scalar_metrics
 from ltscale.eval.report import write_report
-from tests.unit.test_eval_metrics import COUNTS, hand_case
+from tests.unit.eval.test_eval_metrics import COUNTS, hand_case
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 spec = importlib.util.spec_from_file_location("readme_quickstart",
                                               ROOT / "tools" / "readme_quickstart.py")
 tool = importlib.util.module_from_spec(spec)

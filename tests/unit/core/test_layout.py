@@ -4,7 +4,7 @@ only run downwards through a declared order of layers (docs/architecture.md)."""
 from pathlib import Path
 
 import ltscale
-from tests.unit.test_import_cycles import _edges, _modules
+from tests.unit.core.test_import_cycles import _edges, _modules
 
 LIMIT = 400
 
@@ -36,7 +36,7 @@ def _layer_of(module: str, layers=LAYERS) -> int:
         if key in members:
             return rank
     raise AssertionError(f"{module}: its package {key!r} is in no layer of tests/unit/"
-                         "test_layout.py (add it where it belongs)")
+                         "core/test_layout.py (add it where it belongs)")
 
 
 def upward_arrows(edges: dict[str, set[str]], layers=LAYERS) -> list[str]:
