@@ -9,7 +9,8 @@
 #      (DeepSpeed included) and precision, SIGKILL + relaunch exactness on CUDA, compile, GPU
 #      JPEG decoding against the CPU path, DALI mixed vs CPU where DALI is installed, per-epoch
 #      peak memory.
-# Everything lands in one folder of at most 8 files ($GPU_CHECK_OUT, default $OUT when the device
+# Worst case 60 + 150 + 250 s of phase limits: under 8 minutes with the start-up. Everything
+# lands in one folder of at most 8 files ($GPU_CHECK_OUT, default $OUT when the device
 # tool sets it, else runs/gpu-check): summary.txt (per-phase seconds and figures), install.log,
 # gpu-tests.log, gpu-tests.xml, bench-train.json, bench-train.log.
 #
@@ -34,10 +35,11 @@ SUMMARY="$OUTDIR/summary.txt"
 say() { echo "gpu-check: $*" | tee -a "$SUMMARY"; }
 T0=$(date +%s)
 phase() {  # phase NAME SECONDS CMD...: run under a timeout, record its seconds and exit status
+  # (at the limit: SIGINT, so that pytest still writes its summary and junit file; SIGKILL 15 s on)
   local name=$1 limit=$2 start rc
   shift 2
   start=$(date +%s)
-  timeout "$limit" "$@"
+  timeout -s INT -k 15 "$limit" "$@"
   rc=$?
   say "phase $name: exit $rc in $(( $(date +%s) - start )) s (limit $limit s)"
   return $rc
@@ -76,7 +78,7 @@ if ! "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 SITE=/tmp/ltscale-site
-phase install 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+phase install 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
   --upgrade --target "$SITE" .whl/*.whl > "$OUTDIR/install.log" 2>&1 \
   || { say "wheel install failed (install.log)"; exit 3; }
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -106,7 +108,7 @@ for name, v in r["loaders"].items():
     else:
         print(f"gpu-check: bench train {name}: skipped ({v.get('skipped')})")
 PYEOF
-phase gpu-tier 300 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider \
+phase gpu-tier 250 "$PY" -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider \
   --junitxml "$OUTDIR/gpu-tests.xml" > "$OUTDIR/gpu-tests.log" 2>&1
 tests_rc=$?
 tail -25 "$OUTDIR/gpu-tests.log"
