@@ -2,7 +2,7 @@
 
 Two runs writing one ``output_dir`` would resume from each other's checkpoints and overwrite each
 other's heads and reports. ``output_lock`` takes an exclusive, non-blocking ``flock`` on
-``<output_dir>/.ltscale.core.lock`` (rank 0 of a launched job takes it for the whole job) and writes
+``<output_dir>/.ltscale.lock`` (rank 0 of a launched job takes it for the whole job) and writes
 the holder's pid and host into it; a second run is refused naming them. The kernel drops the
 lock when the process ends, however it ends, so a killed run never leaves a stale lock behind.
 
@@ -30,7 +30,7 @@ from typing import Iterator
 
 from ltscale.core.errors import LtscaleError
 
-LOCK_FILE = ".ltscale.core.lock"
+LOCK_FILE = ".ltscale.lock"
 
 
 class OutputLocked(LtscaleError):
