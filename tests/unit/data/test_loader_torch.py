@@ -415,3 +415,56 @@ def test_a_drafted_decode_whose_sides_shrank_unevenly_keeps_the_box_inside():
     ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize(
         (8, 8), Image.Resampling.BILINEAR))
     assert np.abs(out[0].permute(1, 2, 0).numpy().astype(int) - ref).mean() < 6
+
+
+class _Finaliser:
+    """A cycle whose finaliser records the process that ran it (a DALI pipeline's shutdown hangs
+    when run in a forked worker: its threads stay in the parent)."""
+
+    def __init__(self, path):
+        self.path, self.me = path, self
+
+    def __del__(self):
+        with open(self.path, "a") as fh:
+            fh.write(f"{__import__('os').getpid()}\n")
+
+
+class _CollectingViews(TrainViews):
+    def __call__(self, data, rng):
+        import gc
+
+        gc.collect()  # a collection in the worker, as any allocation may trigger
+        return super().__call__(data, rng)
+
+
+def test_garbage_inherited_by_a_forked_worker_is_not_finalised_there(jpeg_ds, tmp_path):
+    import gc
+    import os
+
+    index = load(jpeg_ds)
+    views = _CollectingViews(make_preset("simclr", 24, 3), 3)
+    marks = tmp_path / "finalised.txt"
+    gc.disable()
+    try:
+        _Finaliser(marks)  # unreachable at once, but a cycle: only the collector finalises it
+        loader, _, _ = make(index, views, workers=2, epoch=1)
+        assert len(collect(loader)) == 3
+        loader.close()
+    finally:
+        gc.enable()
+    gc.collect()
+    assert marks.read_text().split() == [str(os.getpid())]  # by the parent only, once
+
+
+def test_a_child_forked_after_a_worker_loader_exists_starts_with_the_heap_frozen(jpeg_ds):
+    """The freeze happens at the fork itself, before any Python code of the child — torch's
+    worker allocates (and may collect) before a ``worker_init_fn`` runs; CI hung there once."""
+    import gc
+    import os
+
+    make(load(jpeg_ds), TrainViews(make_preset("simclr", 24, 3), 3), workers=2)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os._exit(0 if gc.get_freeze_count() > 0 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
