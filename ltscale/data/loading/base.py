@@ -4,7 +4,9 @@ stages and the training loop rely on."""
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -13,6 +15,14 @@ import torch
 from ltscale.core.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+# Every child forked once a loader exists (torch DataLoader workers, DALI's source workers) starts
+# with the inherited objects frozen: the collector never finalises them there. Their finalisers
+# belong to the parent — a DALI pipeline left in a reference cycle, collected in a worker, hangs
+# in its shutdown (its threads were not forked) — and the first collection can come before any
+# worker_init_fn (torch's worker seeds its RNGs first, which allocates). An at-fork hook runs
+# before any of the child's Python code; no inherited page is written by the collector either.
+os.register_at_fork(after_in_child=gc.freeze)
 
 BACKENDS = ("torch", "dali", "stream")
 

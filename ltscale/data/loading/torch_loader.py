@@ -12,9 +12,6 @@ resume and error policy are the same.
 
 from __future__ import annotations
 
-import gc
-import os
-
 import torch
 
 from ltscale.core.errors import LtscaleError
@@ -85,8 +82,6 @@ class TorchLoader:
             # dropout & co. use (a resumed run would otherwise shift their stream)
             generator=torch.Generator().manual_seed(sampler.seed),
             prefetch_factor=settings.prefetch if workers > 0 else None)
-        if workers > 0:
-            _inherited_objects_stay_uncollected()
         self.stats = EpochStats()
 
     def __len__(self) -> int:
@@ -115,19 +110,3 @@ class TorchLoader:
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
         self.loader._iterator = None
-
-
-def _inherited_objects_stay_uncollected() -> None:
-    """In every child forked from here on, first of all: the objects inherited from the parent
-    are never collected there (``gc.freeze``). Their finalisers belong to the parent: a DALI
-    pipeline left in a reference cycle, collected in a loader worker, hangs there in its shutdown
-    (its threads were not forked) — and the first collection can come before any
-    ``worker_init_fn`` (torch's worker seeds its RNGs first, which allocates). An at-fork hook runs
-    before any of the child's Python code; no inherited page is written by the collector either
-    (copy-on-write stays shared)."""
-    if not _FREEZE_AT_FORK["registered"]:
-        os.register_at_fork(after_in_child=gc.freeze)
-        _FREEZE_AT_FORK["registered"] = True
-
-
-_FREEZE_AT_FORK = {"registered": False}
