@@ -42,7 +42,13 @@ def test_a_failed_discovery_is_retried():
 
 
 def test_every_component_kind_is_registered_through_it():
-    assert {"simsiam", "supervised"} <= set(method_names())
-    assert {"ce", "la", "ldam"} <= set(loss_names())
-    assert {"idx", "svhn", "imagefolder"} <= set(source_kinds())
-    assert {"resnet18", "resnet_tiny"} <= set(backbone_names())
+    from ltscale.data.sources import SOURCES
+    from ltscale.losses._registry import LOSSES
+    from ltscale.methods._registry import METHODS
+    from ltscale.models.backbones import BACKBONES
+
+    for registry, names, some in ((METHODS, method_names(), {"simsiam", "supervised"}),
+                                  (LOSSES, loss_names(), {"ce", "la", "ldam"}),
+                                  (SOURCES, source_kinds(), {"idx", "svhn", "imagefolder"}),
+                                  (BACKBONES, backbone_names(), {"resnet18", "resnet_tiny"})):
+        assert isinstance(registry, Registry) and registry.names() == names and some <= set(names)
