@@ -64,8 +64,7 @@ if [ $REHEARSE -eq 1 ]; then
     || { say "the carried wheels do not install offline for CPython 3.12 (see install.log)"; exit 3; }
   phase imports 900 "$PY" tools/gpu_imports.py --wheels .whl 2>&1 | tee "$OUTDIR/imports.log" | tail -3
   [ "${PIPESTATUS[0]}" -eq 0 ] || { say "the rehearsal failed: see $OUTDIR/imports.log"; exit 1; }
-  carried_kb=$( (git ls-files -z --cached --others --exclude-standard; printf '%s\0' .whl) \
-                | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+  carried_kb=$(bash tools/carried-kb.sh .whl)
   say "rehearsal passed in $(( $(date +%s) - T0 )) s; the device call carries $((carried_kb / 1024)) MiB of 64"
   say "device call: run(command=\"$DEVICE_CMD\", carry=$CARRY, timeout_s=540)"
   exit 0

@@ -15,7 +15,6 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 names=$(sed -e 's/#.*//' -e 's/[[:space:]]//g' tools/gpu-wheels.txt | grep -v '^$')
 pinned() {  # NAME==VERSION where this environment has NAME, else NAME
   "$PY" - "$@" <<'PYEOF'
@@ -49,7 +48,7 @@ for n in $names; do
     || { echo "gpu-wheels: no wheel for $n (tools/gpu-wheels.txt)" >&2; exit 1; }
 done
 wheels_kb=$(du -sk "$work" | cut -f1)
-tree_kb=$(git ls-files -z --cached --others --exclude-standard | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+tree_kb=$(bash tools/carried-kb.sh)
 echo "gpu-wheels: $(ls "$work" | wc -l) wheels, $((wheels_kb / 1024)) MiB; with the tree" \
      "($((tree_kb / 1024)) MiB) a device call carries $(((wheels_kb + tree_kb) / 1024)) MiB of 64"
 if [ $((wheels_kb + tree_kb)) -ge $((64 * 1024)) ]; then
