@@ -16,8 +16,8 @@ from ltscale.config.base import (
     layered_fields,
     layered_optim,
 )
-from ltscale.losses import loss_class, loss_config, loss_names
-from ltscale.losses.base import LossOptions
+from ltscale.losses import loss_config, option_names
+from ltscale.losses.options import LossOptions
 
 
 class _LossSection(LossOptions):
@@ -33,7 +33,7 @@ def build_loss_cfg() -> type[_LossSection]:
     """The ``finetune.loss`` section for the losses registered now: ``name`` one of them, and the
     union of their options. An option declared by several losses must be declared alike (type,
     default, bounds), since the recipe holds one value for all of them."""
-    names = loss_names()
+    names = option_names()
     fields: dict[str, tuple] = {}
     owner: dict[str, str] = {}
     for name in names:
@@ -87,7 +87,7 @@ class FinetuneCfg(Section):
     def _cosine_heads(self):
         # LDAM heads are cosine classifiers; τ-norm and LWS rescale a linear one
         for name in [self.loss.name, *self.extra_losses]:
-            if loss_class(name).classifier == "cosine" and \
+            if loss_config(name).classifier == "cosine" and \
                     self.classifier_stage in ("tau_norm", "lws"):
                 raise ValueError(f"classifier_stage {self.classifier_stage} needs a linear "
                                  f"classifier, but loss {name} trains a cosine one; use "

@@ -7,5 +7,6 @@ from ltscale.losses._registry import (  # noqa: F401
     loss_config,
     loss_defaults,
     loss_names,
+    option_names,
     register_loss,
 )

@@ -3,42 +3,30 @@
 A fine-tuning loss is a ``ClassificationLoss``: built from the training class counts and its
 options, it maps (logits (B, C), targets (B,)) to a per-sample loss (B,). The trainer averages
 those values over the batch (``finetune/trainer.py: train_head``, ``methods/supervised.py``).
-Each loss class carries its options as a nested ``Config`` (a ``LossOptions``):
-constructing the loss validates them there, and the recipe's ``finetune.loss`` section is built
-from all of them (``config/supervised.py``).
+Each loss class carries its options as ``Config`` (a ``LossOptions``, declared torch-free in
+``losses/options.py`` and bound by ``register_loss``): constructing the loss validates them there,
+and the recipe's ``finetune.loss`` section is built from all of them (``config/supervised.py``).
 
 Derived tensors (``counts``, ``log_prior``, and whatever a loss adds) are non-persistent buffers:
 they follow ``.to(device)`` but stay out of a ``state_dict``."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
 from ltscale.core.errors import RecipeError
-from ltscale.core.section import Section
-
-
-class LossOptions(Section):
-    """Options of a loss. Numbers must be finite; like every ``Section``, a flag is no number
-    (``tau: true`` is an error, not 1.0)."""
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-
-class ReductionOption(LossOptions):
-    # how class weights enter the batch average: "mean" = Σ w_y·ℓ / B, "weight_sum" =
-    # Σ w_y·ℓ / Σ w_y (PyTorch's F.cross_entropy(weight=w)); None: the loss's paper's choice
-    reduction: Literal["mean", "weight_sum"] | None = None
+from ltscale.losses.options import LossOptions
 
 
 class ClassificationLoss(nn.Module):
     """Class counts (+ options) → per-sample loss(logits, targets).
 
-    Subclasses implement ``per_sample`` and declare ``Config``; ``register_loss`` sets ``name``.
+    Subclasses implement ``per_sample``; ``register_loss`` sets ``name``, ``Config`` and
+    ``classifier``.
     ``confidence`` holds the last batch's per-sample confidence (detached) for losses that have one
     (SuperLoss's σ*) and stays None otherwise. ``set_epoch(epoch, epochs)`` (0-based ``epoch``) is
     called when an epoch starts, for scheduled losses (DRW)."""
@@ -46,8 +34,8 @@ class ClassificationLoss(nn.Module):
     name: ClassVar[str] = ""
     Config: ClassVar[type[LossOptions]] = LossOptions
     paper_reduction: ClassVar[str] = "mean"  # what ``reduction: None`` means for this loss
-    # the classifier this loss's margins and scale assume: "linear" logits, or "cosine" ones
-    # in [−1, 1] (LDAM, Cao et al. 2019); heads and the supervised method build it from here
+    # the classifier this loss's margins and scale assume (its options' ``classifier``, bound
+    # by ``register_loss``): "linear" logits, or "cosine" ones in [−1, 1]
     classifier: ClassVar[str] = "linear"
 
     def __init__(self, counts, **options):

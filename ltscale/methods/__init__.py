@@ -1,8 +1,10 @@
-"""Pretraining methods by name. Each method file holds its options class (a ``Section`` with a
-``name`` literal, the recipe's ``pretrain.method``) beside the method and registers both with
-``@register_method(name, Config)``: adding a method is one file plus its test. Importing this
-package imports every module in it (sorted; the helpers — EMA, pruning, SBCL's clustering, the
-probe — register nothing), so a new method file is found without editing this one.
+"""Pretraining methods by name. A method's recipe options (a ``Section`` with a ``name`` literal,
+the recipe's ``pretrain.method``) are declared in ``options.py``, which imports no torch, so a
+recipe validates without loading any method; the method module registers the class with
+``@register_method(name)``, which binds those options as its ``Config``. The first query of the
+registry (``method_class``, ``method_names``, ``create_method``) imports every module of this
+package (sorted; the helpers — EMA, pruning, SBCL's clustering, the probe — register nothing), so
+a new method file is found without editing this one.
 
  A method is an nn.Module holding the encoder and its heads whose
 ``forward(batch)`` returns a dict with a scalar ``loss``; optional hooks the engine calls:
@@ -20,9 +22,6 @@ checkpoint over it (``engine/loop.py``), so the hook may depend on the current w
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from ltscale.methods._registry import (  # noqa: F401
     METHOD_INPUTS,
     create_method,
@@ -32,7 +31,3 @@ from ltscale.methods._registry import (  # noqa: F401
     method_names,
     register_method,
 )
-
-for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if not _module.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module}")

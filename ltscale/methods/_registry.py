@@ -1,40 +1,51 @@
-"""The registry of pretraining methods: name → class and options class (the recipe's
-``pretrain.method`` section for that name), and the training-set facts a method may declare in
-``needs``. Method modules register themselves here; ``ltscale.methods`` imports them all, so that
-importing the package fills the registry."""
+"""The registry of pretraining methods: name → class, found by importing every module of the
+package the first time it is asked (sorted, so registration is deterministic), and the
+training-set facts a method may declare in ``needs``. A method's recipe options live in
+``methods/options.py`` (torch-free); ``register_method`` binds them to the class as ``Config``.
+Nothing here imports torch: the recipe layer may ask for options without loading the methods."""
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ltscale.core.registry import Registry
+from ltscale.methods.options import METHOD_OPTIONS
 
-METHODS = Registry("method")                  # name → method class
-CONFIGS = Registry("method with recipe options", plural="methods with recipe options")
+if TYPE_CHECKING:
+    from torch import nn
 
 
-def register_method(name: str, config: type | None = None):
-    """Register a method class under ``name``, with its options class (``config``) when recipes
-    may name it; internal methods (the supervised baseline's) have none."""
+def _discover() -> None:
+    """Import every module of this package (by name: they import this registry)."""
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
+METHODS = Registry("method", discover=_discover)  # name → method class
+
+
+def register_method(name: str):
+    """Register a method class under ``name``; its ``Config`` is the options class registered
+    under that name in ``methods/options.py`` (internal methods, such as the supervised
+    baseline's, have none and keep ``Config = None``)."""
     def deco(cls):
-        METHODS.register(name, cls)
-        if config is not None:
-            if config.model_fields["name"].default != name:
-                raise ValueError(f"{config.__name__}.name defaults to "
-                                 f"{config.model_fields['name'].default!r}, not {name!r}")
-            CONFIGS.register(name, config)
-        return cls
+        cls.Config = METHOD_OPTIONS.get(name) if name in METHOD_OPTIONS else None
+        return METHODS.register(name, cls)
 
     return deco
 
 
 def method_configs() -> tuple[type, ...]:
     """The options class of every method a recipe can name, in registration order."""
-    return tuple(CONFIGS.entries().values())
+    return tuple(METHOD_OPTIONS.entries().values())
 
 
 def method_config(name: str) -> type:
-    return CONFIGS.get(name)
+    return METHOD_OPTIONS.get(name)
 
 
 # what a method may ask for in ``needs``: the training set it will see, in the dataset's order

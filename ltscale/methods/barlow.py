@@ -10,13 +10,9 @@ on every rank, gradients summed by the gather and averaged by data parallelism).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather_with_grad, world_size
 from ltscale.losses.ssl import barlow_twins_loss, batch_standardize, cross_correlation
 from ltscale.methods._registry import register_method
@@ -39,22 +35,7 @@ def global_standardize(z: torch.Tensor, n: int, eps: float = 1e-5) -> torch.Tens
     return batch_standardize(z, mean, var, eps)
 
 
-class BarlowTwinsCfg(Section):
-    name: Literal["barlow_twins"] = "barlow_twins"
-    proj_dim: int = Field(2048, gt=0)         # seed 000: 2048 hidden and output beat 8192
-    out_dim: int = Field(2048, gt=0)
-    proj_layers: int = Field(3, ge=2)
-    lam: float = Field(0.005, ge=0)           # weight of the off-diagonal terms
-    # Zbontar et al. 2021, "Implementation details / Optimization" (BYOL's protocol): LARS, lr
-    # 0.2 for weights and 0.0048 for biases and BN parameters, both × B/256, weight decay 1.5e-6
-    # (biases and BN excluded from LARS and weight decay), 10 warm-up epochs, cosine decay (the
-    # paper stops at lr/1000; ltscale's cosine goes to 0); trust coefficient 1e-3 (released code)
-    default_optim: ClassVar[dict] = {"name": "lars", "lr": 0.2, "bias_lr": 0.0048,
-                                     "lars_eta": 1e-3, "momentum": 0.9, "weight_decay": 1.5e-6,
-                                     "warmup_epochs": 10, "schedule": "cosine"}
-
-
-@register_method("barlow_twins", BarlowTwinsCfg)
+@register_method("barlow_twins")
 class BarlowTwins(PretrainMethod):
     views = 2
     uses_labels = False

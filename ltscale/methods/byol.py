@@ -6,13 +6,9 @@ weight decay 1.5e-6)."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.losses.ssl import byol_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
@@ -21,26 +17,7 @@ from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
 
-class BYOLCfg(Section):
-    name: Literal["byol"] = "byol"
-    proj_dim: int = Field(4096, gt=0)
-    out_dim: int = Field(256, gt=0)
-    pred_dim: int = Field(4096, gt=0)         # predictor hidden width
-    proj_layers: int = Field(2, ge=2)
-    tau_base: float = Field(0.996, ge=0, le=1)  # target EMA, cosine-scheduled to 1
-    # each view its own forward through the online and the target network, so batch norm
-    # normalises each view with its own statistics, as the reference implementation; false: one
-    # forward over both views together
-    bn_per_view: bool = True
-    # Grill et al. 2020, §3.3 "Optimization": LARS, base lr 0.2 × B/256, weight decay 1.5e-6
-    # (biases and BN excluded from LARS and weight decay), 10 warm-up epochs, cosine decay;
-    # trust coefficient 1e-3 (App. C)
-    default_optim: ClassVar[dict] = {"name": "lars", "lr": 0.2, "lars_eta": 1e-3,
-                                     "momentum": 0.9, "weight_decay": 1.5e-6,
-                                     "warmup_epochs": 10, "schedule": "cosine"}
-
-
-@register_method("byol", BYOLCfg)
+@register_method("byol")
 class BYOL(PretrainMethod):
     views = 2
     uses_labels = False

@@ -14,39 +14,21 @@ uniform weights. The predictor's hidden width (512) is not given by the paper.""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from ltscale.core.errors import RecipeError
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather, rank
 from ltscale.losses.fassl import frequency_weights, rebalanced_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
 from ltscale.methods.ema import EMA
 from ltscale.methods.fassl_proto import FASSLProto, method_name, take_projector, unwrap
-from ltscale.methods.sdclr import SDCLR_OPTIM
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
 
-class FASSLCfg(Section):
-    name: Literal["fassl"] = "fassl"          # FASSL stage two: after a fassl_proto stage
-    proj_dim: int = Field(512, gt=0)          # proj_dim, out_dim, proj_layers, prototypes: as
-    out_dim: int = Field(128, gt=0)           # the fassl_proto stage before it
-    proj_layers: int = Field(3, ge=2)
-    pred_dim: int = Field(512, gt=0)          # student MLP (predictor) hidden width; not in paper
-    prototypes: int = Field(128, gt=0)        # K
-    momentum: float = Field(0.99, ge=0, le=1)  # teacher EMA τ; FASSL: 0.99 (Table 3)
-    weight_clip: float = Field(3.0, ge=0)     # log-weights clipped to batch mean ± this many
-    #                                           std ("clip outliers", value not given); 0: off
-    default_optim: ClassVar[dict] = SDCLR_OPTIM  # as fassl_proto's (FASSL gives none; assumed)
-
-
-@register_method("fassl", FASSLCfg)
+@register_method("fassl")
 class FASSL(PretrainMethod):
     views = 2
     uses_labels = False

@@ -12,20 +12,16 @@ Projector defaults are SDCLR's (512 → 512 → 128), so that its head can be ta
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ltscale.core.errors import RecipeError
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.fassl import prototype_contrastive_loss
 from ltscale.methods._registry import method_class, method_names, register_method
 from ltscale.methods.base import PretrainMethod
 from ltscale.methods.probe import OnlineProbe
-from ltscale.methods.sdclr import SDCLR_OPTIM
 from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
@@ -62,18 +58,7 @@ def take_projector(target: nn.Module, source: nn.Module, who: str, whom: str) ->
     target.projector.load_state_dict(theirs)
 
 
-class FASSLProtoCfg(Section):
-    name: Literal["fassl_proto"] = "fassl_proto"  # FASSL stage one: prototype learning
-    proj_dim: int = Field(512, gt=0)          # as the sdclr stage whose projector it takes over
-    out_dim: int = Field(128, gt=0)           # D, the prototypes' width
-    proj_layers: int = Field(3, ge=2)
-    prototypes: int = Field(128, gt=0)        # K; FASSL: 128 (64–512 within 0.5 points)
-    beta: float = Field(0.2, gt=0)            # β: temperature of Eq. 2's NT-Xent over h = P·z
-    # FASSL gives no optimizer (§4.2); it continues from an SDCLR network: SDCLR's (assumed)
-    default_optim: ClassVar[dict] = SDCLR_OPTIM
-
-
-@register_method("fassl_proto", FASSLProtoCfg)
+@register_method("fassl_proto")
 class FASSLProto(PretrainMethod):
     views = 2
     uses_labels = False

@@ -5,13 +5,9 @@ expected to use SyncBN. Defaults: queue 65536, m 0.999, T 0.2, head 2048 → 128
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather, shuffle_batch, unshuffle_batch
 from ltscale.losses.ssl import infonce_with_queue
 from ltscale.methods._registry import register_method
@@ -21,24 +17,7 @@ from ltscale.methods.simclr import projector_dims, z_std
 from ltscale.models.heads import mlp
 
 
-class MoCoCfg(Section):
-    name: Literal["moco"] = "moco"
-    proj_dim: int = Field(2048, gt=0)
-    out_dim: int = Field(128, gt=0)
-    proj_layers: int = Field(2, ge=2)
-    queue_size: int = Field(65536, gt=0)      # negatives kept (keys of past batches, all ranks)
-    momentum: float = Field(0.999, ge=0, le=1)  # key encoder EMA
-    temperature: float = Field(0.2, gt=0)
-    shuffle_bn: bool = True                   # false: the recipe is expected to use SyncBN
-    symmetric: bool = False                   # ½(L(q1, k2) + L(q2, k1)), both keys enqueued
-    # MoCo v2 (Chen et al. 2020b, §2 and Table 1): SGD, lr 0.03 at batch 256 (× B/256), cosine
-    # decay, no warm-up; momentum 0.9 and weight decay 1e-4 from MoCo v1 (He et al. 2020, §4)
-    default_optim: ClassVar[dict] = {"name": "sgd", "lr": 0.03, "momentum": 0.9,
-                                     "weight_decay": 1e-4, "warmup_epochs": 0,
-                                     "schedule": "cosine"}
-
-
-@register_method("moco", MoCoCfg)
+@register_method("moco")
 class MoCo(PretrainMethod):
     views = 2
     uses_labels = False

@@ -4,29 +4,16 @@ the encoder's features classifies each image's rotation among 0/90/180/270°. It
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.losses.ssl import rotation_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
 from ltscale.methods.simclr import z_std
 
 
-class RotationCfg(Section):
-    name: Literal["rotation"] = "rotation"    # linear head on the encoder; augment.preset rotation
-    # Gidaris et al. 2018, §4.1 (CIFAR): SGD, batch 128, lr 0.1 (not batch-scaled), momentum 0.9,
-    # weight decay 5e-4, no warm-up. The paper divides the lr by 5 at epochs 30, 60 and 80;
-    # ltscale has no step schedule, so cosine decay stands in for it
-    default_optim: ClassVar[dict] = {"name": "sgd", "lr": 0.1, "scale_lr": False,
-                                     "momentum": 0.9, "weight_decay": 5e-4,
-                                     "warmup_epochs": 0, "schedule": "cosine"}
-
-
-@register_method("rotation", RotationCfg)
+@register_method("rotation")
 class Rotation(PretrainMethod):
     views = 4
     uses_labels = False  # the rotation labels come from the view order, not the manifest

@@ -14,15 +14,11 @@ a mid-epoch checkpoint over the epoch's start hook, so the epoch is not clustere
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather, rank, world_size
 from ltscale.losses.supcon import kcl_loss, sbcl_loss, supcon_loss
 from ltscale.methods._registry import register_method
@@ -33,34 +29,11 @@ from ltscale.methods.sbcl_clustering import (
     class_temperatures,
 )
 from ltscale.methods.simclr import projector_dims, z_std
-from ltscale.methods.supcon import SUPCON_OPTIM, global_batch, two_view_projections
+from ltscale.methods.supcon import global_batch, two_view_projections
 from ltscale.models.heads import mlp
 
 
-class SBCLCfg(Section):
-    # defaults: SBCL's appendix values are not in our copy of the paper; these are the authors'
-    # CIFAR-LT release (τ1 0.1, β 0.25, δ 10, α 10, K 10, 10 warm-up epochs)
-    name: Literal["sbcl"] = "sbcl"
-    proj_dim: int = Field(2048, gt=0)
-    out_dim: int = Field(128, gt=0)
-    proj_layers: int = Field(2, ge=2)
-    tau1: float = Field(0.1, gt=0)            # τ1: subclass term's temperature (and warm-up τ)
-    beta: float = Field(0.25, ge=0)           # β: weight of the class term (eq. 4); 0.25
-    delta: int = Field(10, ge=1)              # δ: subclass cap M = max(n_C, δ), n_C the smallest
-    #                                           class (eq. 3); 10
-    alpha: float = Field(10.0, gt=0)          # α in φ(c)'s log(n_c + α) (eq. 5); 10
-    warmup_epochs: int = Field(10, ge=0)      # T0: epochs of plain SupCon/KCL first; 10
-    warmup_loss: Literal["supcon", "kcl"] = "supcon"  # the warm-up loss (SBCL: SCL or KCL)
-    k: int = Field(6, ge=1)                   # KCL positives, when warmup_loss is kcl; 6
-    update_every: int = Field(10, ge=1)       # K: epochs between re-clustering + τ2 updates; 10
-    cluster_iters: int = Field(10, ge=0)      # balanced k-means iterations after the
-    #                                           farthest-first start (Algorithm 1's K)
-    # the optimizer is in the appendix our copy lacks: SupCon's reference one, as SBCL starts
-    # with SupCon epochs and compares with SupCon at equal settings (assumed)
-    default_optim: ClassVar[dict] = SUPCON_OPTIM
-
-
-@register_method("sbcl", SBCLCfg)
+@register_method("sbcl")
 class SBCL(PretrainMethod):
     views = 2
     uses_labels = True  # trains on the labeled role only

@@ -20,14 +20,11 @@ released code does."""
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.func import functional_call
 
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.ssl import nt_xent
 from ltscale.methods._registry import register_method
@@ -63,27 +60,7 @@ class BranchNorms(nn.Module):
         return out
 
 
-# SDCLR's released CIFAR-LT runs (cifar-10-LT.sh, train_simCLR.py): SGD at lr 0.5 for batch 512
-# (0.25 × B/256), momentum 0.9, weight decay 1e-4, 10 warm-up epochs, cosine decay
-SDCLR_OPTIM = {"name": "sgd", "lr": 0.25, "momentum": 0.9, "weight_decay": 1e-4,
-               "warmup_epochs": 10, "schedule": "cosine"}
-
-
-class SDCLRCfg(Section):
-    name: Literal["sdclr"] = "sdclr"
-    proj_dim: int = Field(512, gt=0)          # SDCLR's ResNet-18 head: hidden = feature width 512
-    out_dim: int = Field(128, gt=0)           # SDCLR: 128
-    proj_layers: int = Field(3, ge=2)         # SDCLR's head: 3 Linear layers
-    temperature: float = Field(0.2, gt=0)     # NT-Xent T; SDCLR's CIFAR-LT runs: 0.2
-    prune_ratio: float = Field(0.9, ge=0, lt=1)  # fraction of conv/linear weights the pruned
-    #                                           branch zeroes; SDCLR: 0.9 CIFAR, 0.3 ImageNet
-    prune_scope: Literal["layer", "global"] = "layer"  # ratio per weight tensor, or one global
-    #                                           threshold (SDCLR's released code)
-    dual_bn: bool = True                      # pruned branch has its own BN (SDCLR --prune_dual_bn)
-    default_optim: ClassVar[dict] = SDCLR_OPTIM
-
-
-@register_method("sdclr", SDCLRCfg)
+@register_method("sdclr")
 class SDCLR(PretrainMethod):
     views = 2
     uses_labels = False

@@ -5,12 +5,8 @@ with Adam instead (lr 0.001, weight decay 1e-6, batch 512; its recipes say so); 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
-from pydantic import Field
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather_with_grad, rank
 from ltscale.losses.ssl import nt_xent
 from ltscale.methods._registry import register_method
@@ -32,21 +28,7 @@ def z_std(z):
     return nn.functional.normalize(z.detach().float(), dim=1).std(0).mean()
 
 
-class SimCLRCfg(Section):
-    name: Literal["simclr"] = "simclr"
-    proj_dim: int = Field(2048, gt=0)
-    out_dim: int = Field(128, gt=0)
-    proj_layers: int = Field(2, ge=2)
-    temperature: float = Field(0.5, gt=0)     # 0.1–0.5 for CIFAR in the SimCLR paper
-    # Chen et al. 2020, §2.3 "Default setting": LARS, lr 0.3 × B/256 (4.8 at B = 4096), weight
-    # decay 1e-6, 10-epoch linear warm-up then cosine decay; LARS trust coefficient 1e-3 as in the
-    # released code (biases and BN parameters excluded from LARS and weight decay)
-    default_optim: ClassVar[dict] = {"name": "lars", "lr": 0.3, "lars_eta": 1e-3,
-                                     "momentum": 0.9, "weight_decay": 1e-6,
-                                     "warmup_epochs": 10, "schedule": "cosine"}
-
-
-@register_method("simclr", SimCLRCfg)
+@register_method("simclr")
 class SimCLR(PretrainMethod):
     views = 2
     uses_labels = False

@@ -4,35 +4,15 @@ the default optimizer is the paper's ImageNet one (``SimSiamCfg.default_optim``)
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
-from pydantic import Field
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.losses.ssl import simsiam_loss
 from ltscale.methods._registry import register_method
 from ltscale.methods.base import PretrainMethod
 from ltscale.models.heads import mlp
 
 
-class SimSiamCfg(Section):
-    name: Literal["simsiam"] = "simsiam"
-    proj_dim: int = Field(2048, gt=0)
-    pred_dim: int = Field(512, gt=0)
-    proj_layers: int = Field(2, ge=1)
-    fix_pred_lr: bool = True                  # §4: the predictor's lr is not decayed
-    # each view its own forward, so batch norm normalises each view with its own statistics, as
-    # the paper's pseudo-code (f(x1), f(x2)); false: one forward over both views together
-    bn_per_view: bool = True
-    # Chen & He 2021, §4 "Optimizer": SGD, lr 0.05 × B/256, momentum 0.9, weight decay 1e-4,
-    # cosine decay, no warm-up (the CIFAR variant of App. D uses lr 0.03 and weight decay 5e-4)
-    default_optim: ClassVar[dict] = {"name": "sgd", "lr": 0.05, "momentum": 0.9,
-                                     "weight_decay": 1e-4, "warmup_epochs": 0,
-                                     "schedule": "cosine"}
-
-
-@register_method("simsiam", SimSiamCfg)
+@register_method("simsiam")
 class SimSiam(PretrainMethod):
     views = 2
     uses_labels = False  # trains on labeled and unlabeled images alike

@@ -6,13 +6,9 @@ KCL k = 6."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
-from ltscale.core.section import Section
 from ltscale.engine.dist import gather, gather_with_grad, rank
 from ltscale.losses.supcon import kcl_loss, supcon_loss
 from ltscale.methods._registry import register_method
@@ -35,23 +31,7 @@ def global_batch(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> di
             "labels_all": gather(labels), "offset": rank() * z1.shape[0]}
 
 
-# The authors' reference code (SupContrast, CIFAR): SGD at lr 0.5 for batch 1024 (0.125 × B/256),
-# momentum 0.9, weight decay 1e-4 (main_supcon.py's defaults), 10 warm-up epochs (on for batches
-# of 256 and more), cosine decay. The paper's ImageNet runs use LARS at batch 6144; not the default.
-SUPCON_OPTIM = {"name": "sgd", "lr": 0.125, "momentum": 0.9, "weight_decay": 1e-4,
-                "warmup_epochs": 10, "schedule": "cosine"}
-
-
-class SupConCfg(Section):
-    name: Literal["supcon"] = "supcon"
-    proj_dim: int = Field(2048, gt=0)
-    out_dim: int = Field(128, gt=0)           # SupCon: 128
-    proj_layers: int = Field(2, ge=2)
-    temperature: float = Field(0.1, gt=0)     # τ; SupCon paper and SBCL's SCL runs: 0.1
-    default_optim: ClassVar[dict] = SUPCON_OPTIM
-
-
-@register_method("supcon", SupConCfg)
+@register_method("supcon")
 class SupCon(PretrainMethod):
     views = 2
     uses_labels = True  # trains on the labeled role only
@@ -72,20 +52,7 @@ class SupCon(PretrainMethod):
         return {"loss": self.contrast(z1, z2, batch[1]), "z_std": z_std(z1)}
 
 
-class KCLCfg(Section):
-    name: Literal["kcl"] = "kcl"
-    proj_dim: int = Field(2048, gt=0)
-    out_dim: int = Field(128, gt=0)
-    proj_layers: int = Field(2, ge=2)
-    temperature: float = Field(0.1, gt=0)     # τ, as SupCon's (SBCL's KCL baseline)
-    k: int = Field(6, ge=1)                   # positives drawn per anchor besides its own other
-    #                                           view; KCL: 6
-    # KCL's own optimizer is not in our papers (SBCL re-runs KCL without giving one): SupCon's
-    # reference optimizer, as KCL changes only which positives SupCon's loss counts (assumed)
-    default_optim: ClassVar[dict] = SUPCON_OPTIM
-
-
-@register_method("kcl", KCLCfg)
+@register_method("kcl")
 class KCL(SupCon):
     """SupCon with a fixed number ``k`` of positives per anchor (class-balanced positives)."""
 

@@ -1,3 +1,3 @@
-from ltscale.models.backbones import backbone_names, create_backbone
+from ltscale.models.registry import backbone_names, create_backbone
 
 __all__ = ["backbone_names", "create_backbone"]

@@ -1,6 +1,7 @@
 """Backbones by name. Each returns an encoder module with ``feat_dim`` whose forward gives pooled
 features. ImageNet ResNets come from torchvision (optionally with the CIFAR stem: 3×3 conv,
-stride 1, no max-pool); the CIFAR ResNet family (three stages of 16/32/64 channels) is here."""
+stride 1, no max-pool); the CIFAR ResNet family (three stages of 16/32/64 channels) is here.
+Their names are declared, torch-free, in ``models/registry.py``."""
 
 from __future__ import annotations
 
@@ -8,21 +9,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet
 
-from ltscale.core.registry import Registry
-
-BACKBONES = Registry("backbone")  # name → constructor(in_chans=, cifar_stem=)
-
-
-def register_backbone(name: str):
-    return BACKBONES.register(name)
-
-
-def backbone_names() -> list[str]:
-    return BACKBONES.names()
-
-
-def create_backbone(name: str, *, in_chans: int = 3, cifar_stem: bool = False) -> nn.Module:
-    return BACKBONES.get(name)(in_chans=in_chans, cifar_stem=cifar_stem)
+from ltscale.models.registry import register_backbone
 
 
 def _torchvision_resnet(ctor, in_chans: int, cifar_stem: bool) -> nn.Module:

@@ -8,19 +8,14 @@ Cao et al.'s and Yang & Xu's code) does."""
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from ltscale.losses import classification as C
 from ltscale.losses._registry import register_loss
-from ltscale.losses.base import ClassificationLoss, ReductionOption
+from ltscale.losses.base import ClassificationLoss
 
 
 @register_loss("cb")
 class ClassBalanced(ClassificationLoss):
     paper_reduction = "mean"
-
-    class Config(ReductionOption):
-        beta: float = Field(0.9999, ge=0, lt=1)  # class-balanced β (Cui et al.'s CIFAR value)
 
     def __init__(self, counts, **options):
         super().__init__(counts, **options)

@@ -7,13 +7,9 @@ from __future__ import annotations
 from ltscale.losses import classification as C
 from ltscale.losses._registry import register_loss
 from ltscale.losses.finetune.cb import ClassBalanced
-from ltscale.losses.finetune.focal import Focal
 
 
 @register_loss("cb_focal")
 class ClassBalancedFocal(ClassBalanced):
-    class Config(ClassBalanced.Config, Focal.Config):
-        pass
-
     def per_sample(self, logits, targets):
         return self.weigh(C.focal_loss(logits, targets, self.config.gamma), targets)

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
-
 from ltscale.losses import classification as C
 from ltscale.losses._registry import register_loss
-from ltscale.losses.base import ClassificationLoss, ReductionOption
+from ltscale.losses.base import ClassificationLoss
 
 
 @register_loss("drw")
 class DeferredReweighting(ClassificationLoss):
     paper_reduction = "weight_sum"
-
-    class Config(ReductionOption):
-        drw_start: float = Field(0.8, ge=0, le=1)    # re-weighting from this fraction of epochs
-        drw_beta: float = Field(0.9999, ge=0, lt=1)  # class-balanced β of the deferred weights
 
     def __init__(self, counts, **options):
         super().__init__(counts, **options)

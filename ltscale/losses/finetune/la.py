@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from ltscale.losses import classification as C
 from ltscale.losses._registry import register_loss
-from ltscale.losses.base import ClassificationLoss, LossOptions
+from ltscale.losses.base import ClassificationLoss
 
 
 @register_loss("la")
 class LogitAdjusted(ClassificationLoss):
-    class Config(LossOptions):
-        tau: float = 1.0  # logit adjustment strength τ (seed 000: 1)
-
     def base_loss(self, logits, targets):
         return C.logit_adjusted_loss(logits, targets, self.log_prior, self.config.tau)
 

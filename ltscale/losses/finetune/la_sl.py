@@ -9,7 +9,4 @@ from ltscale.losses.finetune.sl import SuperLoss
 
 @register_loss("la_sl")
 class LogitAdjustedSuperLoss(SuperLoss):
-    class Config(LogitAdjusted.Config, SuperLoss.Config):
-        pass
-
     base_loss = LogitAdjusted.base_loss

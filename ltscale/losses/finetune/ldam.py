@@ -4,21 +4,13 @@ classifier. Unweighted, so it has no ``reduction`` option (``ldam_drw`` adds the
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from ltscale.losses import classification as C
 from ltscale.losses._registry import register_loss
-from ltscale.losses.base import ClassificationLoss, LossOptions
+from ltscale.losses.base import ClassificationLoss
 
 
 @register_loss("ldam")
 class LDAM(ClassificationLoss):
-    classifier = "cosine"  # its margins and scale assume logits in [−1, 1]
-
-    class Config(LossOptions):
-        max_margin: float = Field(0.5, gt=0)  # the largest margin (Cao et al.: 0.5)
-        scale: float = Field(30.0, gt=0)      # logit scale s (Cao et al.: 30)
-
     def __init__(self, counts, **options):
         super().__init__(counts, **options)
         self.register_buffer("margins", C.ldam_margins(counts, self.config.max_margin),

@@ -12,5 +12,3 @@ class LDAMDeferredReweighting(LDAM, DeferredReweighting):
     """LDAM's margins and per-sample loss; DRW's weights, schedule and reduction ("weight_sum",
     as Cao et al.'s ``LDAMLoss``: ``F.cross_entropy(weight=w)``)."""
 
-    class Config(LDAM.Config, DeferredReweighting.Config):
-        pass

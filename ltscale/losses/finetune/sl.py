@@ -7,14 +7,12 @@ mean of the batch-mean base loss (momentum ``SUPERLOSS_MOMENTUM``), updated in t
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field
 
 from ltscale.losses import classification as C
 from ltscale.losses._registry import register_loss
-from ltscale.losses.base import ClassificationLoss, LossOptions
+from ltscale.losses.base import ClassificationLoss
 
 SUPERLOSS_MOMENTUM = 0.9  # running-mean τ_SL (tau_sl="mean")
 
@@ -22,10 +20,6 @@ SUPERLOSS_MOMENTUM = 0.9  # running-mean τ_SL (tau_sl="mean")
 @register_loss("sl")
 class SuperLoss(ClassificationLoss):
     """``confidence`` holds the last batch's σ* per sample (detached)."""
-
-    class Config(LossOptions):
-        lam: float = Field(4.0, gt=0)  # SuperLoss λ (seed 000: 4)
-        tau_sl: float | Literal["mean"] | None = None  # threshold; None = log C, "mean" = EMA
 
     def __init__(self, counts, **options):
         super().__init__(counts, **options)

@@ -193,3 +193,43 @@ def test_the_cli_refuses_before_any_work_with_exit_status_2(tmp_path, monkeypatc
     for needle in needles:
         assert needle in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+# --- validation is light --------------------------------------------------------------------
+_NO_TORCH = r"""
+import glob, sys
+from ltscale.config.loading import load_recipe
+from ltscale.core.errors import RecipeError
+recipes = sorted(glob.glob("recipes/**/*.yaml", recursive=True))
+assert len(recipes) > 10, recipes
+for path in recipes:
+    load_recipe(path)
+try:
+    load_recipe(sys.argv[1])
+except RecipeError as e:
+    assert "did you mean epochs" in str(e), e
+else:
+    raise SystemExit("the bad recipe was accepted")
+from ltscale.config.supervised import LossCfg
+from ltscale.config.pretrain import PretrainCfg
+LossCfg(name="ldam", scale=10.0); PretrainCfg(method={"name": "sbcl", "k": 3})
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+print("LOADED", loaded)
+"""
+
+
+def test_validating_recipes_imports_no_torch(tmp_path):
+    """Recipe validation (every shipped recipe, and a schema error) must not import torch or
+    torchvision: a mistyped key is reported in a fraction of a second, not after the seconds
+    torch takes to load. Options of methods, losses and backbones are declared torch-free."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\npretrain:\n  epochz: 3\n")
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", _NO_TORCH, str(bad)], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "LOADED []" in out.stdout, out.stdout

@@ -45,10 +45,32 @@ def test_every_component_kind_is_registered_through_it():
     from ltscale.data.sources import SOURCES
     from ltscale.losses._registry import LOSSES
     from ltscale.methods._registry import METHODS
-    from ltscale.models.backbones import BACKBONES
+    from ltscale.models.registry import BACKBONES
 
     for registry, names, some in ((METHODS, method_names(), {"simsiam", "supervised"}),
                                   (LOSSES, loss_names(), {"ce", "la", "ldam"}),
                                   (SOURCES, source_kinds(), {"idx", "svhn", "imagefolder"}),
                                   (BACKBONES, backbone_names(), {"resnet18", "resnet_tiny"})):
         assert isinstance(registry, Registry) and registry.names() == names and some <= set(names)
+
+
+def test_options_declared_torch_free_are_bound_to_their_components():
+    """Recipe validation reads the torch-free declarations (method and loss options, backbone
+    names); each must name exactly the registered components, bound as their ``Config``."""
+    from ltscale.losses._registry import LOSSES
+    from ltscale.losses.options import LOSS_OPTIONS
+    from ltscale.methods._registry import METHODS
+    from ltscale.methods.options import METHOD_OPTIONS
+    from ltscale.models.registry import BACKBONE_NAMES, BACKBONES, register_backbone
+
+    assert LOSSES.names() == LOSS_OPTIONS.names()
+    for name, cls in LOSSES.entries().items():
+        assert cls.Config is LOSS_OPTIONS.get(name) and cls.name == name
+        assert cls.classifier == cls.Config.classifier
+    assert LOSSES.get("ldam").classifier == "cosine" == LOSSES.get("ldam_drw").classifier
+    assert set(METHOD_OPTIONS.names()) == set(METHODS.names()) - {"supervised"}
+    for name, cls in METHODS.entries().items():
+        assert cls.Config is (METHOD_OPTIONS.get(name) if name != "supervised" else None)
+    assert BACKBONES.names() == sorted(BACKBONE_NAMES)
+    with pytest.raises(ValueError, match="not declared"):
+        register_backbone("resnet_huge")

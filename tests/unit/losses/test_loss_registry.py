@@ -9,7 +9,8 @@ from pydantic import Field, ValidationError
 from ltscale.config.supervised import LossCfg, build_loss_cfg
 from ltscale.core.errors import RecipeError
 from ltscale.losses import _registry, classification_loss, loss_class, loss_defaults, loss_names
-from ltscale.losses.base import ClassificationLoss, LossOptions
+from ltscale.losses.base import ClassificationLoss
+from ltscale.losses.options import LOSS_OPTIONS, LossOptions
 
 
 @pytest.fixture
@@ -17,6 +18,7 @@ def scratch_registry(monkeypatch):
     """Registrations made in the test go to a copy of the registry, dropped afterwards."""
     loss_names()  # discover the package's losses first
     monkeypatch.setattr(_registry.LOSSES, "_entries", dict(_registry.LOSSES._entries))
+    monkeypatch.setattr(LOSS_OPTIONS, "_entries", dict(LOSS_OPTIONS._entries))
 
 
 def test_a_loss_defined_in_one_class_is_usable_by_name(scratch_registry):
