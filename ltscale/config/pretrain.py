@@ -67,8 +67,8 @@ class KnnCfg(Section):
 Balance = Literal["instance", "class", "sqrt", "progressive"]
 
 
-# the recipe's method section: the options class of whichever method `name` picks, each defined
-# beside its method (ltscale/methods/<method>.py)
+# the recipe's method section: the options class of whichever method `name` picks, each declared
+# torch-free in ltscale/methods/options.py
 MethodCfg = Annotated[Union[method_configs()], Field(discriminator="name")]
 
 
