@@ -50,7 +50,7 @@ class ExportError(LtscaleError):
 def read_source(path: str | Path) -> tuple[dict, torch.nn.Module]:
     """The encoder file's contents and the rebuilt encoder (eval mode); errors name the file."""
     from ltscale.models import backbone_names
-    from ltscale.stages.pretrain import encoder_from_file_contents, read_encoder_file
+    from ltscale.models.files import encoder_from_file_contents, read_encoder_file
 
     path = Path(path)
     if path.is_dir():

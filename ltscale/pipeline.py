@@ -19,6 +19,7 @@ from ltscale.data.manifest_stats import manifest_stats
 from ltscale.engine.knn import KnnMonitor
 from ltscale.eval.aggregate import merge_seeds
 from ltscale.eval.report import SUMMARY_HEADER, markdown_table, summary_rows, write_report
+from ltscale.models.files import load_encoder
 from ltscale.stages.budget import measured, scratch_budget_note
 from ltscale.stages.context import Context, make_context
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
@@ -26,7 +27,6 @@ from ltscale.stages.finetune import predict_images, run_finetune
 from ltscale.stages.loaders import knn_loaders
 from ltscale.stages.pretrain import (
     label_free_key,
-    load_encoder,
     new_encoder,
     run_pretrain,
     run_scratch,

@@ -37,10 +37,10 @@ def cmd_pretrain(args):
 
 
 def cmd_finetune(args):
+    from ltscale.models.files import load_encoder
     from ltscale.resolve import resolve_artifact
     from ltscale.stages.evaluate import evaluate_logits
     from ltscale.stages.finetune import run_finetune
-    from ltscale.stages.pretrain import load_encoder
 
     recipe = common.recipe_from_args(args)
     encoder_path = resolve_artifact(args.source, "encoder", recipe.tracking.uri)

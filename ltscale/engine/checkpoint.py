@@ -1,5 +1,4 @@
-"""Checkpoint files (written atomically, read with ``weights_only=True``) and the
-``CheckpointManager`` the training loop resumes and saves through (its retention, the RNG states
+"""The ``CheckpointManager`` the training loop resumes and saves through (its retention, the RNG states
 of every rank, runs of another experiment)."""
 
 from __future__ import annotations
@@ -13,66 +12,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ltscale.core.atomic import atomic_path
 from ltscale.core.errors import CheckpointError
+from ltscale.core.torch_file import (  # noqa: F401  (the checkpoint files, written atomically)
+    CheckpointWriteError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written (no space, quota, I/O error); nothing was replaced."""
-
-
-class _File:
-    """The file ``torch.save`` writes through, keeping the operating system's error of a write:
-    torch reports a failed write only as "unexpected pos N vs M"."""
-
-    def __init__(self, fh):
-        self.fh, self.error = fh, None
-
-    def write(self, data) -> int:
-        try:
-            return self.fh.write(data)
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """``state`` to ``path`` atomically. A write that fails (the disk fills, a quota, an I/O
-    error) raises ``CheckpointWriteError`` naming ``path`` and the cause; the half-written
-    temporary file is removed and ``path`` keeps what it held."""
-    out = None
-    try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                out = _File(fh)
-                torch.save(state, out)
-    except (OSError, RuntimeError) as exc:
-        cause = out.error if out is not None and out.error is not None else exc
-        if not isinstance(cause, OSError):
-            raise
-        what = cause.strerror or str(cause) or type(cause).__name__
-        raise CheckpointWriteError(f"checkpoint {path} could not be written: {what} "
-                                   f"(errno {cause.errno})") from None
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file; all mean the same here
-        # one line: torch's weights-only refusal spans many lines of advice
-        detail = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        detail = detail if len(detail) <= 160 else detail[:157] + "…"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                              f"{detail}); "
-                              "it may be truncated or not an ltscale checkpoint") from None
 
 
 def checkpoint_files(checkpoint: Path) -> list[Path]:

@@ -12,11 +12,10 @@ from ltscale.core.hashing import file_sha256
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.features import encode
 from ltscale.eval.report import write_report
+from ltscale.models.files import head_from_file, load_encoder, read_encoder_file
 from ltscale.stages.context import Context
 from ltscale.stages.evaluate import evaluate_logits
-from ltscale.stages.finetune import head_from_file
 from ltscale.stages.loaders import test_loader
-from ltscale.stages.pretrain import load_encoder
 
 
 def head_encoder(head_path) -> str:
@@ -34,7 +33,6 @@ def check_head_fits(head_path, encoder_ref: str, data) -> None:
     input channels against ``data.channels`` and, once the recipe's dataset is built, its class
     count against that dataset's."""
     from ltscale.data.index import ShardIndex
-    from ltscale.stages.pretrain import read_encoder_file
 
     chans = int(read_encoder_file(encoder_ref)["in_chans"])
     if chans != data.channels:

@@ -33,7 +33,6 @@ from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.sampling import EpochSampler
-from ltscale.engine.checkpoint import load_checkpoint, save_checkpoint
 from ltscale.finetune.cache import (
     FORMAT,
     FeatureCache,
@@ -48,17 +47,16 @@ from ltscale.losses import classification_loss, loss_class
 from ltscale.models.classifier import (
     ClassifierPart,
     Head,
-    build_head,
     head_spec,
     pretrained_projector_layer,
     projector_layer,
 )
+from ltscale.models.files import encoder_from_file_contents, read_encoder_file, write_head
 from ltscale.stages.context import Context
 from ltscale.stages.endtoend import run_end_to_end
 from ltscale.stages.loaders import stage_loader, test_loader, test_selection
 from ltscale.stages.results import FinetuneResult
 
-HEAD_FORMAT = "ltscale-head/2"
 FROZEN_MODES = ("linear", "proj_head", "last_fc")
 END_TO_END_MODES = ("partial", "full")
 ENCODE_BATCH = 512
@@ -136,7 +134,6 @@ def cached_features(ctx: Context, model: nn.Module, root: Path, *, encoder_hash:
 
 def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: bool):
     """(encoder module, projector description or None, content hash, path or None)."""
-    from ltscale.stages.pretrain import encoder_from_file_contents, read_encoder_file
 
     b = ctx.recipe.pretrain.backbone
     projector = None
@@ -273,13 +270,9 @@ def _save_head(ctx: Context, path: Path, head: Head, head_encoder: Path | None,
     """``head.pt``, written by rank 0 (every rank trained the same head on the same cache)."""
     f = ctx.recipe.finetune
     if ctx.backend.is_main:
-        save_checkpoint(path, {
-            "format": HEAD_FORMAT, "spec": head.spec, "state_dict": head.state_dict(),
-            "num_classes": ctx.index.num_classes, "mode": f.mode,
-            "classifier_stage": f.classifier_stage,
-            "encoder": str(head_encoder) if head_encoder else None,
-            # the encoder's file content: evaluation refuses one that changed since
-            "encoder_sha256": digest if head_encoder else None})
+        write_head(path, head, num_classes=ctx.index.num_classes, mode=f.mode,
+                   classifier_stage=f.classifier_stage, encoder=head_encoder,
+                   encoder_sha256=digest)
 
 
 def run_finetune(ctx: Context, encoder, name: str = "finetune",
@@ -373,23 +366,3 @@ def predict_images(ctx: Context, model) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(outs), torch.cat(ys)
 
 
-def head_from_file(path: Path, num_classes: int | None = None) -> nn.Module:
-    """Rebuild the head saved by ``run_finetune`` (any mode / classifier stage): a module mapping
-    encoder features to logits. With ``num_classes`` (the dataset's), a head for another number
-    of classes is refused."""
-    saved = load_checkpoint(path)
-    if "state_dict" not in saved:
-        raise CheckpointError(f"{path} is not an ltscale head file (expected the head.pt that "
-                              "`ltscale finetune` writes)")
-    if "spec" in saved:
-        head = build_head(saved["spec"], saved["state_dict"])
-        saved_classes = int(saved["spec"]["num_classes"])
-    else:  # heads written before modes existed: a plain linear layer
-        w = saved["state_dict"]["weight"]
-        head = nn.Linear(w.shape[1], w.shape[0])
-        head.load_state_dict(saved["state_dict"])
-        saved_classes = int(w.shape[0])
-    if num_classes is not None and saved_classes != int(num_classes):
-        raise CheckpointError(f"{path} is a head for {saved_classes} classes but the dataset has "
-                              f"{num_classes} classes; fine-tune a head on this dataset")
-    return head.eval()

@@ -14,14 +14,15 @@ import numpy as np
 import torch
 
 from ltscale.config.overrides import flatten
-from ltscale.core.errors import CheckpointError, RecipeError
-from ltscale.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ltscale.core.errors import RecipeError
+from ltscale.engine.checkpoint import latest_checkpoint
 from ltscale.engine.knn import KnnMonitor
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.methods import METHOD_INPUTS, create_method, method_class
 from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone
+from ltscale.models.files import encoder_contents, write_encoder
 from ltscale.stages.budget import measured, pipeline_plan, scratch_epochs
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import knn_loaders, train_loader
@@ -40,69 +41,16 @@ def new_encoder(ctx: Context, seed: int | None = None, backbone=None) -> torch.n
 
 def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
                  projector: torch.nn.Module | None = None, backbone=None) -> Path:
-    """A plain state_dict of the encoder plus what is needed to rebuild it.
-
-    ``encoder`` may also be a method (anything with ``.encoder``): its ``projector``, when it has
-    one (SimSiam), is stored too, under ``"projector"`` with its layer widths, so fine-tuning can
-    start from the pretrained projection head (``finetune.mode: proj_head | last_fc``)."""
-    if hasattr(encoder, "encoder") and isinstance(encoder.encoder, torch.nn.Module):
-        projector = projector if projector is not None else getattr(encoder, "projector", None)
-        encoder = encoder.encoder
+    """The encoder file (``models/files.py``) of ``encoder`` (or of a method and its projector),
+    built as ``backbone`` (default: the recipe's ``pretrain.backbone``) for the recipe's
+    channels; rank 0 writes it (every rank holds the same weights), the others wait."""
     b = backbone or ctx.recipe.pretrain.backbone
-    saved = {"backbone": b.name, "cifar_stem": b.cifar_stem, "in_chans": ctx.recipe.data.channels,
-             "feat_dim": int(getattr(encoder, "feat_dim", 0)),
-             "state_dict": {k: v.cpu() for k, v in encoder.state_dict().items()}}
-    if projector is not None:
-        dims = [m.in_features for m in projector.modules() if isinstance(m, torch.nn.Linear)]
-        dims.append([m.out_features for m in projector.modules()
-                     if isinstance(m, torch.nn.Linear)][-1])
-        saved["projector"] = {"dims": dims,
-                              "state_dict": {k: v.cpu() for k, v in projector.state_dict().items()}}
-    if ctx.backend.is_main:  # every rank holds the same weights; one writes them
-        save_checkpoint(path, saved)  # atomic; a full disk names the file
+    if ctx.backend.is_main:
+        write_encoder(path, encoder_contents(encoder, backbone=b.name, cifar_stem=b.cifar_stem,
+                                             in_chans=ctx.recipe.data.channels,
+                                             projector=projector))
     ctx.backend.barrier()
     return path
-
-
-def read_encoder_file(path: str | Path, expected_backbone: str | None = None,
-                      in_chans: int | None = None) -> dict:
-    """The checked contents of an encoder file (see ``save_encoder``)."""
-    saved = load_checkpoint(path)
-    if "state_dict" not in saved or "backbone" not in saved:
-        raise CheckpointError(f"{path} is not an ltscale encoder file (expected the encoder.pt "
-                              "that `ltscale pretrain` writes)")
-    if expected_backbone is not None and saved["backbone"] != expected_backbone:
-        raise CheckpointError(f"{path} holds a {saved['backbone']} encoder but the recipe's "
-                              f"pretrain.backbone.name is {expected_backbone}; set "
-                              f"pretrain.backbone.name={saved['backbone']} or pass another file")
-    if in_chans is not None and int(saved["in_chans"]) != int(in_chans):
-        raise CheckpointError(f"{path} holds an encoder for {saved['in_chans']}-channel images "
-                              f"but the recipe's data.channels is {in_chans}")
-    return saved
-
-
-def load_encoder(path: str | Path, expected_backbone: str | None = None,
-                 in_chans: int | None = None) -> torch.nn.Module:
-    """Rebuild the encoder of ``path``; with ``expected_backbone`` / ``in_chans`` (the recipe's
-    ``pretrain.backbone.name`` / ``data.channels``) a file made for another network is refused."""
-    return encoder_from_file_contents(read_encoder_file(path, expected_backbone, in_chans), path)
-
-
-def encoder_from_file_contents(saved: dict, path: str | Path) -> torch.nn.Module:
-    """The encoder of an already read (and checked) encoder file."""
-    enc = create_backbone(saved["backbone"], in_chans=saved["in_chans"],
-                          cifar_stem=saved["cifar_stem"])
-    try:
-        missing, unexpected = enc.load_state_dict(saved["state_dict"], strict=False)
-    except RuntimeError as exc:  # right names, wrong shapes: another network under the same label
-        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line),
-                     str(exc).splitlines()[0])
-        raise CheckpointError(f"{path}: weights do not fit backbone {saved['backbone']} "
-                              f"({first})") from None
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit backbone {saved['backbone']} "
-                              f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return enc
 
 
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,

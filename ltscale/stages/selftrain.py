@@ -26,7 +26,6 @@ from ltscale.data.augment import eval_spec, make_preset
 from ltscale.data.augment_torch import EvalView, TrainViews
 from ltscale.data.dataset import ManifestDataset
 from ltscale.data.sampling import EpochSampler
-from ltscale.engine.checkpoint import save_checkpoint
 from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.finetune.selftrain import (
@@ -41,13 +40,13 @@ from ltscale.finetune.selftrain import (
 )
 from ltscale.methods import create_method
 from ltscale.models.classifier import Head, head_spec
+from ltscale.models.files import head_from_file, load_encoder, write_head
 from ltscale.stages.budget import measured
 from ltscale.stages.context import Context
-from ltscale.stages.finetune import HEAD_FORMAT, head_from_file, predict_images
+from ltscale.stages.finetune import predict_images
 from ltscale.stages.loaders import stage_loader
 from ltscale.stages.pretrain import (
     engine_fingerprint,
-    load_encoder,
     new_encoder,
     run_scratch,
     save_encoder,
@@ -160,10 +159,8 @@ def _save_head(path: Path, method, encoder_path: Path, ctx: Context) -> None:
                           kind=kind, bias=kind == "linear"))
     head.classifier.load_state_dict(method.classifier.state_dict())
     if ctx.backend.is_main:
-        save_checkpoint(path, {"format": HEAD_FORMAT, "spec": head.spec,
-                               "state_dict": {k: v.cpu() for k, v in head.state_dict().items()},
-                               "num_classes": ctx.index.num_classes, "mode": "full",
-                               "classifier_stage": "none", "encoder": str(encoder_path)})
+        write_head(path, head, num_classes=ctx.index.num_classes, mode="full",
+                   classifier_stage="none", encoder=encoder_path)
 
 
 def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,

@@ -19,7 +19,7 @@ from ltscale.cli import main as cli
 from ltscale.core.errors import CheckpointError, ManifestError
 from ltscale.data.manifest import Manifest, _content_hash
 from ltscale.engine.backend import LocalBackend
-from ltscale.stages.pretrain import load_encoder
+from ltscale.models.files import load_encoder
 from tests.reliability import train
 from tests.reliability.conftest import Data, read_steps
 from tests.reliability.safety import write_tar

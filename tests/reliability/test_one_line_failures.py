@@ -188,7 +188,7 @@ def _head(tmp: Path, in_chans: int, classes: int) -> Path:
     from ltscale.core.hashing import file_sha256
     from ltscale.models import create_backbone
     from ltscale.models.classifier import Head, head_spec
-    from ltscale.stages.finetune import HEAD_FORMAT
+    from ltscale.models.files import HEAD_FORMAT
 
     enc = create_backbone("resnet_tiny", in_chans=in_chans, cifar_stem=True)
     encoder = tmp / f"encoder-{in_chans}.pt"

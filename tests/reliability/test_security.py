@@ -30,7 +30,7 @@ from ltscale.core.errors import CheckpointError, DataError
 from ltscale.data.sources.cifar import load_batch
 from ltscale.data.verify import verify_dataset
 from ltscale.engine.checkpoint import load_checkpoint
-from ltscale.stages.pretrain import load_encoder
+from ltscale.models.files import load_encoder
 from tests.reliability import train
 from tests.reliability.conftest import Data, read_steps
 from tests.reliability.tinydata import jpeg_bytes, make_dataset

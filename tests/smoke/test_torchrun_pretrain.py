@@ -42,7 +42,7 @@ def test_torchrun_two_ranks_pretrain(tmp_path):
     assert list((tmp_path / "run" / "pretrain").glob("checkpoint-*.pt"))
 
     from ltscale.engine.checkpoint import load_checkpoint
-    from ltscale.stages.pretrain import load_encoder
+    from ltscale.models.files import load_encoder
 
     saved = load_checkpoint(sorted((tmp_path / "run" / "pretrain").glob("checkpoint-*.pt"))[-1])
     assert saved["world_size"] == 2 and saved["step"] == 3

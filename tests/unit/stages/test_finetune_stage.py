@@ -9,10 +9,11 @@ from ltscale.core.errors import CheckpointError
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.engine.features import encode
 from ltscale.methods import create_method
+from ltscale.models.files import head_from_file, load_encoder
 from ltscale.stages.context import make_context
-from ltscale.stages.finetune import head_from_file, run_finetune
+from ltscale.stages.finetune import run_finetune
 from ltscale.stages.loaders import test_loader as balanced_test_loader
-from ltscale.stages.pretrain import load_encoder, new_encoder, save_encoder
+from ltscale.stages.pretrain import new_encoder, save_encoder
 from tests.conftest import write_idx
 
 
