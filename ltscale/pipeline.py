@@ -61,12 +61,13 @@ class SeedRun:
 
 
 @contextlib.contextmanager
-def _stage(ctx: Context, name: str, source: str | None = None):
-    """A child run: the stage's tags, the resolved recipe as params and, when the stage starts
-    from another one's output, that run's id (``ltscale.source_run``: lineage)."""
+def _stage(ctx: Context, name: str, source: str | None = None, recipe: Recipe | None = None):
+    """A child run: the stage's tags, the resolved recipe (``recipe``: the stage's own, where it
+    differs from the context's) as params and, when the stage starts from another one's output,
+    that run's id (``ltscale.source_run``: lineage)."""
     tags = ctx.tags(name) | ({"ltscale.source_run": source} if source else {})
     with ctx.tracker.run(name, nested=True, tags=tags) as run:
-        ctx.tracker.log_params(flatten(ctx.recipe.model_dump()))
+        ctx.tracker.log_params(flatten((recipe or ctx.recipe).model_dump()))
         yield run
 
 
@@ -228,22 +229,22 @@ def _finetune_and_eval(ctx: Context, loss: str, pre: TrainResult, pretrain_run: 
                        timings: dict) -> HeadRun:
     """One head (``loss``; the recipe's finetune.loss with that name) on the pretrained encoder:
     a finetune and an eval child run. The first head trains in ``finetune/``, an extra one in
-    ``finetune_<loss>/``; both read the feature cache in ``finetune/features``."""
+    ``finetune_<loss>/``; both read the feature cache in ``finetune/features``. The runs' params
+    are the recipe with that loss (what a recipe training only this head would say)."""
     main, encoder = loss == ctx.recipe.finetune.loss.name, pre.encoder
-    if not main:
-        recipe = ctx.recipe.model_copy(deep=True)
-        recipe.finetune.loss.name = loss
-        ctx = dataclasses.replace(ctx, recipe=recipe)
+    head_loss = ctx.recipe.finetune.loss.model_copy(update={"name": loss})
+    recipe = ctx.recipe.model_copy(update={"finetune": ctx.recipe.finetune.model_copy(
+        update={"loss": head_loss})})
     model = f"{ctx.recipe.pretrain.final_method.name} + {loss}"
     t = time.perf_counter()
-    with _stage(ctx, "finetune", source=pretrain_run):
+    with _stage(ctx, "finetune", source=pretrain_run, recipe=recipe):
         ft = run_finetune(ctx, encoder, "finetune" if main else f"finetune_{loss}", encoder,
-                          cache_dir=ctx.out / "finetune" / "features")
+                          cache_dir=ctx.out / "finetune" / "features", loss=head_loss)
         finetune_run = ctx.tracker.run_id
         ctx.tracker.set_tags({"ltscale.encoder": str(Path(encoder).resolve())})
     timings["finetune"] += time.perf_counter() - t
     t = time.perf_counter()
-    with _stage(ctx, "eval", source=finetune_run):
+    with _stage(ctx, "eval", source=finetune_run, recipe=recipe):
         metrics = evaluate_logits(ctx, ft.logits, ft.targets, model,
                                   budget=pre.budget + measured(ft.history, ft.seconds))
         noise = _noise(ctx, ft)

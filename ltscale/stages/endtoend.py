@@ -22,15 +22,17 @@ from ltscale.methods import create_method
 from ltscale.stages.loaders import train_loader
 
 
-def run_end_to_end(ctx, encoder: nn.Module, *, name: str, stage_dir, seed: int
+def run_end_to_end(ctx, encoder: nn.Module, *, name: str, stage_dir, seed: int, loss=None
                    ) -> EndToEndResult:
-    """Train encoder + classifier on the labeled images; returns the method (its ``encoder`` and
-    ``classifier`` trained), the loop history and the number of trained parameters."""
+    """Train encoder + classifier on the labeled images with ``loss`` (a ``finetune.loss``
+    section; None: the recipe's); returns the method (its ``encoder`` and ``classifier``
+    trained), the loop history and the number of trained parameters."""
     f = ctx.recipe.finetune
+    loss = loss or f.loss
     torch.manual_seed(seed)
     method = create_method("supervised", encoder, num_classes=ctx.index.num_classes,
-                           class_counts=ctx.manifest.class_counts().tolist(), loss=f.loss.name,
-                           loss_options=f.loss.options())
+                           class_counts=ctx.manifest.class_counts().tolist(), loss=loss.name,
+                           loss_options=loss.options())
     frozen = freeze_stages(method.encoder, f.trainable_stages if f.mode == "partial" else None)
     model = PartiallyFrozen(method, frozen)
     loader, sampler = train_loader(ctx, augment=f.augment, batch_size=f.batch_size,

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ltscale.config.overrides import flatten
+from ltscale.config.supervised import LossCfg
 from ltscale.core.atomic import atomic_path
 from ltscale.core.errors import CheckpointError, RecipeError
 from ltscale.core.hashing import file_sha256
@@ -43,7 +44,7 @@ from ltscale.finetune.cache import (
 )
 from ltscale.finetune.trainer import predict, superloss_confidence, train_head, transform
 from ltscale.finetune.two_stage import apply_classifier_stage
-from ltscale.losses import classification_loss, loss_class
+from ltscale.losses import classification_loss
 from ltscale.models.classifier import (
     ClassifierPart,
     Head,
@@ -162,10 +163,9 @@ def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: 
     return encoder, projector, digest, encoder_path
 
 
-def _new_head(ctx: Context, in_dim: int, mode: str, projector: dict | None) -> Head:
+def _new_head(ctx: Context, in_dim: int, mode: str, projector: dict | None, kind: str) -> Head:
     torch.manual_seed(ctx.recipe.seed)
     n_cls = ctx.index.num_classes
-    kind = loss_class(ctx.recipe.finetune.loss.name).classifier
     if mode in ("proj_head", "last_fc"):
         spec = head_spec(in_dim, n_cls, projector_dims=projector["dims"][:2],
                          standardize=mode == "last_fc", kind=kind, bias=kind == "linear")
@@ -199,13 +199,14 @@ def _standardize_from(head: Head, z) -> None:
 
 # --- the stage -----------------------------------------------------------------------------------
 
-def _end_to_end(ctx: Context, encoder: nn.Module, name: str, stage_dir: Path,
+def _end_to_end(ctx: Context, encoder: nn.Module, name: str, stage_dir: Path, loss: LossCfg,
                 metrics: dict) -> tuple[nn.Module, str, Head, Path, list[dict]]:
     """partial / full: train encoder + classifier on images, save the trained encoder. Returns
     (encoder, its file's digest, the classifier as a head, the encoder file, history)."""
     from ltscale.stages.pretrain import save_encoder
 
-    e2e = run_end_to_end(ctx, encoder, name=name, stage_dir=stage_dir, seed=ctx.recipe.seed)
+    e2e = run_end_to_end(ctx, encoder, name=name, stage_dir=stage_dir, seed=ctx.recipe.seed,
+                         loss=loss)
     method = e2e.method
     head_encoder = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
     encoder = method.encoder.to(ctx.device).eval()
@@ -229,7 +230,7 @@ def _frozen_head(ctx: Context, in_dim: int, projector, train_cache, loss_fn, nam
     """linear / proj_head / last_fc: a head trained on the cached training features (for
     last_fc, on the cached projections, with only the classifier learning)."""
     f = ctx.recipe.finetune
-    head = _new_head(ctx, in_dim, f.mode, projector)
+    head = _new_head(ctx, in_dim, f.mode, projector, loss_fn.classifier)
     _standardize_from(head, train_cache.features)
     common = dict(loss_fn=loss_fn, epochs=f.epochs, balance=f.balance, desc=f"{name} head",
                   **train_kw)
@@ -276,13 +277,14 @@ def _save_head(ctx: Context, path: Path, head: Head, head_encoder: Path | None,
 
 
 def run_finetune(ctx: Context, encoder, name: str = "finetune",
-                 encoder_path: Path | None = None, cache_dir: Path | None = None
-                 ) -> FinetuneResult:
+                 encoder_path: Path | None = None, cache_dir: Path | None = None,
+                 loss: LossCfg | None = None) -> FinetuneResult:
     """Fine-tune from ``encoder``: an encoder file (``encoder.pt``) or a module (then
-    ``encoder_path`` may name its file, which supplies the pretrained projector). The feature
-    cache lives in ``cache_dir`` (default ``<stage folder>/features``): heads that share an
-    encoder may share it."""
+    ``encoder_path`` may name its file, which supplies the pretrained projector), with ``loss``
+    (a ``finetune.loss`` section; None: the recipe's). The feature cache lives in ``cache_dir``
+    (default ``<stage folder>/features``): heads that share an encoder may share it."""
     f = ctx.recipe.finetune
+    loss = loss or f.loss
     mode, device = f.mode, ctx.device
     stage_dir = ctx.out / name
     cache_dir = stage_dir / "features" if cache_dir is None else cache_dir
@@ -290,7 +292,7 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
         ctx, encoder, encoder_path, need_projector=mode in ("proj_head", "last_fc"))
     encoder = encoder.to(device)
     counts = ctx.manifest.class_counts().tolist()
-    loss_fn = classification_loss(f.loss.name, counts, **f.loss.options())
+    loss_fn = classification_loss(loss.name, counts, **loss.options())
     train_kw = dict(batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
                     optimizer=f.optimizer, seed=ctx.recipe.seed, device=device,
                     tracker=ctx.tracker, progress=ctx.progress)
@@ -302,7 +304,7 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
     if mode in END_TO_END_MODES:
         t = time.perf_counter()
         encoder, digest, head, head_encoder, history = _end_to_end(ctx, encoder, name, stage_dir,
-                                                                   metrics)
+                                                                   loss, metrics)
         timings["end_to_end"] = time.perf_counter() - t
 
     # the feature cache: encoder outputs (or the frozen projector layer's, for last_fc)
