@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from ltscale.cli import main as cli
-from ltscale.engine import checkpoint
+from ltscale.core import torch_file as checkpoint  # the file every checkpoint is written through
 from ltscale.track import NullTracker
 from tests.conftest import tiny_pipeline_recipe
 from tests.reliability.safety import refused
