@@ -19,8 +19,9 @@ class CheckpointWriteError(CheckpointError):
 
 
 class _File:
-    """The file ``torch.save`` writes through, keeping the operating system's error of a write:
-    torch reports a failed write only as "unexpected pos N vs M"."""
+    """The file ``torch.save`` writes through, keeping what interrupted a write: torch reports a
+    failed write only as "unexpected pos N vs M", whatever the cause — an operating-system error,
+    or a stop signal's exception raised while the bytes were being written."""
 
     def __init__(self, fh):
         self.fh, self.error = fh, None
@@ -28,12 +29,24 @@ class _File:
     def write(self, data) -> int:
         try:
             return self.fh.write(data)
-        except OSError as exc:
+        except BaseException as exc:
             self.error = self.error or exc
             raise
 
     def flush(self) -> None:
         self.fh.flush()
+
+
+def _interruption(exc: BaseException | None) -> BaseException | None:
+    """A stop (``KeyboardInterrupt``, ``SystemExit`` and their kin: not an ``Exception``) in
+    ``exc`` or the exceptions it was raised while handling."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if not isinstance(exc, Exception):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -48,8 +61,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             with open(tmp, "wb") as fh:
                 out = _File(fh)
                 torch.save(state, out)
-    except (OSError, RuntimeError) as exc:
-        cause = out.error if out is not None and out.error is not None else exc
+    except Exception as exc:
+        recorded = out.error if out is not None else None
+        # a stop signal during the write: torch turns it into "unexpected pos"; raise the stop
+        # itself (the temporary file is gone, ``path`` unchanged), as anywhere else in the run
+        stop = _interruption(recorded) or _interruption(exc)
+        if stop is not None:
+            raise stop from None
+        cause = recorded if recorded is not None else exc
         if not isinstance(cause, OSError):
             raise
         what = cause.strerror or str(cause) or type(cause).__name__

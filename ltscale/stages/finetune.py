@@ -349,7 +349,7 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
     logits = predict(ClassifierPart(head), z_test)
     ctx.tracker.set_tags({"ltscale.head": str(head_path.resolve()), "ltscale.finetune_mode": mode,
                           "ltscale.classifier_stage": f.classifier_stage})
-    ctx.tracker.log_params(flatten({"finetune": f.model_dump()}))
+    ctx.tracker.log_params(flatten({"finetune": f.model_copy(update={"loss": loss}).model_dump()}))
     ctx.tracker.log_metrics({f"finetune/{k}_seconds": v for k, v in timings.items()} | metrics)
     return FinetuneResult(head=head_path, logits=logits,
                           targets=torch.from_numpy(test_cache.labels), history=history,

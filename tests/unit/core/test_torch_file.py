@@ -1,0 +1,80 @@
+"""Files of tensors (``core/torch_file.py``): a write that fails or is interrupted leaves the
+previous file as it was and raises what a caller can act on — the operating system's error named
+with the file, or the stop signal's own exception (not torch's "unexpected pos")."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import torch
+
+from ltscale.core import torch_file
+from ltscale.core.errors import CheckpointError
+
+
+class _Failing:
+    """A file whose writes fail with ``exc`` once ``room`` bytes are written."""
+
+    def __init__(self, fh, room: int, exc: BaseException):
+        self.fh, self.room, self.exc = fh, room, exc
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise self.exc
+        self.room -= len(data)
+        return self.fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _failing_open(monkeypatch, exc: BaseException):
+    real = open
+    monkeypatch.setattr(torch_file, "open",
+                        lambda path, mode="r", *a, **k: _Failing(real(path, mode, *a, **k), 64, exc),
+                        raising=False)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "state.pt"
+    torch_file.save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+    return path
+
+
+def _unchanged(path):
+    assert torch_file.load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary left
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(143)])
+def test_a_stop_during_the_write_is_raised_as_itself(saved, monkeypatch, stop):
+    _failing_open(monkeypatch, stop)
+    with pytest.raises(type(stop)) as raised:
+        torch_file.save_checkpoint(saved, {"step": 2, "w": torch.zeros(1000)})
+    assert raised.value is stop
+    monkeypatch.undo()
+    _unchanged(saved)
+
+
+def test_a_full_disk_names_the_file_and_the_cause(saved, monkeypatch):
+    _failing_open(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    with pytest.raises(torch_file.CheckpointWriteError, match=f"{saved}.*No space left.*errno 28"):
+        torch_file.save_checkpoint(saved, {"step": 2, "w": torch.zeros(1000)})
+    monkeypatch.undo()
+    _unchanged(saved)
+
+
+def test_a_damaged_file_is_one_line_naming_it(saved):
+    saved.write_bytes(saved.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match=f"{saved}: not a readable checkpoint") as err:
+        torch_file.load_checkpoint(saved)
+    assert "\n" not in str(err.value)
