@@ -22,10 +22,11 @@ HEAD_FORMAT = "ltscale-head/2"
 
 # --- encoder files -------------------------------------------------------------------------------
 
-def encoder_contents(encoder: nn.Module, *, backbone: str, cifar_stem: bool, in_chans: int,
-                     projector: nn.Module | None = None) -> dict:
-    """What an encoder file holds: the encoder's state dict, the backbone name, stem and input
-    channels that rebuild it, and the projector (its Linear widths and state dict) when given.
+def write_encoder(path: Path, encoder: nn.Module, *, backbone: str, cifar_stem: bool,
+                  in_chans: int, projector: nn.Module | None = None) -> Path:
+    """An encoder file at ``path``, written atomically (a full disk names the file): the
+    encoder's state dict, the backbone name, stem and input channels that rebuild it, and the
+    projector (its Linear widths and state dict) when given.
 
     ``encoder`` may also be a method (anything with ``.encoder``): its ``projector``, when it has
     one (SimSiam), is stored too, so fine-tuning can start from the pretrained projection head
@@ -41,12 +42,7 @@ def encoder_contents(encoder: nn.Module, *, backbone: str, cifar_stem: bool, in_
                   if isinstance(m, nn.Linear)]
         saved["projector"] = {"dims": [w[0] for w in widths] + [widths[-1][1]],
                               "state_dict": {k: v.cpu() for k, v in projector.state_dict().items()}}
-    return saved
-
-
-def write_encoder(path: Path, contents: dict) -> Path:
-    """``contents`` (``encoder_contents``) to ``path``, atomically; a full disk names the file."""
-    save_checkpoint(path, contents)
+    save_checkpoint(path, saved)
     return path
 
 

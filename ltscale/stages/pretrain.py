@@ -22,7 +22,7 @@ from ltscale.engine.optim import build_optimizer
 from ltscale.methods import METHOD_INPUTS, create_method, method_class
 from ltscale.methods.probe import OnlineProbe
 from ltscale.models import create_backbone
-from ltscale.models.files import encoder_contents, write_encoder
+from ltscale.models.files import write_encoder
 from ltscale.stages.budget import measured, pipeline_plan, scratch_epochs
 from ltscale.stages.context import Context
 from ltscale.stages.loaders import knn_loaders, train_loader
@@ -46,9 +46,8 @@ def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
     channels; rank 0 writes it (every rank holds the same weights), the others wait."""
     b = backbone or ctx.recipe.pretrain.backbone
     if ctx.backend.is_main:
-        write_encoder(path, encoder_contents(encoder, backbone=b.name, cifar_stem=b.cifar_stem,
-                                             in_chans=ctx.recipe.data.channels,
-                                             projector=projector))
+        write_encoder(path, encoder, backbone=b.name, cifar_stem=b.cifar_stem,
+                      in_chans=ctx.recipe.data.channels, projector=projector)
     ctx.backend.barrier()
     return path
 
