@@ -23,17 +23,17 @@ from ltscale.models.files import load_encoder
 from ltscale.stages.budget import measured, scratch_budget_note
 from ltscale.stages.context import Context, make_context
 from ltscale.stages.evaluate import evaluate_logits, evaluate_noise
-from ltscale.stages.finetune import predict_images, run_finetune
+from ltscale.stages.finetune import run_finetune
 from ltscale.stages.loaders import knn_loaders
-from ltscale.stages.pretrain import (
-    label_free_key,
-    new_encoder,
-    run_pretrain,
-    run_scratch,
-    scratch_stage,
+from ltscale.stages.networks import new_encoder, predict_images
+from ltscale.stages.pretrain import label_free_key, run_pretrain, run_scratch, scratch_stage
+from ltscale.stages.results import FinetuneResult, Teacher, TrainResult
+from ltscale.stages.selftrain import (
+    check_pool,
+    finetuned_teacher,
+    run_selftrain,
+    scratch_teacher,
 )
-from ltscale.stages.results import FinetuneResult, TrainResult
-from ltscale.stages.selftrain import check_pool, run_selftrain
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +293,15 @@ def _scratch_baselines(ctx: Context, timings: dict, results: dict) -> TrainResul
     return scratch
 
 
+def _teacher(ctx: Context, ft: FinetuneResult, pre: TrainResult,
+             scratch: TrainResult | None) -> Teacher:
+    """Self-training's teacher as ``selftrain.teacher`` names it: the fine-tuned model (its cost
+    with its pretraining) or the from-scratch network, trained here when its baseline is off."""
+    if ctx.recipe.selftrain.teacher == "finetune":
+        return finetuned_teacher(ctx, ft, pre.budget + measured(ft.history, ft.seconds))
+    return scratch_teacher(ctx, scratch or run_scratch(ctx))
+
+
 def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = None,
               scratch_only: bool = False) -> SeedRun:
     """data → pretrain → finetune → eval (+ baselines) for one seed, one child run per stage;
@@ -337,8 +346,7 @@ def _run_seed(recipe: Recipe, tracker, progress: bool, shared: dict | None = Non
     if recipe.selftrain.enabled:  # teacher → pseudo-labels for D_U → student (Yang & Xu 2020)
         t = time.perf_counter()
         with _stage(ctx, "selftrain"):
-            st = run_selftrain(ctx, ft, pre.encoder, scratch,
-                               finetuned_budget=pre.budget + measured(ft.history, ft.seconds))
+            st = run_selftrain(ctx, _teacher(ctx, ft, pre, scratch), pre.encoder)
             results[st.name] = evaluate_logits(ctx, st.logits, st.targets, st.name,
                                                budget=st.budget)
         timings["selftrain"] = time.perf_counter() - t

@@ -37,19 +37,81 @@ def ltscale_log():
         logger.removeHandler(handler)
 
 
-@pytest.fixture
-def tiny_idx(tmp_path) -> Path:
-    """A miniature MNIST-style IDX dataset: 3 classes, 20 train and 6 test images of 8×8."""
+# --- the one factory of tiny datasets (every tier builds its data here) -------------------------
+
+def make_idx(root: Path, train: int = 60, test: int = 12) -> Path:
+    """A miniature MNIST-style IDX dataset under ``root``: 3 classes of 8×8 random images with
+    one pixel that identifies the class, ``train`` and ``test`` images (labels cycle 0, 1, 2)."""
     rng = np.random.default_rng(0)
-    root = tmp_path / "tiny-idx"
-    root.mkdir()
-    for split, n in (("train", 60), ("t10k", 12)):
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", train), ("t10k", test)):
         labels = np.arange(n) % 3
         images = rng.integers(0, 255, size=(n, 8, 8))
         images[:, 0, 0] = labels * 100  # a pixel that identifies the class
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root
+
+
+JPEG_CLASSES = ("ant", "bee", "cat")
+
+
+def jpeg_bytes(rng: np.random.Generator, label: int, size: int = 16) -> bytes:
+    """A random RGB JPEG whose top-left quarter is the class's colour (learnable classes)."""
+    import io
+
+    from PIL import Image
+
+    pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    pixels[: size // 2, : size // 2] = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]])[label]
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_jpeg_dataset(root: Path, per_class: int, *, test_per_class: int = 0,
+                      corrupt_key: str | None = None, shard_bytes: int | None = 6000,
+                      seed: int = 0) -> tuple[Path, Path]:
+    """(shards, manifest path): ``per_class`` 16-px JPEGs per class of ``JPEG_CLASSES`` as an
+    ImageFolder under ``root/images`` (``images/train`` and ``images/test`` with
+    ``test_per_class`` > 0), built by ltscale's real shard writer into ``root/shards``
+    (``shard_bytes`` per shard; None: the writer's default) and a manifest over the train split
+    (``root/train.manifest.npz``). ``corrupt_key`` names a sample whose JPEG is cut in half
+    before the build: shards, index and card stay consistent, only decoding it fails."""
+    from ltscale.data.index import ShardIndex
+    from ltscale.data.manifest import build_manifest
+    from ltscale.data.manifest_spec import ManifestSpec
+    from ltscale.data.shards import build_shards
+    from ltscale.data.sources import open_source
+
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    splits = [("train", per_class), ("test", test_per_class)] if test_per_class else \
+        [("", per_class)]
+    for split, n in splits:
+        for label, name in enumerate(JPEG_CLASSES):
+            folder = images / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                data = jpeg_bytes(rng, label)
+                key = f"{name}_{i:03d}"
+                if key == corrupt_key:
+                    data = data[: len(data) // 2]  # a JPEG cut short: decoding must fail
+                (folder / f"{key}.jpg").write_bytes(data)
+    shards = root / "shards"
+    build_shards(open_source("imagefolder", images), shards, source_kind="imagefolder",
+                 source_path=str(images), progress=False,
+                 **({"shard_bytes": shard_bytes} if shard_bytes else {}))
+    manifest = build_manifest(ShardIndex.load(shards), ManifestSpec(split="train", seed=seed))
+    path = root / "train.manifest.npz"
+    manifest.save(path)
+    return shards, path
+
+
+@pytest.fixture
+def tiny_idx(tmp_path) -> Path:
+    """``make_idx``: 3 classes, 60 train and 12 test images of 8×8."""
+    return make_idx(tmp_path / "tiny-idx")
 
 
 def tiny_pipeline_recipe(tiny_idx: Path, out: Path, shards: Path) -> dict:

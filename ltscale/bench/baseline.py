@@ -48,7 +48,7 @@ def same_settings(ctx, epochs: int) -> PlainSettings:
 
 
 def _ltscale(ctx) -> dict:
-    from ltscale.stages.finetune import predict_images
+    from ltscale.stages.networks import predict_images
     from ltscale.stages.pretrain import run_scratch
 
     t = time.perf_counter()

@@ -57,10 +57,11 @@ def bench_finetune(images: int = 2000, classes: int = 10, size: int = 28, epochs
     from ltscale.finetune.cache import module_sha256
     from ltscale.finetune.trainer import predict, train_head
     from ltscale.losses import classification_loss
+    from ltscale.models.classifier import new_head
     from ltscale.stages.context import make_context
-    from ltscale.stages.finetune import _new_head, _standardize_from, cached_features
+    from ltscale.stages.finetune import cached_features
     from ltscale.stages.loaders import manifest_eval_loader
-    from ltscale.stages.pretrain import new_encoder
+    from ltscale.stages.networks import new_encoder
 
     with tempfile.TemporaryDirectory(prefix="ltscale-bench-ft-") as tmp:
         tmp = Path(tmp)
@@ -84,8 +85,8 @@ def bench_finetune(images: int = 2000, classes: int = 10, size: int = 28, epochs
         cache, _ = cached_features(ctx, encoder, tmp / "cache", encoder_hash=module_sha256(encoder),
                                    output="encoder", aug_copies=aug_copies, desc="encode")
         encode_once = time.perf_counter() - t0
-        head = _new_head(ctx, encoder.feat_dim, "linear", None)
-        _standardize_from(head, cache.features)
+        head = new_head(encoder.feat_dim, ctx.index.num_classes, "linear", seed=seed)
+        head.fit_standardize(cache.features)
         t1 = time.perf_counter()
         head, hist = train_head(head, cache.features, cache.labels,
                                 loss_fn=classification_loss("ce", counts), epochs=epochs, **kw)
@@ -95,8 +96,8 @@ def bench_finetune(images: int = 2000, classes: int = 10, size: int = 28, epochs
                             == cache.labels).mean())
 
         # re-encode: every epoch, all images through the encoder, then one epoch of the head
-        head2 = _new_head(ctx, encoder.feat_dim, "linear", None)
-        _standardize_from(head2, cache.features)
+        head2 = new_head(encoder.feat_dim, ctx.index.num_classes, "linear", seed=seed)
+        head2.fit_standardize(cache.features)
         encode_s, head_s = [], []
         t0 = time.perf_counter()
         for epoch in range(epochs):

@@ -139,7 +139,7 @@ def run_pretrain(ws: Workspace) -> dict:
 
 def prepare_cache(ws: Workspace) -> None:
     from ltscale.stages.context import make_context
-    from ltscale.stages.pretrain import new_encoder
+    from ltscale.stages.networks import new_encoder
 
     _shards(ws)
     ctx = make_context(_recipe(ws, "run-cache"), progress=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,8 +35,8 @@ def projector_layer(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 def pretrained_projector_layer(projector: dict) -> nn.Sequential:
-    """The first Linear+BN+ReLU of a saved projector (``save_encoder``'s ``"projector"`` entry),
-    with its pretrained weights."""
+    """The first Linear+BN+ReLU of a saved projector (the ``"projector"`` entry of an encoder
+    file, ``models/files.py``), with its pretrained weights."""
     dims = projector["dims"]
     layer = projector_layer(dims[0], dims[1])
     state = {k: v for k, v in projector["state_dict"].items() if k.split(".")[0] in ("0", "1")}
@@ -166,6 +167,14 @@ class Head(nn.Module):
     def forward(self, x):
         return self.classify(self.features(x))
 
+    def fit_standardize(self, z) -> None:
+        """Set the standardisation (if the head has one) to the statistics of ``z``: cached
+        features, one block per augmented copy; the first (un-augmented) block is used."""
+        if self.standardize is not None:
+            block = z[0] if isinstance(z, torch.Tensor) else torch.from_numpy(
+                np.asarray(z[0], dtype=np.float32))
+            self.standardize.load_state_dict(Standardize.fit(block.float()).state_dict())
+
     def with_classifier(self, classifier: nn.Module, kind: str, **extra) -> "Head":
         """A copy of this head with another classifier (same projector and standardisation)."""
         spec = copy.deepcopy(self.spec)
@@ -204,6 +213,29 @@ def head_spec(in_dim: int, num_classes: int, *, projector_dims: list[int] | None
             "standardize": bool(standardize), "classifier": cls}
 
 
+def new_head(in_dim: int, num_classes: int, mode: str, *, projector: dict | None = None,
+             kind: str = "linear", seed: int = 0) -> Head:
+    """A freshly initialised head for fine-tuning mode ``mode`` on ``in_dim`` encoder features:
+    ``proj_head`` / ``last_fc`` start from the pretrained projector's first layer (``projector``,
+    as the encoder file holds it), ``linear`` and ``last_fc`` standardise the classifier's input;
+    ``kind`` is the classifier the loss assumes (``cosine`` for LDAM). Seeded with ``seed``."""
+    torch.manual_seed(seed)
+    if mode in ("proj_head", "last_fc"):
+        spec = head_spec(in_dim, num_classes, projector_dims=projector["dims"][:2],
+                         standardize=mode == "last_fc", kind=kind, bias=kind == "linear")
+    else:
+        spec = head_spec(in_dim, num_classes, standardize=mode == "linear", kind=kind,
+                         bias=kind == "linear")
+    head = Head(spec)
+    if head.projector is not None:
+        head.projector.load_state_dict(pretrained_projector_layer(projector).state_dict())
+    if mode != "proj_head" and kind == "linear":
+        with torch.no_grad():
+            head.classifier.weight.normal_(0, 0.01)
+            head.classifier.bias.zero_()
+    return head
+
+
 def build_head(spec: dict, state_dict: dict | None = None) -> Head:
     head = Head(spec)
     if state_dict is not None:
@@ -212,3 +244,24 @@ def build_head(spec: dict, state_dict: dict | None = None) -> Head:
             raise CheckpointError(f"head weights do not fit its description {spec} (missing "
                                   f"{missing[:3]}, unexpected {unexpected[:3]})")
     return head
+
+
+def classifier_as_head(classifier: nn.Module, in_dim: int, num_classes: int, kind: str) -> Head:
+    """The classifier of a network trained end to end (``kind``: linear, or cosine for the LDAM
+    losses) as a head on raw encoder features, so that it is written and read as every head."""
+    head = Head(head_spec(in_dim, num_classes, standardize=False, kind=kind, bias=kind == "linear"))
+    head.classifier.load_state_dict(classifier.state_dict())
+    return head
+
+
+class EncoderHead(nn.Module):
+    """A fine-tuned model as one module: ``logits(x) = head(encoder(x))``."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def logits(self, x):
+        return self.head(self.encoder(x))
+
+    forward = logits

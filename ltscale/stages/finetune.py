@@ -48,14 +48,16 @@ from ltscale.losses import classification_loss
 from ltscale.models.classifier import (
     ClassifierPart,
     Head,
-    head_spec,
+    classifier_as_head,
+    new_head,
     pretrained_projector_layer,
     projector_layer,
 )
 from ltscale.models.files import encoder_from_file_contents, read_encoder_file, write_head
 from ltscale.stages.context import Context
 from ltscale.stages.endtoend import run_end_to_end
-from ltscale.stages.loaders import stage_loader, test_loader, test_selection
+from ltscale.stages.loaders import stage_loader, test_selection
+from ltscale.stages.networks import save_encoder
 from ltscale.stages.results import FinetuneResult
 
 FROZEN_MODES = ("linear", "proj_head", "last_fc")
@@ -163,38 +165,11 @@ def _encoder_and_projector(ctx: Context, encoder, encoder_path, need_projector: 
     return encoder, projector, digest, encoder_path
 
 
-def _new_head(ctx: Context, in_dim: int, mode: str, projector: dict | None, kind: str) -> Head:
-    torch.manual_seed(ctx.recipe.seed)
-    n_cls = ctx.index.num_classes
-    if mode in ("proj_head", "last_fc"):
-        spec = head_spec(in_dim, n_cls, projector_dims=projector["dims"][:2],
-                         standardize=mode == "last_fc", kind=kind, bias=kind == "linear")
-    else:
-        spec = head_spec(in_dim, n_cls, standardize=mode == "linear", kind=kind,
-                         bias=kind == "linear")
-    head = Head(spec)
-    if head.projector is not None:
-        head.projector.load_state_dict(pretrained_projector_layer(projector).state_dict())
-    if mode != "proj_head" and kind == "linear":
-        with torch.no_grad():
-            head.classifier.weight.normal_(0, 0.01)
-            head.classifier.bias.zero_()
-    return head
-
-
 def _classifier_input(head: Head, cache: FeatureCache, cached_projected: bool, device):
     """What the classifier sees for each cached version (the projector layer applied once)."""
     if head.projector is None or cached_projected:
         return cache.features
     return transform(head.projector, cache.features, device=device)
-
-
-def _standardize_from(head: Head, z) -> None:
-    if head.standardize is not None:
-        block = z[0] if isinstance(z, torch.Tensor) else torch.from_numpy(
-            np.asarray(z[0], dtype=np.float32))
-        fitted = type(head.standardize).fit(block.float())
-        head.standardize.load_state_dict(fitted.state_dict())
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -203,17 +178,13 @@ def _end_to_end(ctx: Context, encoder: nn.Module, name: str, stage_dir: Path, lo
                 metrics: dict) -> tuple[nn.Module, str, Head, Path, list[dict]]:
     """partial / full: train encoder + classifier on images, save the trained encoder. Returns
     (encoder, its file's digest, the classifier as a head, the encoder file, history)."""
-    from ltscale.stages.pretrain import save_encoder
-
     e2e = run_end_to_end(ctx, encoder, name=name, stage_dir=stage_dir, seed=ctx.recipe.seed,
                          loss=loss)
     method = e2e.method
     head_encoder = save_encoder(stage_dir / "encoder.pt", method.encoder, ctx).resolve()
     encoder = method.encoder.to(ctx.device).eval()
-    kind = method.classifier_kind  # cosine for LDAM losses
-    head = Head(head_spec(encoder.feat_dim, ctx.index.num_classes, standardize=False,
-                          kind=kind, bias=kind == "linear"))
-    head.classifier.load_state_dict(method.classifier.state_dict())
+    head = classifier_as_head(method.classifier, encoder.feat_dim, ctx.index.num_classes,
+                              method.classifier_kind)  # cosine for LDAM losses
     metrics["finetune/trainable_parameters"] = e2e.trainable_parameters
     last = e2e.history[-1] if e2e.history else {}
     history = [{"epoch": r["epoch"], "loss": r.get("epoch/loss"),
@@ -230,8 +201,9 @@ def _frozen_head(ctx: Context, in_dim: int, projector, train_cache, loss_fn, nam
     """linear / proj_head / last_fc: a head trained on the cached training features (for
     last_fc, on the cached projections, with only the classifier learning)."""
     f = ctx.recipe.finetune
-    head = _new_head(ctx, in_dim, f.mode, projector, loss_fn.classifier)
-    _standardize_from(head, train_cache.features)
+    head = new_head(in_dim, ctx.index.num_classes, f.mode, projector=projector,
+                    kind=loss_fn.classifier, seed=ctx.recipe.seed)
+    head.fit_standardize(train_cache.features)
     common = dict(loss_fn=loss_fn, epochs=f.epochs, balance=f.balance, desc=f"{name} head",
                   **train_kw)
     if f.mode == "last_fc":
@@ -355,16 +327,3 @@ def run_finetune(ctx: Context, encoder, name: str = "finetune",
                           targets=torch.from_numpy(test_cache.labels), history=history,
                           mode=mode, encoder=head_encoder, confidence=confidence,
                           seconds=sum(timings.values()), timings=timings, test_cache=test_cache)
-
-
-@torch.no_grad()
-def predict_images(ctx: Context, model) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of an end-to-end classifier (the scratch baseline) on the evaluation split."""
-    model.eval()
-    outs, ys = [], []
-    for x, y, _ in test_loader(ctx, workers=ctx.recipe.finetune.workers):
-        outs.append(model.logits(x.to(ctx.device)).float().cpu())
-        ys.append(y)
-    return torch.cat(outs), torch.cat(ys)
-
-

@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,35 +19,14 @@ from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.optim import build_optimizer
 from ltscale.methods import METHOD_INPUTS, create_method, method_class
 from ltscale.methods.probe import OnlineProbe
-from ltscale.models import create_backbone
-from ltscale.models.files import write_encoder
 from ltscale.stages.budget import measured, pipeline_plan, scratch_epochs
 from ltscale.stages.context import Context
+from ltscale.stages.fingerprint import VOLATILE, digest, loop_fingerprint
 from ltscale.stages.loaders import knn_loaders, train_loader
+from ltscale.stages.networks import new_encoder, save_encoder
 from ltscale.stages.results import Budget, TrainResult
 
 logger = logging.getLogger(__name__)
-
-
-def new_encoder(ctx: Context, seed: int | None = None, backbone=None) -> torch.nn.Module:
-    """A freshly initialised encoder: ``backbone`` (a ``BackboneCfg``; None: the recipe's
-    ``pretrain.backbone``), seeded with ``seed`` (None: the recipe's)."""
-    torch.manual_seed(ctx.recipe.seed if seed is None else seed)
-    b = backbone or ctx.recipe.pretrain.backbone
-    return create_backbone(b.name, in_chans=ctx.recipe.data.channels, cifar_stem=b.cifar_stem)
-
-
-def save_encoder(path: Path, encoder: torch.nn.Module, ctx: Context,
-                 projector: torch.nn.Module | None = None, backbone=None) -> Path:
-    """The encoder file (``models/files.py``) of ``encoder`` (or of a method and its projector),
-    built as ``backbone`` (default: the recipe's ``pretrain.backbone``) for the recipe's
-    channels; rank 0 writes it (every rank holds the same weights), the others wait."""
-    b = backbone or ctx.recipe.pretrain.backbone
-    if ctx.backend.is_main:
-        write_encoder(path, encoder, backbone=b.name, cifar_stem=b.cifar_stem,
-                      in_chans=ctx.recipe.data.channels, projector=projector)
-    ctx.backend.barrier()
-    return path
 
 
 def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, workers: int,
@@ -92,7 +69,7 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
     t0 = time.perf_counter()
     state = fit(method, loader, sampler, optimizer, cfg, ctx.backend, ctx.tracker,
                 checkpoint=stage_dir / "checkpoint.pt", on_epoch_end=on_epoch_end,
-                fingerprint=_fingerprint(ctx, settings))
+                fingerprint=loop_fingerprint(ctx, settings))
     ctx.backend.finish(method)  # fp32 master weights for the export and the next stage
     encoder_path = save_encoder(stage_dir / "encoder.pt", method, ctx,  # + its projector
                                 backbone=backbone)
@@ -101,31 +78,6 @@ def _train(ctx: Context, method, *, name: str, epochs: int, batch_size: int, wor
                        encoder=encoder_path,
                        checkpoint=latest_checkpoint(stage_dir / "checkpoint.pt"),
                        budget=measured(state.history, seconds))
-
-
-# settings that do not change the trajectory, so a checkpoint resumes across them: loader
-# workers, checkpoint cadence, the kNN monitor; of the engine, how ranks talk and how kernels lay
-# out memory (a run may resume on another number of ranks, as another backend of the same
-# checkpoint format, or with channels-last/compile switched)
-_VOLATILE = {"workers", "checkpoint_every", "keep_checkpoints", "knn"}
-_VOLATILE_ENGINE = {"backend", "dist_backend", "timeout_s", "channels_last", "compile",
-                    "zero_stage"}
-
-
-def engine_fingerprint(ctx: Context) -> dict:
-    """The engine settings that change a training trajectory (for checkpoint fingerprints)."""
-    return {"engine": ctx.recipe.engine.model_dump(exclude=_VOLATILE_ENGINE)}
-
-
-def _fingerprint(ctx: Context, settings: dict) -> str:
-    """What a checkpoint must share with this run to be resumed: everything that changes the
-    trajectory — manifest, seed, data, the stage's settings (the epoch count included: the lr
-    and momentum schedules span all epochs) and the engine's precision, batch-norm sync and
-    clipping."""
-    settings = {k: v for k, v in settings.items() if k not in _VOLATILE}
-    blob = json.dumps([ctx.manifest.hash, ctx.recipe.seed, ctx.recipe.data.model_dump(), settings,
-                       engine_fingerprint(ctx)], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def label_free_key(ctx: Context) -> str | None:
@@ -145,12 +97,10 @@ def label_free_key(ctx: Context) -> str | None:
     if p.online_probe:
         return None
     ids, _ = ctx.manifest.rows("labeled", "unlabeled")
-    settings = p.model_dump(exclude={"workers", "checkpoint_every", "keep_checkpoints", "knn"})
-    blob = json.dumps([hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest(),
-                       ctx.manifest.header["index_hash"], ctx.recipe.seed,
-                       ctx.recipe.data.model_dump(), ctx.recipe.engine.model_dump(), settings],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    settings = p.model_dump(exclude=VOLATILE)
+    return digest(hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest(),
+                  ctx.manifest.header["index_hash"], ctx.recipe.seed, ctx.recipe.data.model_dump(),
+                  ctx.recipe.engine.model_dump(), settings)
 
 
 def training_roles(method) -> tuple[str, ...]:

@@ -77,3 +77,13 @@ class SelfTrainResult:
     metrics: dict[str, float]
     history: list[dict]
     budget: Budget = field(default_factory=lambda: Budget())  # teacher + student
+
+
+@dataclass
+class Teacher:
+    """What the self-training stage learns from: a model with ``logits``, its name in the
+    report and what training it cost (the pipeline builds it from the fine-tuning stage's or the
+    from-scratch baseline's result)."""
+    model: nn.Module
+    name: str
+    budget: Budget = field(default_factory=lambda: Budget())

@@ -9,14 +9,12 @@ to ``<output_dir>/selftrain/``."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ltscale.config.overrides import flatten
 from ltscale.core.atomic import atomic_path
@@ -39,19 +37,20 @@ from ltscale.finetune.selftrain import (
     unlabeled_rows,
 )
 from ltscale.methods import create_method
-from ltscale.models.classifier import Head, head_spec
+from ltscale.models.classifier import EncoderHead, classifier_as_head
 from ltscale.models.files import head_from_file, load_encoder, write_head
 from ltscale.stages.budget import measured
 from ltscale.stages.context import Context
-from ltscale.stages.finetune import predict_images
+from ltscale.stages.fingerprint import digest, engine_fingerprint
 from ltscale.stages.loaders import stage_loader
-from ltscale.stages.pretrain import (
-    engine_fingerprint,
-    new_encoder,
-    run_scratch,
-    save_encoder,
+from ltscale.stages.networks import new_encoder, predict_images, save_encoder
+from ltscale.stages.results import (
+    Budget,
+    FinetuneResult,
+    SelfTrainResult,
+    Teacher,
+    TrainResult,
 )
-from ltscale.stages.results import Budget, FinetuneResult, SelfTrainResult, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -81,45 +80,31 @@ def pseudo_label_pool(ctx, teacher: torch.nn.Module, threshold: float = 0.0, *,
 
 
 
-class EncoderHead(nn.Module):
-    """A fine-tuned model as one module: ``logits(x) = head(encoder(x))``."""
-
-    def __init__(self, encoder: nn.Module, head: nn.Module):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def logits(self, x):
-        return self.head(self.encoder(x))
-
-    forward = logits
-
-
 def check_pool(ctx: Context) -> None:
     """Refuse, before any training, a self-training recipe whose manifest has no D_U."""
     if ctx.recipe.selftrain.enabled:
         unlabeled_rows(ctx.manifest)
 
 
-def teacher_model(ctx: Context, finetuned: FinetuneResult | None,
-                  scratch: TrainResult | None, finetuned_budget: Budget | None = None
-                  ) -> tuple[nn.Module, str, Budget]:
-    """(teacher, its name in the report, what training it cost) as ``selftrain.teacher`` says.
-    A ``ce_scratch`` teacher is trained here when the pipeline's baseline did not run.
-    ``finetuned_budget``: the fine-tuned teacher's cost with its pretraining (the pipeline knows
-    it); without it, the fine-tuning's alone."""
+def finetuned_teacher(ctx: Context, finetuned: FinetuneResult, budget: Budget | None = None
+                      ) -> Teacher:
+    """The fine-tuning stage's model (its encoder file and head) as the teacher; ``budget``:
+    its cost with its pretraining (the pipeline knows it), else the fine-tuning's alone."""
     r = ctx.recipe
-    if r.selftrain.teacher == "finetune":
-        if finetuned is None or finetuned.encoder is None:
-            raise RecipeError("selftrain.teacher=finetune needs the fine-tuning stage's encoder "
-                              "file and head; use selftrain.teacher=ce_scratch otherwise")
-        encoder = load_encoder(finetuned.encoder, in_chans=r.data.channels)
-        head = head_from_file(finetuned.head, ctx.index.num_classes)
-        cost = finetuned_budget or measured(finetuned.history, finetuned.seconds)
-        return EncoderHead(encoder, head), \
-            f"{r.pretrain.final_method.name} + {r.finetune.loss.name}", cost
-    if scratch is None:
-        scratch = run_scratch(ctx)
-    return scratch.method, f"scratch + {r.baselines.ce_scratch.loss.name}", scratch.budget
+    if finetuned.encoder is None:
+        raise RecipeError("selftrain.teacher=finetune needs the fine-tuning stage's encoder "
+                          "file and head; use selftrain.teacher=ce_scratch otherwise")
+    encoder = load_encoder(finetuned.encoder, in_chans=r.data.channels)
+    head = head_from_file(finetuned.head, ctx.index.num_classes)
+    return Teacher(EncoderHead(encoder, head),
+                   f"{r.pretrain.final_method.name} + {r.finetune.loss.name}",
+                   budget or measured(finetuned.history, finetuned.seconds))
+
+
+def scratch_teacher(ctx: Context, scratch: TrainResult) -> Teacher:
+    """The from-scratch baseline's network as the teacher."""
+    return Teacher(scratch.method, f"scratch + {ctx.recipe.baselines.ce_scratch.loss.name}",
+                   scratch.budget)
 
 
 def student_loader(ctx: Context, train_set: TrainingSet):
@@ -147,41 +132,32 @@ def _fingerprint(ctx: Context, train_set: TrainingSet, init: str) -> str:
     h = hashlib.sha256()
     for a in (train_set.rows, train_set.labels, train_set.weights):
         h.update(np.ascontiguousarray(a).tobytes())
-    blob = json.dumps([ctx.manifest.hash, ctx.recipe.seed, ctx.recipe.data.model_dump(), s,
-                       h.hexdigest(), init], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(ctx.manifest.hash, ctx.recipe.seed, ctx.recipe.data.model_dump(), s,
+                  h.hexdigest(), init)
 
 
 def _save_head(path: Path, method, encoder_path: Path, ctx: Context) -> None:
     """The student's classifier as a head file ``ltscale eval --from`` reads."""
-    kind = method.classifier_kind
-    head = Head(head_spec(method.encoder.feat_dim, ctx.index.num_classes, standardize=False,
-                          kind=kind, bias=kind == "linear"))
-    head.classifier.load_state_dict(method.classifier.state_dict())
+    head = classifier_as_head(method.classifier, method.encoder.feat_dim, ctx.index.num_classes,
+                              method.classifier_kind)
     if ctx.backend.is_main:
         write_head(path, head, num_classes=ctx.index.num_classes, mode="full",
                    classifier_stage="none", encoder=encoder_path)
 
 
-def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
-                  pretrained: Path | None = None, scratch: TrainResult | None = None,
-                  finetuned_budget: Budget | None = None) -> SelfTrainResult:
-    """Pseudo-label D_U with the teacher, train the student on D_L ∪ D_U, predict the test set.
+def run_selftrain(ctx: Context, teacher: Teacher, pretrained: Path | None = None
+                  ) -> SelfTrainResult:
+    """Pseudo-label D_U with ``teacher``, train the student on D_L ∪ D_U, predict the test set.
 
-    ``finetuned``: the fine-tuning stage's result (its ``encoder`` file and ``head``);
-    ``pretrained``: the pretrain stage's encoder file (``selftrain.init: pretrained``);
-    ``scratch``: the CE-from-scratch baseline's result, when it ran; ``finetuned_budget``: what
-    the fine-tuned teacher cost, pretraining included. The result's budget is the teacher's plus
-    the student's."""
+    ``pretrained``: the pretrain stage's encoder file (``selftrain.init: pretrained``). The
+    result's budget is the teacher's plus the student's."""
     s, r = ctx.recipe.selftrain, ctx.recipe
     stage_dir = ctx.out / NAME
     ctx.tracker.log_params(flatten({"selftrain": s.model_dump()}))
     timings = {}
 
     t = time.perf_counter()
-    teacher, teacher_name, teacher_cost = teacher_model(ctx, finetuned, scratch,
-                                                        finetuned_budget)
-    pseudo = pseudo_label_pool(ctx, teacher, s.threshold, workers=s.workers)
+    pseudo = pseudo_label_pool(ctx, teacher.model, s.threshold, workers=s.workers)
     metrics = pseudo_label_metrics(pseudo, ctx.manifest)
     if ctx.backend.is_main:
         with atomic_path(stage_dir / "pseudo_labels.npz") as tmp:
@@ -189,10 +165,10 @@ def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
                 pseudo.save(fh)
         ctx.tracker.log_artifact(stage_dir / "pseudo_labels.npz")
     timings["pseudo_label"] = time.perf_counter() - t
-    logger.info(f"{NAME}: teacher {teacher_name} pseudo-labelled {int(metrics['selftrain/kept'])} of "
-            f"{len(pseudo.rows)} unlabeled images"
-            + (f", accuracy {metrics['selftrain/pseudo_accuracy']:.3f} on known clean labels"
-               if "selftrain/pseudo_accuracy" in metrics else ""))
+    logger.info(f"{NAME}: teacher {teacher.name} pseudo-labelled "
+                f"{int(metrics['selftrain/kept'])} of {len(pseudo.rows)} unlabeled images"
+                + (f", accuracy {metrics['selftrain/pseudo_accuracy']:.3f} on known clean "
+                   "labels" if "selftrain/pseudo_accuracy" in metrics else ""))
 
     t = time.perf_counter()
     train_set = combined_training_set(ctx.manifest, pseudo, s.weight)
@@ -226,13 +202,13 @@ def run_selftrain(ctx: Context, finetuned: FinetuneResult | None = None,
                 "selftrain/pseudo_samples": float(train_set.pseudo.sum())}
     metrics |= {f"selftrain/{k}_seconds": v for k, v in timings.items()}
     ctx.tracker.log_metrics(metrics)
-    ctx.tracker.set_tags({"ltscale.teacher": teacher_name,
+    ctx.tracker.set_tags({"ltscale.teacher": teacher.name,
                           "ltscale.encoder": str(encoder_path),
                           "ltscale.head": str((stage_dir / "head.pt").resolve())})
     threshold = f", p ≥ {s.threshold:g}" if s.threshold > 0 else ""
-    name = (f"self-training student ({teacher_name} teacher{threshold}, ω = {s.weight:g}, "
+    name = (f"self-training student ({teacher.name} teacher{threshold}, ω = {s.weight:g}, "
             f"{s.init}, {s.loss.name})")
     return SelfTrainResult(name=name, logits=logits, targets=targets, method=method,
-                           teacher=teacher_name, pseudo=pseudo, train_set=train_set,
+                           teacher=teacher.name, pseudo=pseudo, train_set=train_set,
                            metrics=metrics, history=state.history,
-                           budget=teacher_cost + measured(state.history, timings["student"]))
+                           budget=teacher.budget + measured(state.history, timings["student"]))

@@ -9,17 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ltscale.data.index import ShardIndex
-from ltscale.data.manifest import build_manifest
-from ltscale.data.manifest_spec import ManifestSpec
-from ltscale.data.shards import build_shards
-from ltscale.data.sources import open_source
+from tests.conftest import make_jpeg_dataset
 from tests.matrix.cells import device, method_names, ranks
 from tests.reliability.conftest import free_port
-from tests.reliability.tinydata import CLASSES, jpeg_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("worker.py")
@@ -27,19 +21,9 @@ TIMEOUT = 600
 
 
 def make_matrix_data(root: Path) -> Path:
-    """An ImageFolder of 16-px RGB JPEGs (train: 16 per class, test: 4 per class) as shards, and
-    a manifest over the train split."""
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("test", 4)):
-        for label, name in enumerate(CLASSES):
-            folder = root / "images" / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                (folder / f"{name}_{i:03d}.jpg").write_bytes(jpeg_bytes(rng, label))
-    build_shards(open_source("imagefolder", root / "images"), root / "shards",
-                 source_kind="imagefolder", source_path=str(root / "images"), progress=False)
-    build_manifest(ShardIndex.load(root / "shards"),
-                   ManifestSpec(split="train", seed=0)).save(root / "train.manifest.npz")
+    """``root`` holding an ImageFolder of 16-px RGB JPEGs (train: 16 per class, test: 4 per
+    class) as shards, and a manifest over the train split (``make_jpeg_dataset``)."""
+    make_jpeg_dataset(root, 16, test_per_class=4, shard_bytes=None)
     return root
 
 

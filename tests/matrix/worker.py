@@ -50,7 +50,8 @@ from ltscale.methods import method_class  # noqa: E402
 from ltscale.methods.ema import EMA  # noqa: E402
 from ltscale.stages.context import Context, create_backend  # noqa: E402
 from ltscale.stages.loaders import train_loader  # noqa: E402
-from ltscale.stages.pretrain import build_method, new_encoder, run_pretrain  # noqa: E402
+from ltscale.stages.networks import new_encoder  # noqa: E402
+from ltscale.stages.pretrain import build_method, run_pretrain  # noqa: E402
 from tests.matrix.cells import device, recipe_dict  # noqa: E402
 
 STEPS = 8  # fixed-batch steps

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reliability.tinydata import make_dataset
+from tests.conftest import make_jpeg_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "tests" / "reliability" / "train.py"
@@ -43,7 +43,7 @@ class Data:
 @pytest.fixture(scope="session")
 def clean_data(tmp_path_factory) -> Data:
     """48 JPEGs (16 per class) in 12 shards, with a manifest over all of them."""
-    return Data(*make_dataset(tmp_path_factory.mktemp("clean"), 16, shard_bytes=12000))
+    return Data(*make_jpeg_dataset(tmp_path_factory.mktemp("clean"), 16, shard_bytes=12000))
 
 
 class Job:

@@ -20,10 +20,10 @@ from ltscale.core.errors import CheckpointError, ManifestError
 from ltscale.data.manifest import Manifest, _content_hash
 from ltscale.engine.backend import LocalBackend
 from ltscale.models.files import load_encoder
+from tests.conftest import jpeg_bytes, make_jpeg_dataset
 from tests.reliability import train
 from tests.reliability.conftest import Data, read_steps
 from tests.reliability.safety import write_tar
-from tests.reliability.tinydata import jpeg_bytes, make_dataset
 
 pytestmark = pytest.mark.reliability
 
@@ -99,7 +99,7 @@ def test_a_recipe_naming_missing_shards_and_source_stops_before_training(clean_d
 
 
 def test_a_manifest_of_other_shards_is_refused(clean_data, tmp_path, capsys):
-    other = Data(*make_dataset(tmp_path / "other", 4))
+    other = Data(*make_jpeg_dataset(tmp_path / "other", 4))
     err = _pretrain(_recipe(tmp_path, clean_data, manifest__file=str(other.manifest)), capsys)
     assert "was built from index" in err and str(clean_data.shards) in err
     _no_training(tmp_path)

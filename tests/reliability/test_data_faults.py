@@ -18,9 +18,9 @@ import pytest
 from ltscale.core.errors import DataError
 from ltscale.data.index import ShardIndex
 from ltscale.data.manifest import Manifest
+from tests.conftest import make_jpeg_dataset
 from tests.reliability import train
 from tests.reliability.conftest import Data, load_state, read_steps
-from tests.reliability.tinydata import make_dataset
 
 pytestmark = pytest.mark.reliability
 CORRUPT = "bee_bee_004"
@@ -60,13 +60,13 @@ def _shard_of(data: Data, key: str) -> str:
 
 @pytest.fixture
 def corrupt_jpeg(tmp_path) -> Data:
-    return Data(*make_dataset(tmp_path / "data", 15, corrupt_key="bee_004", shard_bytes=12000))
+    return Data(*make_jpeg_dataset(tmp_path / "data", 15, corrupt_key="bee_004", shard_bytes=12000))
 
 
 @pytest.fixture
 def truncated(tmp_path) -> tuple[Data, set[str], str]:
     """A clean dataset whose 4th shard is cut inside its second image: (data, lost keys, shard)."""
-    data = Data(*make_dataset(tmp_path / "data", 15, shard_bytes=12000))
+    data = Data(*make_jpeg_dataset(tmp_path / "data", 15, shard_bytes=12000))
     index = ShardIndex.load(data.shards).load_all()
     rows = np.flatnonzero(index.shard == 3)
     assert len(rows) >= 3
@@ -121,7 +121,7 @@ def test_truncated_shard_is_refused_before_step_0(truncated, tmp_path):
 
 
 def test_shard_changed_after_indexing_is_refused_before_step_0(tmp_path):
-    data = Data(*make_dataset(tmp_path / "data", 15, shard_bytes=12000))
+    data = Data(*make_jpeg_dataset(tmp_path / "data", 15, shard_bytes=12000))
     index = ShardIndex.load(data.shards).load_all()
     path = data.shards / index.shards[2]
     raw = bytearray(path.read_bytes())

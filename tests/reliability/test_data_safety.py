@@ -14,8 +14,8 @@ import pytest
 
 from ltscale.cli import main as cli
 from ltscale.data.ownership import OWNER_MARKER
+from tests.conftest import JPEG_CLASSES, jpeg_bytes, make_jpeg_dataset
 from tests.reliability.safety import refused, snapshot, write_tar
-from tests.reliability.tinydata import CLASSES, jpeg_bytes, make_dataset
 
 pytestmark = pytest.mark.reliability
 
@@ -25,7 +25,7 @@ def base(tmp_path_factory) -> Path:
     """ImageFolder tree + ltscale dataset + manifest (2 images per class), and a folder of
     foreign webdataset tars."""
     root = tmp_path_factory.mktemp("safety")
-    make_dataset(root, 4, shard_bytes=4000)
+    make_jpeg_dataset(root, 4, shard_bytes=4000)
     rng = np.random.default_rng(1)
     for s in range(2):
         members = []
@@ -68,7 +68,7 @@ def test_data_build_out_overlapping_the_source_is_refused(w, capsys, where, need
 
 def test_data_build_out_over_a_source_option_file_is_refused(w, capsys):
     classes = w / "classes.txt"
-    classes.write_text("\n".join(CLASSES) + "\n")
+    classes.write_text("\n".join(JPEG_CLASSES) + "\n")
     before = snapshot(w)
     refused(capsys, _build("webdataset", w / "tars", classes, "--option", f"classes={classes}",
                            "--overwrite"), "is the input", str(classes))

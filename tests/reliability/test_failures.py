@@ -8,9 +8,9 @@ import time
 import pytest
 
 from ltscale.engine.checkpoint import checkpoint_files, load_checkpoint
+from tests.conftest import make_jpeg_dataset
 from tests.reliability import train
 from tests.reliability.conftest import Data, Job, alive, descendants, load_state, read_steps
-from tests.reliability.tinydata import make_dataset
 
 pytestmark = pytest.mark.reliability
 
@@ -61,7 +61,7 @@ def test_an_inf_loss_stops_training_in_one_process(clean_data, tmp_path, monkeyp
 def test_uneven_data_and_skipped_samples_give_equal_step_counts_and_no_hang(tmp_path):
     """45 samples on 2 ranks × 4 (the epoch is cut to 5 global batches), and a corrupt JPEG
     skipped by one rank only: both ranks take exactly the same steps and the job finishes."""
-    data = Data(*make_dataset(tmp_path / "data", 15, corrupt_key="bee_004"))
+    data = Data(*make_jpeg_dataset(tmp_path / "data", 15, corrupt_key="bee_004"))
     job = Job(data, tmp_path / "run", args=("--on-error", "skip"))
     job.finish(120)
     r0, r1 = read_steps(job.out, "run", 0), read_steps(job.out, "run", 1)

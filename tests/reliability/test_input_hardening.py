@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -25,7 +24,7 @@ from ltscale.cli import main as cli
 from ltscale.config.loading import recipe_from_dict
 from ltscale.pipeline import run_pipeline
 from ltscale.track import NullTracker
-from tests.conftest import tiny_pipeline_recipe, write_idx
+from tests.conftest import make_idx, tiny_pipeline_recipe
 from tests.reliability.safety import refused, snapshot
 
 pytestmark = pytest.mark.reliability
@@ -55,15 +54,7 @@ def trained(tmp_path_factory) -> dict:
     """One tiny pipeline run with two heads (finetune/ and finetune_ce/), shared by the
     provenance tests; a test that alters an encoder works on its own copy."""
     root = tmp_path_factory.mktemp("trained")
-    idx = root / "idx"
-    idx.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 60), ("t10k", 12)):
-        labels = np.arange(n) % 3
-        images = rng.integers(0, 255, size=(n, 8, 8))
-        images[:, 0, 0] = labels * 100
-        write_idx(idx / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(idx / f"{split}-labels-idx1-ubyte.gz", labels)
+    idx = make_idx(root / "idx")
     raw = tiny_pipeline_recipe(idx, root / "run", root / "shards")
     raw["finetune"]["extra_losses"] = ["ce"]
     run_pipeline(recipe_from_dict(raw), NullTracker(), progress=False)

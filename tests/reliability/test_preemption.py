@@ -24,6 +24,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tests.conftest import make_idx
 from tests.slurm.cluster import (
     REPO,
     assert_same_training_state,
@@ -32,7 +33,6 @@ from tests.slurm.cluster import (
     job_records,
     job_state,
     ltscale,
-    make_idx,
     mlflow_runs,
     needs_slurm,
     release,
@@ -51,7 +51,7 @@ LOG_EVERY = 10       # the loop logs train/* every 10 steps
 def setup(tmp_path_factory):
     """Data, one tracking store and the uninterrupted 2-task run (LocalExecutor, no limit hit)."""
     tmp = tmp_path_factory.mktemp("preempt")
-    idx = make_idx(tmp / "idx")
+    idx = make_idx(tmp / "idx", train=120, test=30)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     recipe = write_recipe(tmp / "ref.yaml", idx, tmp / "ref", epochs=EPOCHS, uri=uri,
                           experiment="reference")

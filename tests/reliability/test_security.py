@@ -31,9 +31,9 @@ from ltscale.data.sources.cifar import load_batch
 from ltscale.data.verify import verify_dataset
 from ltscale.engine.checkpoint import load_checkpoint
 from ltscale.models.files import load_encoder
+from tests.conftest import jpeg_bytes, make_jpeg_dataset
 from tests.reliability import train
 from tests.reliability.conftest import Data, read_steps
-from tests.reliability.tinydata import jpeg_bytes, make_dataset
 
 pytestmark = pytest.mark.reliability
 
@@ -154,7 +154,7 @@ def test_data_build_refuses_unsafe_tar_members_and_writes_nothing_outside(tmp_pa
 
 @pytest.mark.parametrize("bad", sorted(BAD_MEMBERS))
 def test_data_verify_reports_unsafe_members_even_with_a_matching_card(tmp_path, capsys, bad):
-    data = Data(*make_dataset(tmp_path / "data", 2, shard_bytes=12000))
+    data = Data(*make_jpeg_dataset(tmp_path / "data", 2, shard_bytes=12000))
     card_path = data.shards / "card.json"
     card = json.loads(card_path.read_text())
     shard = data.shards / card["shards"][0]["name"]
@@ -212,7 +212,7 @@ def test_the_streaming_loader_never_reads_unsafe_members(tmp_path, bad):
     link members; a ``..`` or absolute member name never matches a manifest key (keys are
     checked when the dataset is built), so such a member is never decoded, and nothing is
     written anywhere. (It is ignored there rather than refused: ``data verify`` reports it.)"""
-    data = Data(*make_dataset(tmp_path / "data", 4, shard_bytes=12000))
+    data = Data(*make_jpeg_dataset(tmp_path / "data", 4, shard_bytes=12000))
     card_path = data.shards / "card.json"
     card = json.loads(card_path.read_text())
     shard = data.shards / card["shards"][0]["name"]

@@ -15,11 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
-
-from tests.conftest import write_idx
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,19 +24,6 @@ needs_slurm = pytest.mark.skipif(
     shutil.which("sbatch") is None or shutil.which("scontrol") is None,
     reason="SLURM is not installed (no sbatch/scontrol on PATH): run `bash tools/slurm-local.sh` "
            "as root to install and start a one-node cluster; CI does")
-
-
-def make_idx(root: Path, train: int = 120, test: int = 30) -> Path:
-    """A 3-class MNIST-style IDX dataset of 8×8 images."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", train), ("t10k", test)):
-        labels = np.arange(n) % 3
-        images = rng.integers(0, 255, size=(n, 8, 8))
-        images[:, 0, 0] = labels * 100
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
-    return root
 
 
 def write_recipe(path: Path, idx: Path, out: Path, *, epochs: int, uri: str,

@@ -4,11 +4,11 @@ cluster: tests/reliability/test_preemption.py.)"""
 
 import pytest
 
+from tests.conftest import make_idx
 from tests.slurm.cluster import (
     final_state,
     job_records,
     ltscale,
-    make_idx,
     mlflow_runs,
     needs_slurm,
     write_recipe,
@@ -30,7 +30,7 @@ def _submit(tmp, recipe, folder, *extra):
 def cluster_run(tmp_path_factory):
     """One 2-task job through sbatch, waited for."""
     tmp = tmp_path_factory.mktemp("slurm")
-    idx = make_idx(tmp / "idx")
+    idx = make_idx(tmp / "idx", train=120, test=30)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     recipe = write_recipe(tmp / "r.yaml", idx, tmp / "ref", epochs=EPOCHS, uri=uri,
                           experiment="reference")

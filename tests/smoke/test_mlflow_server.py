@@ -14,7 +14,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.slurm.cluster import make_idx, write_recipe
+from tests.conftest import make_idx
+from tests.slurm.cluster import write_recipe
 
 pytestmark = pytest.mark.smoke
 

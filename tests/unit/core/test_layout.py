@@ -64,3 +64,32 @@ def test_imports_only_run_down_the_layers():
     assert not arrows, ("imports from a lower layer up to a higher one (function-level imports "
                         "included; move the definition down or the caller up):\n"
                         + "\n".join(arrows))
+
+
+# the stage modules: each runs one stage for the run context; the pipeline composes them. The
+# other modules of stages/ are what stages share (context, loaders, networks, fingerprints,
+# budgets, typed results, evaluation) or a part of one stage (endtoend: finetune's full mode).
+STAGE_MODULES = {"pretrain", "finetune", "selftrain", "eval_head"}
+
+
+def stage_arrows(edges: dict[str, set[str]], prefix: str = "ltscale.stages.") -> list[str]:
+    """Imports of a stage module by any other module of stages/ (stages are siblings)."""
+    return sorted(f"{a} → {b}" for a, targets in edges.items() if a.startswith(prefix)
+                  for b in targets
+                  if b.startswith(prefix) and b.removeprefix(prefix) in STAGE_MODULES)
+
+
+def test_the_checker_finds_a_stage_built_on_another():
+    edges = {"ltscale.stages.selftrain": {"ltscale.stages.pretrain", "ltscale.stages.loaders"},
+             "ltscale.stages.finetune": {"ltscale.stages.endtoend"},
+             "ltscale.pipeline": {"ltscale.stages.finetune"}}
+    assert stage_arrows(edges) == ["ltscale.stages.selftrain → ltscale.stages.pretrain"]
+
+
+def test_stages_are_siblings():
+    root = Path(ltscale.__file__).parent / "stages"
+    assert STAGE_MODULES <= {p.stem for p in root.glob("*.py")}
+    arrows = stage_arrows(_edges(_modules()))
+    assert not arrows, ("a stage built on another stage (move what they share into a module "
+                        "of stages/ that is not a stage, or compose them in pipeline.py):\n"
+                        + "\n".join(arrows))

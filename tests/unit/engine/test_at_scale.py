@@ -19,7 +19,7 @@ from ltscale.engine.loop import LoopConfig, fit
 from ltscale.engine.precision import apply_fp32_policy, fp32_kept, kept_tensors
 from ltscale.methods.ema import EMA
 from ltscale.stages.context import make_context
-from ltscale.stages.pretrain import _fingerprint
+from ltscale.stages.fingerprint import loop_fingerprint
 from ltscale.track import NullTracker
 from tests.conftest import tiny_pipeline_recipe
 
@@ -168,7 +168,7 @@ def _print(tiny_idx, tmp_path, **changes):
         raw.setdefault(section, {})[name] = value
     ctx = make_context(recipe_from_dict(raw), NullTracker(), progress=False)
     stage = ctx.recipe.pretrain.resolved_stages()[0]
-    return _fingerprint(ctx, ctx.recipe.pretrain.model_dump(exclude={"stages", "method"})
+    return loop_fingerprint(ctx, ctx.recipe.pretrain.model_dump(exclude={"stages", "method"})
                         | stage.model_dump())
 
 

@@ -11,7 +11,7 @@ from ltscale.data.augment_torch import EvalView
 from ltscale.finetune.cache import encode_share, is_cached, load_cache, module_sha256
 from ltscale.stages.context import make_context
 from ltscale.stages.finetune import _share_loader, cached_features
-from ltscale.stages.pretrain import new_encoder
+from ltscale.stages.networks import new_encoder
 
 
 def _ctx(tiny_idx, tmp_path, **finetune):

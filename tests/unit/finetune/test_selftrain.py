@@ -18,7 +18,12 @@ from ltscale.methods import create_method
 from ltscale.models import create_backbone
 from ltscale.stages.context import make_context
 from ltscale.stages.results import TrainResult
-from ltscale.stages.selftrain import check_pool, pseudo_label_pool, run_selftrain
+from ltscale.stages.selftrain import (
+    check_pool,
+    pseudo_label_pool,
+    run_selftrain,
+    scratch_teacher,
+)
 from ltscale.track.tracker import NullTracker
 
 MEAN, STD = 0.5, 0.25
@@ -218,7 +223,7 @@ def test_selftrain_config_defaults_and_checks():
 
 def test_stage_trains_a_student_and_ignores_tampered_true_labels(tiny_idx, tmp_path):
     ctx = _ctx(tiny_idx, tmp_path, threshold=0.5, weight=0.5, teacher="ce_scratch")
-    out = run_selftrain(ctx, scratch=_scratch(PixelTeacher()))
+    out = run_selftrain(ctx, scratch_teacher(ctx, _scratch(PixelTeacher())))
     rows, _ = ctx.manifest.rows("unlabeled")
     true = ctx.index.label[rows].copy()
     saved = np.load(ctx.out / "selftrain" / "pseudo_labels.npz")
@@ -240,7 +245,7 @@ def test_stage_trains_a_student_and_ignores_tampered_true_labels(tiny_idx, tmp_p
         ctx2.manifest.mask("unlabeled"), -1, ctx2.manifest.clean))
     ctx2.index.load_all()
     ctx2.index.label[rows] = (true + 1) % 3
-    out2 = run_selftrain(ctx2, scratch=_scratch(PixelTeacher()))
+    out2 = run_selftrain(ctx2, scratch_teacher(ctx2, _scratch(PixelTeacher())))
     np.testing.assert_array_equal(out2.train_set.labels, s.labels)
     torch.testing.assert_close(out2.logits, out.logits)
     assert "selftrain/pseudo_accuracy" not in ctx2.tracker.metrics

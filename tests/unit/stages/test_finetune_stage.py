@@ -13,7 +13,7 @@ from ltscale.models.files import head_from_file, load_encoder
 from ltscale.stages.context import make_context
 from ltscale.stages.finetune import run_finetune
 from ltscale.stages.loaders import test_loader as balanced_test_loader
-from ltscale.stages.pretrain import new_encoder, save_encoder
+from ltscale.stages.networks import new_encoder, save_encoder
 from tests.conftest import write_idx
 
 

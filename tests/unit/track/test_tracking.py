@@ -38,20 +38,11 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline_runs(tmp_path_factory, store):
-    import numpy as np
 
-    from tests.conftest import write_idx  # the tiny_idx data, built once for the module
+    from tests.conftest import make_idx  # the tiny_idx data, built once for the module
 
     tmp = tmp_path_factory.mktemp("tracked")
-    root = tmp / "idx"
-    root.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 60), ("t10k", 12)):
-        labels = np.arange(n) % 3
-        images = rng.integers(0, 255, size=(n, 8, 8))
-        images[:, 0, 0] = labels * 100
-        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
-        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    root = make_idx(tmp / "idx")
     uri = store
     recipe = _recipe(root, tmp)
     summary = run_pipeline(recipe, MlflowTracker(uri, "tracked"), progress=False)
