@@ -129,6 +129,33 @@ def tiny_pipeline_recipe(tiny_idx: Path, out: Path, shards: Path) -> dict:
         "baselines": {"random_encoder": False, "ce_scratch": {"enabled": False}}}
 
 
+class FailingFile:
+    """An open file whose writes fail with ``exc`` (default: ENOSPC, as a full disk's would)
+    once ``room`` more bytes are written: the fault of a disk filling during a save."""
+
+    def __init__(self, fh, room: int, exc: BaseException | None = None):
+        import errno
+        import os
+
+        self.fh, self.room = fh, room
+        self.exc = exc or OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise self.exc
+        self.room -= len(data)
+        return self.fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
 def fashion_available() -> bool:
     return (FASHION / "train-images-idx3-ubyte.gz").exists()
 

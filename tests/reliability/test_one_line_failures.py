@@ -12,7 +12,6 @@ file, key or cause, the exit status the README gives, and the MLflow runs closed
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -30,7 +29,7 @@ import yaml
 from ltscale.cli import main as cli
 from ltscale.core import torch_file as checkpoint  # the file every checkpoint is written through
 from ltscale.track import NullTracker
-from tests.conftest import tiny_pipeline_recipe
+from tests.conftest import FailingFile, tiny_pipeline_recipe
 from tests.reliability.safety import refused
 
 pytestmark = pytest.mark.reliability
@@ -110,29 +109,6 @@ def test_compare_and_export_on_a_damaged_store_name_the_file(tmp_path, capsys):
 
 
 # --- a full disk during a checkpoint save ------------------------------------------------------
-class _FullDisk:
-    """A file on a disk that fills after ``room`` more bytes: a write past it fails with ENOSPC,
-    as the operating system's would."""
-
-    def __init__(self, fh, room: int):
-        self.fh, self.room = fh, room
-
-    def write(self, data) -> int:
-        if len(data) > self.room:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
-        return self.fh.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
-
-
 def test_a_full_disk_during_a_checkpoint_save_fails_the_run_and_keeps_the_last_checkpoint(
         tiny, capsys, monkeypatch, ltscale_log):
     stage = tiny["out"] / "pretrain"
@@ -140,7 +116,7 @@ def test_a_full_disk_during_a_checkpoint_save_fails_the_run_and_keeps_the_last_c
     def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
         fh = open(path, mode, *args, **kwargs)
         # the first checkpoint fits; the disk fills part way through every later one
-        return _FullDisk(fh, 4096) if any(stage.glob("checkpoint-*.pt")) else fh
+        return FailingFile(fh, 4096) if any(stage.glob("checkpoint-*.pt")) else fh
 
     monkeypatch.setattr(checkpoint, "open", open_on_a_filling_disk, raising=False)
     capsys.readouterr()

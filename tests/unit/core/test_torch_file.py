@@ -12,34 +12,13 @@ import torch
 
 from ltscale.core import torch_file
 from ltscale.core.errors import CheckpointError
-
-
-class _Failing:
-    """A file whose writes fail with ``exc`` once ``room`` bytes are written."""
-
-    def __init__(self, fh, room: int, exc: BaseException):
-        self.fh, self.room, self.exc = fh, room, exc
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise self.exc
-        self.room -= len(data)
-        return self.fh.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.fh, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
+from tests.conftest import FailingFile
 
 
 def _failing_open(monkeypatch, exc: BaseException):
     real = open
     monkeypatch.setattr(torch_file, "open",
-                        lambda path, mode="r", *a, **k: _Failing(real(path, mode, *a, **k), 64, exc),
+                        lambda path, mode="r", *a, **k: FailingFile(real(path, mode, *a, **k), 64, exc),
                         raising=False)
 
 
