@@ -10,16 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ltscale import pipeline
 from ltscale.config.loading import recipe_from_dict
 from ltscale.core.errors import ManifestError, RecipeError
 from ltscale.data.manifest import ROLES, Manifest
 from ltscale.finetune import selftrain as st
 from ltscale.methods import create_method
 from ltscale.models import create_backbone
+from ltscale.models.classifier import new_head
+from ltscale.models.files import write_head
 from ltscale.stages.context import make_context
-from ltscale.stages.results import TrainResult
+from ltscale.stages.networks import new_encoder, save_encoder
+from ltscale.stages.results import Budget, FinetuneResult, TrainResult
 from ltscale.stages.selftrain import (
     check_pool,
+    finetuned_teacher,
     pseudo_label_pool,
     run_selftrain,
     scratch_teacher,
@@ -249,3 +254,42 @@ def test_stage_trains_a_student_and_ignores_tampered_true_labels(tiny_idx, tmp_p
     np.testing.assert_array_equal(out2.train_set.labels, s.labels)
     torch.testing.assert_close(out2.logits, out.logits)
     assert "selftrain/pseudo_accuracy" not in ctx2.tracker.metrics
+
+
+# --- the teacher the pipeline hands the stage ----------------------------------------------------
+
+def test_finetuned_teacher_is_the_encoder_and_head_files(tiny_idx, tmp_path):
+    ctx = _ctx(tiny_idx, tmp_path)
+    encoder = new_encoder(ctx).eval()
+    enc_path = save_encoder(tmp_path / "encoder.pt", encoder, ctx)
+    head = new_head(encoder.feat_dim, 3, "linear", seed=1).eval()
+    write_head(tmp_path / "head.pt", head, num_classes=3, mode="linear",
+               classifier_stage="none", encoder=enc_path)
+    result = FinetuneResult(head=tmp_path / "head.pt", logits=torch.zeros(0, 3),
+                            targets=torch.zeros(0), history=[], mode="linear",
+                            encoder=enc_path, seconds=2.0)
+    cost = Budget(images=10, steps=2, seconds=3.0)
+    teacher = finetuned_teacher(ctx, result, cost)
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(teacher.model.eval().logits(x), head(encoder(x)))
+    assert teacher.budget == cost and teacher.name == "simsiam + la_sl"  # the defaults
+    with pytest.raises(RecipeError, match="selftrain.teacher=ce_scratch"):
+        finetuned_teacher(ctx, dataclasses.replace(result, encoder=None))
+
+
+def test_pipeline_trains_a_scratch_teacher_only_when_its_baseline_did_not_run(
+        tiny_idx, tmp_path, monkeypatch):
+    ctx = _ctx(tiny_idx, tmp_path, teacher="ce_scratch")
+    trained = []
+
+    def run_scratch(c):
+        trained.append(c)
+        return _scratch(PixelTeacher())
+
+    monkeypatch.setattr(pipeline, "run_scratch", run_scratch)
+    baseline = _scratch(PixelTeacher())
+    assert pipeline._teacher(ctx, None, None, baseline).model is baseline.method
+    assert trained == []
+    teacher = pipeline._teacher(ctx, None, None, None)
+    assert trained == [ctx] and isinstance(teacher.model, PixelTeacher)
+    assert teacher.name == "scratch + ce"
