@@ -70,12 +70,12 @@ def jpeg_bytes(rng: np.random.Generator, label: int, size: int = 16) -> bytes:
 
 
 def make_jpeg_dataset(root: Path, per_class: int, *, test_per_class: int = 0,
-                      corrupt_key: str | None = None, shard_bytes: int | None = 6000,
+                      corrupt_key: str | None = None, shard_bytes: int = 6000,
                       seed: int = 0) -> tuple[Path, Path]:
     """(shards, manifest path): ``per_class`` 16-px JPEGs per class of ``JPEG_CLASSES`` as an
     ImageFolder under ``root/images`` (``images/train`` and ``images/test`` with
     ``test_per_class`` > 0), built by ltscale's real shard writer into ``root/shards``
-    (``shard_bytes`` per shard; None: the writer's default) and a manifest over the train split
+    (``shard_bytes`` per shard) and a manifest over the train split
     (``root/train.manifest.npz``). ``corrupt_key`` names a sample whose JPEG is cut in half
     before the build: shards, index and card stay consistent, only decoding it fails."""
     from ltscale.data.index import ShardIndex
@@ -100,8 +100,7 @@ def make_jpeg_dataset(root: Path, per_class: int, *, test_per_class: int = 0,
                 (folder / f"{key}.jpg").write_bytes(data)
     shards = root / "shards"
     build_shards(open_source("imagefolder", images), shards, source_kind="imagefolder",
-                 source_path=str(images), progress=False,
-                 **({"shard_bytes": shard_bytes} if shard_bytes else {}))
+                 source_path=str(images), shard_bytes=shard_bytes, progress=False)
     manifest = build_manifest(ShardIndex.load(shards), ManifestSpec(split="train", seed=seed))
     path = root / "train.manifest.npz"
     manifest.save(path)

@@ -79,7 +79,6 @@ def pseudo_label_pool(ctx, teacher: torch.nn.Module, threshold: float = 0.0, *,
                         threshold=float(threshold))
 
 
-
 def check_pool(ctx: Context) -> None:
     """Refuse, before any training, a self-training recipe whose manifest has no D_U."""
     if ctx.recipe.selftrain.enabled:

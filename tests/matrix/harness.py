@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ltscale.data.shards import DEFAULT_SHARD_BYTES
 from tests.conftest import make_jpeg_dataset
 from tests.matrix.cells import device, method_names, ranks
 from tests.reliability.conftest import free_port
@@ -23,7 +24,7 @@ TIMEOUT = 600
 def make_matrix_data(root: Path) -> Path:
     """``root`` holding an ImageFolder of 16-px RGB JPEGs (train: 16 per class, test: 4 per
     class) as shards, and a manifest over the train split (``make_jpeg_dataset``)."""
-    make_jpeg_dataset(root, 16, test_per_class=4, shard_bytes=None)
+    make_jpeg_dataset(root, 16, test_per_class=4, shard_bytes=DEFAULT_SHARD_BYTES)
     return root
 
 
